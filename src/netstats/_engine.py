@@ -1,0 +1,391 @@
+"""Connection lifecycle: open, connect, close, TLS hand-over and event dispatch.
+
+Called by the wrappers in _hooks.py at the rare moments of a connection's life (never per
+read or write). Every entry point here is guarded: an error of netstats is logged to the
+"netstats" logger and swallowed, so it can never reach the code being observed.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import socket as _socketmod
+import threading
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from . import _origin
+from ._record import Connection, _Tally
+
+if TYPE_CHECKING:
+    from ._capture import Capture
+
+log = logging.getLogger("netstats")
+
+# Captures now active (all of them, and those that also want accepted connections).
+# Replaced, never mutated, so the wrappers can read them without a lock.
+active: tuple[Capture, ...] = ()
+serving: tuple[Capture, ...] = ()
+
+_ids = itertools.count(1)
+_by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket, for os.sendfile
+_names: dict[str, str] = {}  # address -> the name that getaddrinfo resolved to it
+_NAMES_MAX = 4096
+_FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
+_PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
+_CONNECTED = {0, errno.EISCONN}
+_local = threading.local()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(fn: F) -> F:
+    """Never let netstats' own error reach the observed code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            log.exception("netstats: internal error in %s (the observed code is unaffected)", fn.__name__)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---- event dispatch ---------------------------------------------------------------------
+
+
+def emit(conn: Connection, event: str, nbytes: int | None = None) -> None:
+    for cap in conn._watchers:
+        cap._emit(event, conn, nbytes)
+
+
+def io_emitter(watchers: tuple[Capture, ...]) -> Callable[[str, Connection, int], None] | None:
+    """The function the wrappers call per read/write, or None when nobody listens."""
+    targets = [c for c in watchers if c._live and c._wants_io]
+    if not targets:
+        return None
+    if len(targets) == 1:
+        return targets[0]._emit
+
+    def emit_all(event: str, conn: Connection, nbytes: int) -> None:
+        for cap in targets:
+            cap._emit(event, conn, nbytes)
+
+    return emit_all
+
+
+def refresh(conn: Connection) -> None:
+    if conn._emit is not _first_write:
+        conn._emit = io_emitter(conn._watchers)
+
+
+# ---- opening ----------------------------------------------------------------------------
+
+
+def _transport(sock: Any) -> str | None:
+    family = sock.family
+    if family not in _FAMILIES:
+        return None
+    if family == getattr(_socketmod, "AF_UNIX", -1):
+        return "unix"
+    return "udp" if sock.type == _socketmod.SOCK_DGRAM else "tcp"
+
+
+def _name_for(address: Any) -> str | None:
+    if isinstance(address, tuple) and address:
+        return _names.get(address[0])
+    return None
+
+
+def _fd_of(sock: Any) -> int:
+    try:
+        return int(sock.fileno())
+    except Exception:
+        return -1
+
+
+def attach(conn: Connection, sock: Any) -> None:
+    """Make sock the one that counts for conn."""
+    sock._ns = conn
+    conn._sock = weakref.ref(sock)
+    fd = _fd_of(sock)
+    if fd >= 0:
+        _by_fd[fd] = conn._sock
+
+
+def detach_from(sock: Any) -> Connection | None:
+    """Take sock's live Connection off it (for a hand-over to another object)."""
+    c = getattr(sock, "_ns", None)
+    if c is None or c.conn.closed is not None:
+        return None
+    sock._ns = None
+    fd = _fd_of(sock)
+    if _by_fd.get(fd) is c.conn._sock:
+        del _by_fd[fd]
+    return c.conn  # type: ignore[no-any-return]
+
+
+def open_connection(
+    sock: Any, side: str, watchers: tuple[Capture, ...], remote: Any = None
+) -> Connection | None:
+    transport = _transport(sock)
+    if transport is None or not watchers:
+        return None
+    conn = Connection(next(_ids), side, transport)
+    conn.origin, conn.caller = _origin.where()
+    conn.remote = remote
+    conn.host = _name_for(remote)
+    conn._watchers = watchers
+    try:
+        conn.local = sock.getsockname()
+    except OSError:
+        pass
+    attach(conn, sock)
+    for cap in watchers:
+        cap._opened(conn)
+    # A new TCP client's first write may turn out to be a TLS ClientHello made by an SSLObject
+    # (anyio, httpx async): _first_write looks for that before settling the emitter.
+    conn._emit = _first_write if (transport == "tcp" and side == "client") else io_emitter(watchers)
+    emit(conn, "open")
+    return conn
+
+
+@guarded
+def connecting(sock: Any, address: Any) -> Connection | None:
+    c = sock._ns
+    if c is not None and c.conn.closed is None:
+        return c.conn  # type: ignore[no-any-return]
+    return open_connection(sock, "client", active, address)
+
+
+def _mark_connected(conn: Connection, sock: Any) -> None:
+    if conn.connected is not None:
+        return
+    conn.connected = time.time()
+    try:
+        conn.remote = sock.getpeername()
+        conn.local = sock.getsockname()
+    except OSError:
+        pass
+    if conn.host is None:
+        conn.host = _name_for(conn.remote)
+    emit(conn, "connect")
+
+
+def _fail(conn: Connection, sock: Any, error_name: str) -> None:
+    conn.error = error_name
+    finish(conn, sock)
+    if sock is not None and sock._ns is conn:
+        sock._ns = None  # a later connect on this socket is a new attempt
+
+
+@guarded
+def connect_done(conn: Connection, sock: Any) -> None:
+    _mark_connected(conn, sock)
+
+
+@guarded
+def connect_raised(conn: Connection, sock: Any, exc: BaseException) -> None:
+    if isinstance(exc, (BlockingIOError, InterruptedError)):
+        return  # non-blocking connect in progress
+    if isinstance(exc, OSError) and exc.errno == errno.EISCONN:
+        _mark_connected(conn, sock)
+        return
+    _fail(conn, sock, type(exc).__name__)
+
+
+@guarded
+def connect_result(conn: Connection, sock: Any, code: int) -> None:
+    """The errno of connect_ex(), or of SO_ERROR after a non-blocking connect."""
+    if code in _CONNECTED:
+        _mark_connected(conn, sock)
+    elif code not in _PENDING:
+        _fail(conn, sock, type(OSError(code, "")).__name__)
+
+
+@guarded
+def accepted(sock: Any) -> None:
+    try:
+        remote = sock.getpeername()
+    except OSError:
+        remote = None
+    conn = open_connection(sock, "server", serving, remote)
+    if conn is not None:
+        _mark_connected(conn, sock)
+
+
+@guarded
+def datagram(sock: Any) -> Any:
+    """An unconnected UDP socket's first datagram makes it a Connection."""
+    if not active or sock.type != _socketmod.SOCK_DGRAM:
+        return None
+    return open_connection(sock, "client", active)
+
+
+# ---- closing ----------------------------------------------------------------------------
+
+
+@guarded
+def finish(conn: Connection, sock: Any) -> None:
+    """The connection ends: freeze its figures, then tell the watchers (once)."""
+    if conn.closed is not None:
+        return
+    conn.closed = time.time()
+    ref = conn._sock
+    conn._sock = None
+    if ref is not None:
+        fd = _fd_of(sock) if sock is not None else -1
+        if _by_fd.get(fd) is ref:
+            del _by_fd[fd]
+    for cap in conn._watchers:
+        cap._closed(conn)
+    emit(conn, "close")
+
+
+# ---- TLS --------------------------------------------------------------------------------
+
+
+@guarded
+def tls_established(conn: Connection, tls_obj: Any) -> None:
+    conn.tls = tls_obj.version()
+    name = getattr(tls_obj, "server_hostname", None)
+    if name:
+        conn.host = name
+
+
+@guarded
+def tls_failed(conn: Connection, sock: Any, exc: BaseException) -> None:
+    if conn.error is None:
+        conn.error = type(exc).__name__
+    if sock is not None:
+        finish(conn, sock)
+
+
+@guarded
+def link_tls(conn: Connection, sock: Any, tls_obj: Any) -> None:
+    """asyncio-style TLS: tls_obj counts the plaintext; sock's ciphertext goes to a _Tally."""
+    tally = _Tally(conn)
+    sock._ns = tally
+    tls_obj._ns = conn
+    name = getattr(tls_obj, "server_hostname", None)
+    if name:
+        conn.host = name
+
+
+# SSLObjects whose first handshake output is waiting to be sent: (weakref, thread, size, time).
+_waiting_tls: deque[tuple[weakref.ref[Any], int, int, float]] = deque(maxlen=256)
+_WAIT_SECONDS = 30.0
+
+
+@guarded
+def tls_output_pending(tls_obj: Any, size: int) -> None:
+    _waiting_tls.append((weakref.ref(tls_obj), threading.get_ident(), size, time.monotonic()))
+
+
+def _first_write(event: str, conn: Connection, nbytes: int) -> None:
+    """One-shot check on a TCP client's first write: is it an SSLObject's ClientHello?
+
+    Libraries that drive ssl.SSLObject themselves (anyio, hence httpx async) give no
+    link between the TLS object and the socket. Their first handshake flight is written
+    at once, whole, on the same thread: match it by thread and exact size, oldest first.
+    """
+    if event != "write":
+        emitter = io_emitter(conn._watchers)
+        if emitter is not None:
+            emitter(event, conn, nbytes)
+        return
+    conn._emit = io_emitter(conn._watchers)
+    if _waiting_tls and _claim_client_hello(conn, nbytes):
+        return
+    if conn._emit is not None:
+        conn._emit(event, conn, nbytes)
+
+
+@guarded
+def _claim_client_hello(conn: Connection, nbytes: int) -> bool:
+    me = threading.get_ident()
+    now = time.monotonic()
+    for entry in list(_waiting_tls):
+        ref, thread, size, when = entry
+        tls_obj = ref()
+        if tls_obj is None or now - when > _WAIT_SECONDS or tls_obj._ns is not None:
+            _waiting_tls.remove(entry)
+            continue
+        if thread == me and size == nbytes:
+            _waiting_tls.remove(entry)
+            sock = conn._sock() if conn._sock is not None else None
+            if sock is None or sock._ns is not conn:
+                return False
+            # The bytes just counted were ciphertext: move them to the stream's tally.
+            conn._tx -= nbytes
+            conn._writes -= 1
+            link_tls(conn, sock, tls_obj)
+            sock._ns._tx += nbytes
+            sock._ns._writes += 1
+            return True
+    return False
+
+
+@guarded
+def link_asyncio_protocol(protocol: Any, transport: Any) -> None:
+    """asyncio's SSLProtocol on 3.11+ makes its SSLObject before connection_made()."""
+    tls_obj = getattr(protocol, "_sslobj", None)
+    if tls_obj is None or not hasattr(tls_obj, "_ns") or tls_obj._ns is not None:
+        return
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return
+    ref = _by_fd.get(_fd_of(raw))
+    sock = ref() if ref is not None else None
+    if sock is None or sock._ns is None or sock._ns.conn.closed is not None:
+        return
+    link_tls(sock._ns.conn, sock, tls_obj)
+
+
+# ---- os.sendfile ------------------------------------------------------------------------
+
+
+@guarded
+def sent_file(out_fd: int, nbytes: int) -> None:
+    ref = _by_fd.get(out_fd)
+    sock = ref() if ref is not None else None
+    if sock is None or _fd_of(sock) != out_fd or nbytes <= 0:
+        return
+    c = sock._ns
+    if c is None:
+        return
+    c._tx += nbytes
+    c._writes += 1
+    if c._emit is not None:
+        c._emit("write", c, nbytes)
+
+
+# ---- names ------------------------------------------------------------------------------
+
+
+@guarded
+def resolved(host: Any, results: Any) -> None:
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    if not isinstance(host, str) or not host or _is_address(host):
+        return
+    for *_, sockaddr in results:
+        if len(_names) >= _NAMES_MAX:
+            _names.pop(next(iter(_names)))
+        _names[sockaddr[0]] = host
+
+
+def _is_address(host: str) -> bool:
+    for family in (_socketmod.AF_INET, _socketmod.AF_INET6):
+        try:
+            _socketmod.inet_pton(family, host.split("%", 1)[0])
+            return True
+        except (OSError, ValueError):
+            pass
+    return False

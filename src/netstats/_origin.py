@@ -1,0 +1,73 @@
+"""Where a connection was made: the innermost frames outside netstats and the standard library."""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+import sysconfig
+
+_NETSTATS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_NETSTATS_KIND, _STDLIB, _PACKAGE, _USER = 0, 1, 2, 3
+
+
+def _dirs(*paths: str | None) -> tuple[str, ...]:
+    out = {os.path.abspath(p) + os.sep for p in paths if p}
+    return tuple(sorted(out, key=len, reverse=True))
+
+
+_site_paths = [sysconfig.get_paths().get(k) for k in ("purelib", "platlib")]
+try:
+    _site_paths += site.getsitepackages() + [site.getusersitepackages()]
+except AttributeError:  # some embedded or virtualenv-old site modules lack these
+    pass
+_SITE_DIRS = _dirs(*_site_paths)
+_STDLIB_DIRS = _dirs(
+    *(sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib")),
+    os.path.dirname(os.__file__),
+)
+_kinds: dict[str, int] = {}
+
+
+def _kind(filename: str) -> int:
+    kind = _kinds.get(filename)
+    if kind is None:
+        if filename.startswith("<frozen"):
+            kind = _STDLIB
+        elif filename.startswith("<"):
+            kind = _USER
+        else:
+            path = os.path.abspath(filename)
+            if path.startswith(_NETSTATS):
+                kind = _NETSTATS_KIND
+            elif path.startswith(_SITE_DIRS):  # checked first: site-packages sits inside the stdlib dir
+                kind = _PACKAGE
+            elif path.startswith(_STDLIB_DIRS):
+                kind = _STDLIB
+            else:
+                kind = _USER
+        if len(_kinds) < 4096:
+            _kinds[filename] = kind
+    return kind
+
+
+def where() -> tuple[str | None, str | None]:
+    """(origin, caller) as "path:line in function" for the current call stack.
+
+    origin: innermost frame outside netstats and the standard library (usually the network
+    library); caller: innermost frame that is not an installed package either (the user's code).
+    """
+    origin = caller = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        kind = _kind(code.co_filename)
+        if kind >= _PACKAGE:
+            here = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+            if origin is None:
+                origin = here
+            if kind == _USER:
+                caller = here
+                break
+        frame = frame.f_back
+    return origin, caller
