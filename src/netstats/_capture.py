@@ -7,8 +7,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import _engine, _hooks, _patch
 from ._record import FIELDS, Connection

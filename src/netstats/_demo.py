@@ -39,11 +39,10 @@ def run() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
-        with capture(_print_event) as cap:
-            with urllib.request.urlopen(url) as response:
-                response.read(10)
-                print("mark after the first bytes:", mark(response.fp.raw._sock, "first bytes"))
-                response.read()
+        with capture(_print_event) as cap, urllib.request.urlopen(url) as response:
+            response.read(10)
+            print("mark after the first bytes:", mark(response.fp.raw._sock, "first bytes"))
+            response.read()
     finally:
         server.shutdown()
         server.server_close()

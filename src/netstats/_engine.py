@@ -16,7 +16,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _origin
 from ._record import Connection, _Tally
@@ -41,6 +42,7 @@ _CONNECTED = {0, errno.EISCONN}
 _local = threading.local()
 
 F = TypeVar("F", bound=Callable[..., Any])
+Emitter = Callable[[str, Connection, Any], None]
 
 
 def guarded(fn: F) -> F:
@@ -65,7 +67,7 @@ def emit(conn: Connection, event: str, nbytes: int | None = None) -> None:
         cap._emit(event, conn, nbytes)
 
 
-def io_emitter(watchers: tuple[Capture, ...]) -> Callable[[str, Connection, int], None] | None:
+def io_emitter(watchers: tuple[Capture, ...]) -> Emitter | None:
     """The function the wrappers call per read/write, or None when nobody listens."""
     targets = [c for c in watchers if c._live and c._wants_io]
     if not targets:

@@ -21,19 +21,16 @@ from typing import Any
 from . import _engine
 
 _StockSocket = _socketmod.socket  # the Python class; kept even while socket.socket is ours
-_C = _socket.socket
+_C: Any = _socket.socket  # the C type, whose methods the wrappers call directly
 _send, _sendall, _sendto = _C.send, _C.sendall, _C.sendto
 _recv, _recv_into, _recvfrom, _recvfrom_into = _C.recv, _C.recv_into, _C.recvfrom, _C.recvfrom_into
-_sendmsg = getattr(_C, "sendmsg", None)
-_recvmsg = getattr(_C, "recvmsg", None)
-_recvmsg_into = getattr(_C, "recvmsg_into", None)
+_sendmsg: Any = getattr(_C, "sendmsg", None)
+_recvmsg: Any = getattr(_C, "recvmsg", None)
+_recvmsg_into: Any = getattr(_C, "recvmsg_into", None)
 _connect, _connect_ex, _getsockopt = _C.connect, _C.connect_ex, _C.getsockopt
 _stock_del = _C.__del__
-_stock_accept, _stock_detach, _stock_real_close = (
-    _StockSocket.accept,
-    _StockSocket.detach,
-    _StockSocket._real_close,
-)
+_stock: Any = _StockSocket
+_stock_accept, _stock_detach, _stock_real_close = _stock.accept, _stock.detach, _stock._real_close
 _SOL_SOCKET, _SO_ERROR = _socketmod.SOL_SOCKET, _socketmod.SO_ERROR
 _len = len
 
@@ -273,7 +270,14 @@ def _get_registered(sock: Any) -> Any:
 def _set_registered(sock: Any, value: Any) -> None:
     key = id(sock)
     entry = _registered.get(key)
-    ref = entry[1] if entry is not None else weakref.ref(sock, lambda _r, k=key: _registered.pop(k, None))
+    if entry is not None:
+        ref = entry[1]
+    else:
+
+        def forget(_ref: Any, key: int = key) -> None:
+            _registered.pop(key, None)
+
+        ref = weakref.ref(sock, forget)
     _registered[key] = (value, ref)
 
 
@@ -286,11 +290,10 @@ class RegisteredSocket(_Counting, _StockSocket):
 
 # ---- TLS --------------------------------------------------------------------------------
 
-_SSLSocket, _SSLObject = _sslmod.SSLSocket, _sslmod.SSLObject
 _WANT = (_sslmod.SSLWantReadError, _sslmod.SSLWantWriteError, BlockingIOError)
 
 
-class CountingSSLSocket(_SSLSocket):
+class CountingSSLSocket(_sslmod.SSLSocket):
     """SSLContext.sslsocket_class while capturing: counts the plaintext.
 
     The ciphertext is read and written by OpenSSL on the descriptor, out of Python's sight.
@@ -298,14 +301,16 @@ class CountingSSLSocket(_SSLSocket):
     """
 
     _ns: Any = None
+    _sslobj: Any  # set by ssl.SSLSocket
+    _connected: bool
 
     @classmethod
     def _create(cls, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         conn = _engine.detach_from(sock)
         if conn is None:
-            return super()._create(sock, *args, **kwargs)
+            return super()._create(sock, *args, **kwargs)  # type: ignore[misc]
         try:
-            self = super()._create(sock, *args, **kwargs)
+            self = super()._create(sock, *args, **kwargs)  # type: ignore[misc]
         except BaseException as exc:
             if sock.fileno() != -1:  # refused before taking the descriptor
                 _engine.attach(conn, sock)
@@ -430,6 +435,7 @@ class CountingSSLSocket(_SSLSocket):
         return code
 
     def accept(self) -> tuple[Any, Any]:
+        sock: Any
         sock, address = super().accept()
         if _engine.serving and sock._ns is None:
             _engine.accepted(sock)
@@ -447,7 +453,7 @@ class CountingSSLSocket(_SSLSocket):
         c = self._ns
         if c is not None:
             _engine.finish(c.conn, self)
-        super()._real_close()
+        super()._real_close()  # type: ignore[misc]
 
     def __del__(self) -> None:
         c = self._ns
@@ -456,7 +462,7 @@ class CountingSSLSocket(_SSLSocket):
         _stock_del(self)
 
 
-class CountingSSLObject(_SSLObject):
+class CountingSSLObject(_sslmod.SSLObject):
     """SSLContext.sslobject_class while capturing (asyncio TLS, anyio): counts the plaintext."""
 
     _ns: Any = None
@@ -501,6 +507,6 @@ class CountingSSLObject(_SSLObject):
 
     @classmethod
     def _create(cls, incoming: Any, outgoing: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        self = super()._create(incoming, outgoing, *args, **kwargs)
+        self = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
         self._outgoing = outgoing  # to see the size of the first handshake flight
         return self

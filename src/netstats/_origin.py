@@ -6,6 +6,7 @@ import os
 import site
 import sys
 import sysconfig
+from types import FrameType
 
 _NETSTATS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _NETSTATS_KIND, _STDLIB, _PACKAGE, _USER = 0, 1, 2, 3
@@ -58,7 +59,7 @@ def where() -> tuple[str | None, str | None]:
     library); caller: innermost frame that is not an installed package either (the user's code).
     """
     origin = caller = None
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
         kind = _kind(code.co_filename)

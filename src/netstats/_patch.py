@@ -32,7 +32,9 @@ class Patch:
         self.installed = False
 
     def install(self) -> None:
-        self.original = self.owner.__dict__[self.name] if isinstance(self.owner, type) else getattr(self.owner, self.name)
+        self.original = (
+            self.owner.__dict__[self.name] if isinstance(self.owner, type) else getattr(self.owner, self.name)
+        )
         setattr(self.owner, self.name, self.make(self.original))
         self.installed = True
 
@@ -43,7 +45,9 @@ class Patch:
 
 
 def _getaddrinfo(original: Any) -> Any:
-    def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:
+    def getaddrinfo(
+        host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> Any:
         results = original(host, port, family, type, proto, flags)
         _engine.resolved(host, results)
         return results

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 FIELDS = (
     "id",
@@ -95,7 +96,7 @@ class Connection:
         self.caller: str | None = None
         self.error: str | None = None
         self._rx = self._tx = self._reads = self._writes = 0
-        self._emit: Callable[[str, Connection, int | None], None] | None = None
+        self._emit: Callable[[str, Connection, Any], None] | None = None
         self._base = (0, 0, 0, 0)
         self._mark = (time.monotonic(), 0, 0)
         self._sock: Any = None
@@ -142,10 +143,7 @@ class Connection:
     def __repr__(self) -> str:
         state = "closed" if self.closed is not None else "open"
         peer = self.host or self.remote
-        return (
-            f"<Connection #{self.id} {self.transport} {peer!r} {state} "
-            f"tx={self.tx} rx={self.rx}>"
-        )
+        return f"<Connection #{self.id} {self.transport} {peer!r} {state} tx={self.tx} rx={self.rx}>"
 
 
 class _Tally:

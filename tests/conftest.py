@@ -1,0 +1,74 @@
+"""Shared fixtures: independent peers (see peers.py) and trustme certificates."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trustme
+from peers import Peer
+
+import netstats
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def cert_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Server certificate chain and key for 'localhost' and 127.0.0.1, in one PEM file."""
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    path = tmp_path_factory.mktemp("tls") / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture
+def peer(cert_file: str) -> Iterator[Callable[..., Peer]]:
+    """Start peers by kind: peer("http"), peer("echo", tls=True) ... stopped after the test."""
+    started: list[Peer] = []
+
+    def start(kind: str, *, tls: bool = False, **kwargs: Any) -> Peer:
+        p = Peer(kind, cert=cert_file if tls else None, **kwargs)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+
+
+@pytest.fixture(autouse=True)
+def no_capture_left_behind() -> Iterator[None]:
+    """Every test starts and ends with no capture active and socket.socket the stock class."""
+    import socket
+
+    stock = socket.socket
+    yield
+    leaked = 0
+    while True:
+        try:
+            netstats.release()
+            leaked += 1
+        except netstats.NetstatsError:
+            break
+    assert leaked == 0, f"the test left {leaked} capture(s) active"
+    assert socket.socket is stock

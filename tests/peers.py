@@ -1,0 +1,331 @@
+"""Independent peers: servers that count, in their own code and their own process, every byte
+they read and write on each connection. The suite's expected figures come from here.
+
+Nothing in this file imports netstats. Run as a script, it serves one peer and talks to the
+test over stdin/stdout: it prints {"port": ...} when listening, then answers each "counts"
+line with the per-connection counts as JSON.
+
+Kinds: echo (echo every byte), http (GET /bytes/N answers N bytes; any body is read and
+acknowledged; keep-alive), resp (a small Redis: PING, ECHO, SET, GET, DEL, QUIT), udp (echo
+datagrams), relay (forwards to --backend, counting what passes; terminates TLS when given a
+certificate, so its counts are the plaintext).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+# ---- the peer process -------------------------------------------------------------------
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: list[dict[str, Any]] = []
+
+    def new(self) -> dict[str, Any]:
+        record = {"rx": 0, "tx": 0, "closed": False}
+        with self.lock:
+            self.records.append(record)
+        return record
+
+
+class Counted:
+    """The peer's own count of one connection: wraps recv/send of its socket."""
+
+    def __init__(self, sock: Any, record: dict[str, Any]) -> None:
+        self.sock, self.record = sock, record
+
+    def recv(self, n: int) -> bytes:
+        try:
+            data: bytes = self.sock.recv(n)
+        except (ConnectionError, ssl.SSLError, OSError):
+            return b""
+        self.record["rx"] += len(data)
+        return data
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+        self.record["tx"] += len(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            self.record["closed"] = True
+
+
+def serve_echo(conn: Counted, args: Any) -> None:
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        conn.send(data)
+
+
+def _read_line(conn: Counted, buf: bytearray) -> bytes | None:
+    while b"\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line + b"\n"
+
+
+def _read_exact(conn: Counted, buf: bytearray, n: int) -> bytes | None:
+    while len(buf) < n:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
+def serve_http(conn: Counted, args: Any) -> None:
+    buf = bytearray()
+    while True:
+        request = _read_line(conn, buf)
+        if request is None:
+            return
+        headers = {}
+        while True:
+            line = _read_line(conn, buf)
+            if line is None:
+                return
+            if line in (b"\r\n", b"\n"):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        if length and _read_exact(conn, buf, length) is None:
+            return
+        parts = request.split()
+        path = parts[1].decode() if len(parts) > 1 else "/"
+        size = int(path.rsplit("/", 1)[1]) if path.startswith("/bytes/") else 2
+        body = b"b" * size if path.startswith("/bytes/") else b"ok"
+        close = headers.get("connection", "").lower() == "close"
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nContent-Type: application/octet-stream\r\n"
+            f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
+        ).encode()
+        conn.send(head + body)
+        if close:
+            return
+
+
+def serve_resp(conn: Counted, args: Any) -> None:
+    store: dict[bytes, bytes] = {}
+    buf = bytearray()
+    while True:
+        line = _read_line(conn, buf)
+        if line is None or not line.startswith(b"*"):
+            return
+        items = []
+        for _ in range(int(line[1:])):
+            head = _read_line(conn, buf)
+            if head is None:
+                return
+            item = _read_exact(conn, buf, int(head[1:]) + 2)
+            if item is None:
+                return
+            items.append(item[:-2])
+        command = items[0].upper()
+        if command == b"PING":
+            conn.send(b"+PONG\r\n")
+        elif command == b"SET":
+            store[items[1]] = items[2]
+            conn.send(b"+OK\r\n")
+        elif command in (b"GET", b"ECHO"):
+            value = store.get(items[1]) if command == b"GET" else items[1]
+            conn.send(b"$-1\r\n" if value is None else b"$%d\r\n%s\r\n" % (len(value), value))
+        elif command == b"DEL":
+            conn.send(b":%d\r\n" % int(store.pop(items[1], None) is not None))
+        elif command == b"QUIT":
+            conn.send(b"+OK\r\n")
+            return
+        elif command in (b"HELLO", b"CLIENT", b"SELECT"):
+            conn.send(b"-ERR unknown command\r\n" if command == b"HELLO" else b"+OK\r\n")
+        else:
+            conn.send(b"-ERR unknown command\r\n")
+
+
+def serve_relay(conn: Counted, args: Any) -> None:
+    backend = socket.create_connection((args.backend_host, args.backend_port))
+    done = threading.Event()
+
+    def downstream() -> None:
+        try:
+            while True:
+                data = backend.recv(65536)
+                if not data:
+                    break
+                conn.send(data)
+        except OSError:
+            pass
+        finally:
+            done.set()
+            try:
+                conn.sock.shutdown(socket.SHUT_WR) if not isinstance(conn.sock, ssl.SSLSocket) else None
+            except OSError:
+                pass
+
+    threading.Thread(target=downstream, daemon=True).start()
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        backend.sendall(data)
+    try:
+        backend.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    done.wait(30)
+    backend.close()
+
+
+SERVERS = {"echo": serve_echo, "http": serve_http, "resp": serve_resp, "relay": serve_relay}
+
+
+def _tcp_main(args: Any, tally: Tally) -> int:
+    family = socket.AF_UNIX if args.unix else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    if args.unix:
+        listener.bind(args.unix)
+        where: Any = args.unix
+    else:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        where = listener.getsockname()[1]
+    listener.listen(128)
+    context = None
+    if args.cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert)
+    serve = SERVERS[args.kind]
+
+    def handle(raw: socket.socket) -> None:
+        record = tally.new()
+        sock: Any = raw
+        try:
+            if context is not None:
+                sock = context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            record["closed"] = True
+            raw.close()
+            return
+        counted = Counted(sock, record)
+        try:
+            serve(counted, args)
+        except OSError:
+            pass
+        finally:
+            counted.close()
+
+    def accept_loop() -> None:
+        while True:
+            raw, _ = listener.accept()
+            threading.Thread(target=handle, args=(raw,), daemon=True).start()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    return where  # type: ignore[no-any-return]
+
+
+def _udp_main(args: Any, tally: Tally) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    record = tally.new()
+
+    def loop() -> None:
+        while True:
+            data, addr = sock.recvfrom(65536)
+            record["rx"] += len(data)
+            record["tx"] += sock.sendto(data, addr)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return int(sock.getsockname()[1])
+
+
+def peer_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=[*SERVERS, "udp"])
+    parser.add_argument("--cert")
+    parser.add_argument("--unix")
+    parser.add_argument("--backend-host", default="127.0.0.1")
+    parser.add_argument("--backend-port", type=int)
+    args = parser.parse_args(argv)
+    tally = Tally()
+    where = _udp_main(args, tally) if args.kind == "udp" else _tcp_main(args, tally)
+    print(json.dumps({"port": where}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "counts":
+            with tally.lock:
+                print(json.dumps(tally.records), flush=True)
+
+
+# ---- the test side ----------------------------------------------------------------------
+
+
+class Peer:
+    """A peer process. `port` to connect to; `counts()` / `wait_closed()` for its own figures."""
+
+    def __init__(self, kind: str, *, cert: str | None = None, unix: str | None = None, backend: Any = None):
+        cmd = [sys.executable, os.path.abspath(__file__), kind]
+        if cert:
+            cmd += ["--cert", cert]
+        if unix:
+            cmd += ["--unix", unix]
+        if backend:
+            cmd += ["--backend-host", backend[0], "--backend-port", str(backend[1])]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer {kind} did not start")
+        self.port = json.loads(line)["port"]
+        self.address = ("127.0.0.1", self.port) if not unix else unix
+
+    def counts(self) -> list[dict[str, Any]]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("counts\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
+
+    def wait_closed(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The first n connections' counts, once the peer has closed all of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.counts()
+            if len(records) >= n and all(r["closed"] for r in records[:n]):
+                return records[:n]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"peer saw {records}, expected {n} closed connections")
+            time.sleep(0.01)
+
+    def totals(self, n: int, timeout: float = 10.0) -> tuple[int, int]:
+        """(rx, tx) summed over the first n connections, as the peer counted them."""
+        records = self.wait_closed(n, timeout)
+        return sum(r["rx"] for r in records), sum(r["tx"] for r in records)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+if __name__ == "__main__":
+    peer_main(sys.argv[1:])
