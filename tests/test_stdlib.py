@@ -214,10 +214,6 @@ s.close()
 """
 
 
-def run_client(port: int) -> None:
-    subprocess.run([sys.executable, "-c", CLIENT, str(port)], check=True, timeout=10)
-
-
 @pytest.mark.parametrize("servers", [True, False])
 def test_accepted_connections_only_with_servers(servers):
     with netstats.capture(servers=servers) as cap:
