@@ -102,7 +102,6 @@ def test_http_client_get_and_post(peer):
     rx, tx = server.totals(1)
     (conn,) = cap.connections
     assert (conn.tx, conn.rx) == (rx, tx)
-    assert conn.writes >= 2 and conn.reads >= 2
 
 
 def test_urllib_records_the_host_name_asked_for(peer):

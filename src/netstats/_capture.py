@@ -87,9 +87,11 @@ class Capture:
     def _totals(self) -> tuple[int, int]:
         if self._final is not None:
             return self._final
-        live = list(self._open.values())
-        rx = self._closed_totals[0] + sum(c._rx for c in live)
-        tx = self._closed_totals[1] + sum(c._tx for c in live)
+        rx, tx = self._closed_totals
+        for conn in list(self._open.values()):
+            conn_rx, conn_tx = conn._totals()
+            rx += conn_rx
+            tx += conn_tx
         return rx, tx
 
     # -- lifecycle
@@ -270,9 +272,10 @@ def stats(target: Any, what: str | None = None) -> Any:
 def reset(target: Any, full: bool = False) -> None:
     """Zero rx, tx, reads, writes and marks; `full=True` also restarts `opened`."""
     conn = _connection_of(target)
-    conn._base = (conn._rx, conn._tx, conn._reads, conn._writes)
+    rx, tx = conn._totals()
+    conn._base = (rx, tx, conn._reads, conn._writes)
     conn.marks = []
-    conn._mark = (time.monotonic(), conn._rx, conn._tx)
+    conn._mark = (time.monotonic(), rx, tx)
     if full:
         conn.opened = time.time()
 
@@ -287,9 +290,10 @@ def mark(target: Any, name: str = "") -> dict[str, Any]:
         raise TypeError(f"mark name must be a str, not {type(name).__name__}")
     conn = _connection_of(target)
     now = time.monotonic()
+    rx, tx = conn._totals()
     then, rx0, tx0 = conn._mark
-    conn._mark = (now, conn._rx, conn._tx)
-    delta = {"rx": conn._rx - rx0, "tx": conn._tx - tx0, "elapsed": now - then}
+    conn._mark = (now, rx, tx)
+    delta = {"rx": rx - rx0, "tx": tx - tx0, "elapsed": now - then}
     conn.marks.append({"name": name, "time": time.time(), **delta})
     return delta
 

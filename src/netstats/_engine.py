@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _origin
+from . import _kernel, _origin
 from ._record import Connection, _Tally
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ _FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UN
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
 _local = threading.local()
+kernel_classes: tuple[type, type] = (object, object)  # (CountingSocket, KernelCountedSocket), set by _hooks
 
 F = TypeVar("F", bound=Callable[..., Any])
 Emitter = Callable[[str, Connection, Any], None]
@@ -126,6 +127,7 @@ def detach_from(sock: Any) -> Connection | None:
     c = getattr(sock, "_ns", None)
     if c is None or c.conn.closed is not None:
         return None
+    _stop_kernel_counting(c.conn)
     sock._ns = None
     fd = _fd_of(sock)
     if _by_fd.get(fd) is c.conn._sock:
@@ -220,6 +222,29 @@ def accepted(sock: Any) -> None:
     conn = open_connection(sock, "server", serving, remote)
     if conn is not None:
         _mark_connected(conn, sock)
+        _count_in_kernel(conn, sock)
+
+
+def _count_in_kernel(conn: Connection, sock: Any) -> None:  # sock: Any, whatever its class
+    """Drop the per-call wrappers when the kernel's counters can give rx/tx exactly."""
+    wrapped, bare = kernel_classes
+    if (
+        conn._emit is None
+        and conn.transport == "tcp"
+        and type(sock) is wrapped
+        and getattr(sock, "_ns", None) is conn
+        and _kernel.read(sock) is not None
+    ):
+        conn._kernel = True
+        conn._info()  # take the figures so far from the kernel
+        sock.__class__ = bare
+
+
+def _stop_kernel_counting(conn: Connection) -> None:
+    """TLS starts on this stream: from now on rx/tx are the plaintext, counted by the TLS object."""
+    if conn._kernel:
+        conn._info()
+        conn._kernel = False
 
 
 @guarded
@@ -238,6 +263,9 @@ def finish(conn: Connection, sock: Any) -> None:
     """The connection ends: freeze its figures, then tell the watchers (once)."""
     if conn.closed is not None:
         return
+    if sock is not None and conn.transport == "tcp":
+        conn._info()  # last kernel read, descriptor still open
+        conn._tcp = _kernel.read(sock)
     conn.closed = time.time()
     ref = conn._sock
     conn._sock = None
@@ -272,6 +300,7 @@ def tls_failed(conn: Connection, sock: Any, exc: BaseException) -> None:
 @guarded
 def link_tls(conn: Connection, sock: Any, tls_obj: Any) -> None:
     """asyncio-style TLS: tls_obj counts the plaintext; sock's ciphertext goes to a _Tally."""
+    _stop_kernel_counting(conn)
     tally = _Tally(conn)
     sock._ns = tally
     tls_obj._ns = conn
@@ -307,6 +336,10 @@ def _first_write(event: str, conn: Connection, nbytes: int) -> None:
         return
     if conn._emit is not None:
         conn._emit(event, conn, nbytes)
+    else:
+        sock = conn._sock() if conn._sock is not None else None
+        if sock is not None:
+            _count_in_kernel(conn, sock)
 
 
 @guarded

@@ -53,11 +53,72 @@ class _SocketMeta(type):
         return issubclass(subclass, _StockSocket)
 
 
-class _Counting:
-    """The wrappers, shared by captured sockets and registered stock sockets."""
+class _Lifecycle:
+    """Connect, accept, close: what every captured socket needs, with or without wrappers."""
 
     __slots__ = ()
     _ns: Any
+
+    def connect(self, address: Any) -> None:
+        c = _engine.connecting(self, address) if (_engine.active or self._ns is not None) else None
+        if c is None:
+            return _connect(self, address)  # type: ignore[no-any-return]
+        try:
+            _connect(self, address)
+        except BaseException as exc:
+            _engine.connect_raised(c, self, exc)
+            raise
+        _engine.connect_done(c, self)
+
+    def connect_ex(self, address: Any) -> int:
+        c = _engine.connecting(self, address) if (_engine.active or self._ns is not None) else None
+        if c is None:
+            return _connect_ex(self, address)  # type: ignore[no-any-return]
+        try:
+            code: int = _connect_ex(self, address)
+        except BaseException as exc:
+            _engine.connect_raised(c, self, exc)
+            raise
+        _engine.connect_result(c, self, code)
+        return code
+
+    def getsockopt(self, *args: Any) -> Any:
+        value = _getsockopt(self, *args)
+        c = self._ns
+        # asyncio learns how a non-blocking connect ended from SO_ERROR.
+        if c is not None and c.conn.connected is None and args[:2] == (_SOL_SOCKET, _SO_ERROR):
+            _engine.connect_result(c.conn, self, value)
+        return value
+
+    def accept(self) -> tuple[Any, Any]:
+        sock, address = _stock_accept(self)  # type: ignore[arg-type]
+        if _engine.serving and isinstance(sock, _Lifecycle):
+            _engine.accepted(sock)
+        return sock, address
+
+    def detach(self) -> int:
+        c = self._ns
+        if c is not None:
+            _engine.finish(c.conn, self)  # the descriptor leaves this object: its record ends
+        return _stock_detach(self)  # type: ignore[arg-type,no-any-return]
+
+    def _real_close(self, _ss: Any = _C) -> None:
+        c = self._ns
+        if c is not None:
+            _engine.finish(c.conn, self)
+        _stock_real_close(self, _ss)  # type: ignore[arg-type]
+
+    def __del__(self) -> None:
+        c = self._ns
+        if c is not None:
+            _engine.finish(c.conn, self)
+        _stock_del(self)  # type: ignore[arg-type]
+
+
+class _Counting(_Lifecycle):
+    """The per-call wrappers, shared by captured sockets and registered stock sockets."""
+
+    __slots__ = ()
 
     # -- writes
     def send(self, data: Any, flags: int = 0) -> int:
@@ -190,71 +251,28 @@ class _Counting:
                         c._emit("read", c, n)
             return result  # type: ignore[no-any-return]
 
-    # -- lifecycle (rare: each hands over to _engine)
-    def connect(self, address: Any) -> None:
-        c = _engine.connecting(self, address) if (_engine.active or self._ns is not None) else None
-        if c is None:
-            return _connect(self, address)  # type: ignore[no-any-return]
-        try:
-            _connect(self, address)
-        except BaseException as exc:
-            _engine.connect_raised(c, self, exc)
-            raise
-        _engine.connect_done(c, self)
 
-    def connect_ex(self, address: Any) -> int:
-        c = _engine.connecting(self, address) if (_engine.active or self._ns is not None) else None
-        if c is None:
-            return _connect_ex(self, address)  # type: ignore[no-any-return]
-        try:
-            code: int = _connect_ex(self, address)
-        except BaseException as exc:
-            _engine.connect_raised(c, self, exc)
-            raise
-        _engine.connect_result(c, self, code)
-        return code
+class KernelCountedSocket(_Lifecycle, _StockSocket, metaclass=_SocketMeta):
+    """A captured TCP socket whose bytes the kernel counts (see _kernel.py): no wrappers at all.
 
-    def getsockopt(self, *args: Any) -> Any:
-        value = _getsockopt(self, *args)
-        c = self._ns
-        # asyncio learns how a non-blocking connect ended from SO_ERROR.
-        if c is not None and c.conn.connected is None and args[:2] == (_SOL_SOCKET, _SO_ERROR):
-            _engine.connect_result(c.conn, self, value)
-        return value
-
-    def accept(self) -> tuple[Any, Any]:
-        sock, address = _stock_accept(self)  # type: ignore[arg-type]
-        if _engine.serving and isinstance(sock, _Counting):
-            _engine.accepted(sock)
-        return sock, address
-
-    def detach(self) -> int:
-        c = self._ns
-        if c is not None:
-            _engine.finish(c.conn, self)  # the descriptor leaves this object: its record ends
-        return _stock_detach(self)  # type: ignore[arg-type,no-any-return]
-
-    def _real_close(self, _ss: Any = _C) -> None:
-        c = self._ns
-        if c is not None:
-            _engine.finish(c.conn, self)
-        _stock_real_close(self, _ss)  # type: ignore[arg-type]
-
-    def __del__(self) -> None:
-        c = self._ns
-        if c is not None:
-            _engine.finish(c.conn, self)
-        _stock_del(self)  # type: ignore[arg-type]
-
-
-class CountingSocket(_Counting, _StockSocket, metaclass=_SocketMeta):
-    """What `socket.socket` is while a capture is active."""
+    A CountingSocket becomes one (same layout, `__class__` assignment) once its connection is
+    known to need no per-call work: plain TCP, Linux, nobody listening for read/write events.
+    """
 
     __slots__ = ("_ns",)
 
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Any = None) -> None:
         self._ns = None
         _StockSocket.__init__(self, family, type, proto, fileno)
+
+
+class CountingSocket(_Counting, KernelCountedSocket):
+    """What `socket.socket` is while a capture is active."""
+
+    __slots__ = ()
+
+
+_engine.kernel_classes = (CountingSocket, KernelCountedSocket)
 
 
 # Registered stock sockets keep their layout (no slot to add): their record lives here,

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import _kernel
+
 FIELDS = (
     "id",
     "pid",
@@ -24,6 +26,12 @@ FIELDS = (
     "tls",
     "rx",
     "tx",
+    "wire_rx",
+    "wire_tx",
+    "rtt",
+    "min_rtt",
+    "retransmits",
+    "retrans_bytes",
     "reads",
     "writes",
     "opened",
@@ -43,9 +51,11 @@ class Connection:
     Fields: ``id`` (unique in the process, never reused), ``pid``, ``side`` ("client" or
     "server"), ``transport`` ("tcp", "udp", "unix"), ``local``, ``remote``, ``host`` (the name
     the caller asked for, else None), ``tls`` (negotiated version or None), ``rx``/``tx``
-    (application bytes read/written; the plaintext for TLS), ``reads``/``writes`` (calls that
-    moved data), ``opened``/``connected``/``closed`` (wall-clock seconds), ``duration``,
-    ``marks``, ``origin``, ``caller``, ``error`` (exception name of a failed connect).
+    (application bytes read/written; the plaintext for TLS), ``wire_rx``/``wire_tx`` (bytes of
+    the TCP stream, the ciphertext for TLS), ``rtt``/``min_rtt``, ``retransmits``/``retrans_bytes``
+    (from the kernel: None where it cannot tell), ``reads``/``writes`` (calls that moved data;
+    None when the kernel counts), ``opened``/``connected``/``closed`` (wall-clock seconds),
+    ``duration``, ``marks``, ``origin``, ``caller``, ``error`` (exception name of a failed connect).
     """
 
     __slots__ = (
@@ -73,6 +83,9 @@ class Connection:
         # baselines set by reset() and mark()
         "_base",
         "_mark",
+        # kernel figures: rx/tx come from the kernel (no wrappers); TCP_INFO frozen at close
+        "_kernel",
+        "_tcp",
         # engine bookkeeping
         "_sock",
         "_watchers",
@@ -99,6 +112,8 @@ class Connection:
         self._emit: Callable[[str, Connection, Any], None] | None = None
         self._base = (0, 0, 0, 0)
         self._mark = (time.monotonic(), 0, 0)
+        self._kernel = False
+        self._tcp: _kernel.TcpInfo | None = None
         self._sock: Any = None
         self._watchers: tuple[Any, ...] = ()
 
@@ -107,21 +122,69 @@ class Connection:
         # The wrappers hold either a Connection or a _Tally; both answer `.conn`.
         return self
 
+    def _info(self) -> _kernel.TcpInfo | None:
+        """The kernel's figures: fresh while open, as frozen at close after."""
+        ref = self._sock
+        if self.closed is not None or ref is None or self.transport != "tcp":
+            return self._tcp
+        sock = ref()
+        info = _kernel.read(sock) if sock is not None else None
+        if info is not None and self._kernel:
+            self._rx = info.wire_rx - info.unread
+            self._tx = info.wire_tx
+        return info
+
+    def _totals(self) -> tuple[int, int]:
+        """(rx, tx) since open, never reset: what capture totals and marks add up."""
+        if self._kernel and self.closed is None:
+            self._info()
+        return self._rx, self._tx
+
     @property
     def rx(self) -> int:
-        return self._rx - self._base[0]
+        return self._totals()[0] - self._base[0]
 
     @property
     def tx(self) -> int:
-        return self._tx - self._base[1]
+        return self._totals()[1] - self._base[1]
 
     @property
-    def reads(self) -> int:
-        return self._reads - self._base[2]
+    def reads(self) -> int | None:
+        return None if self._kernel else self._reads - self._base[2]
 
     @property
-    def writes(self) -> int:
-        return self._writes - self._base[3]
+    def writes(self) -> int | None:
+        return None if self._kernel else self._writes - self._base[3]
+
+    @property
+    def wire_rx(self) -> int | None:
+        info = self._info()
+        return info.wire_rx if info is not None else None
+
+    @property
+    def wire_tx(self) -> int | None:
+        info = self._info()
+        return info.wire_tx if info is not None else None
+
+    @property
+    def rtt(self) -> float | None:
+        info = self._info()
+        return info.rtt if info is not None else None
+
+    @property
+    def min_rtt(self) -> float | None:
+        info = self._info()
+        return info.min_rtt if info is not None else None
+
+    @property
+    def retransmits(self) -> int | None:
+        info = self._info()
+        return info.retransmits if info is not None else None
+
+    @property
+    def retrans_bytes(self) -> int | None:
+        info = self._info()
+        return info.retrans_bytes if info is not None else None
 
     @property
     def duration(self) -> float:
@@ -130,9 +193,14 @@ class Connection:
 
     def as_dict(self) -> dict[str, Any]:
         """Every field as plain data (tuples become lists), ready for JSON."""
-        out = {}
+        info = self._info()  # read the kernel once for all its fields
+        out: dict[str, Any] = {}
         for name in FIELDS:
-            value = getattr(self, name)
+            value: Any
+            if name in _KERNEL_FIELDS:
+                value = getattr(info, name) if info is not None else None
+            else:
+                value = getattr(self, name)
             if name == "marks":
                 value = [dict(m) for m in value]
             elif isinstance(value, tuple):
@@ -144,6 +212,9 @@ class Connection:
         state = "closed" if self.closed is not None else "open"
         peer = self.host or self.remote
         return f"<Connection #{self.id} {self.transport} {peer!r} {state} tx={self.tx} rx={self.rx}>"
+
+
+_KERNEL_FIELDS = frozenset(_kernel.TcpInfo._fields) & frozenset(FIELDS)
 
 
 class _Tally:
