@@ -383,6 +383,21 @@ def link_asyncio_protocol(protocol: Any, transport: Any) -> None:
     link_tls(sock._ns.conn, sock, tls_obj)
 
 
+@guarded
+def sendall_failed(c: Any, sock: Any) -> None:
+    """A failed sendall() may have sent part of its data. On plain TCP the application's bytes
+    are the stream's bytes, so the kernel's count of what it was handed is the exact figure."""
+    if type(c) is not Connection or c.transport != "tcp" or c.tls is not None or c.closed is not None:
+        return
+    info = _kernel.read(sock)
+    moved = info.wire_tx - c._tx if info is not None else 0
+    if moved > 0:
+        c._tx += moved
+        c._writes += 1
+        if c._emit is not None:
+            c._emit("write", c, moved)
+
+
 # ---- os.sendfile ------------------------------------------------------------------------
 
 

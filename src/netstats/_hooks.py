@@ -132,7 +132,13 @@ class _Counting(_Lifecycle):
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        _sendall(self, data, flags)
+        try:
+            _sendall(self, data, flags)
+        except BaseException:
+            c = self._ns
+            if c is not None:
+                _engine.sendall_failed(c, self)  # part may have gone: ask the kernel how much
+            raise
         c = self._ns
         if c is not None:
             n = _nbytes(data)
