@@ -327,5 +327,71 @@ class Peer:
                 stream.close()
 
 
+# ---- starttls: a plain line protocol that switches to TLS mid-stream ------------------
+# Appended kind. The client sends "STARTTLS\r\n", the peer answers "OK\r\n", then wraps
+# the same socket in TLS (with the --cert it was given) and echoes. Its record counts every
+# byte it read and wrote, plain then TLS plaintext, and keeps each phase apart as well
+# (plain_rx / plain_tx). The accept loop must not wrap this kind at once: _tcp_main is
+# chained so that, for "starttls" only, the certificate goes to the server function instead.
+
+
+def serve_starttls(conn: Counted, args: Any) -> None:
+    buf = bytearray()
+    line = _read_line(conn, buf)
+    if line != b"STARTTLS\r\n" or buf:
+        return
+    conn.send(b"OK\r\n")
+    conn.record["plain_rx"], conn.record["plain_tx"] = conn.record["rx"], conn.record["tx"]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.starttls_cert)
+    try:
+        conn.sock = context.wrap_socket(conn.sock, server_side=True)
+    except (ssl.SSLError, OSError):
+        return
+    conn.record["tls"] = conn.sock.version()
+    serve_echo(conn, args)
+
+
+SERVERS["starttls"] = serve_starttls
+_tcp_main_before_starttls = _tcp_main
+
+
+def _tcp_main(args: Any, tally: Tally) -> int:  # noqa: F811 - chained, see above
+    if args.kind == "starttls":
+        if not args.cert:
+            raise SystemExit("the starttls peer needs --cert (peer('starttls', tls=True))")
+        args.starttls_cert, args.cert = args.cert, None
+    return _tcp_main_before_starttls(args, tally)
+
+
+# ---- a websockets echo server (added for tests/test_clients.py) ---------------------------
+#
+# Kind "websocket": a real server from the `websockets` library, in this child process, echoing
+# every message back. Its I/O is the library's own, so it counts nothing: put a "relay" peer in
+# front of it, Peer("relay", backend=("127.0.0.1", ws.port), cert=...), and take the relay's
+# counts (the plaintext when the relay terminates TLS). It speaks the same stdin/stdout protocol
+# as the other kinds; "counts" answers with an empty list.
+
+
+def websocket_main(argv: list[str]) -> None:
+    from websockets.sync.server import ServerConnection, serve
+
+    argparse.ArgumentParser(prog="peers.py websocket").parse_args(argv)
+
+    def echo(ws: ServerConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    server = serve(echo, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(json.dumps({"port": server.socket.getsockname()[1]}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "counts":
+            print("[]", flush=True)
+
+
 if __name__ == "__main__":
-    peer_main(sys.argv[1:])
+    if sys.argv[1:2] == ["websocket"]:
+        websocket_main(sys.argv[2:])
+    else:
+        peer_main(sys.argv[1:])
