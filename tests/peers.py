@@ -295,7 +295,7 @@ class Peer:
         if not line:
             raise RuntimeError(f"peer {kind} did not start")
         self.port = json.loads(line)["port"]
-        self.address = ("127.0.0.1", self.port) if not unix else unix
+        self.address = unix if unix else ("127.0.0.1", self.port)
 
     def counts(self) -> list[dict[str, Any]]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
