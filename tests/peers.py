@@ -6,9 +6,11 @@ test over stdin/stdout: it prints {"port": ...} when listening, then answers eac
 line with the per-connection counts as JSON.
 
 Kinds: echo (echo every byte), http (GET /bytes/N answers N bytes; any body is read and
-acknowledged; keep-alive), resp (a small Redis: PING, ECHO, SET, GET, DEL, QUIT), udp (echo
-datagrams), relay (forwards to --backend, counting what passes; terminates TLS when given a
-certificate, so its counts are the plaintext).
+acknowledged; keep-alive), resp (a small Redis: PING, ECHO, SET, GET, DEL, QUIT), smtp (enough
+for smtplib), starttls (a line protocol that upgrades to TLS), udp (echo datagrams), websocket
+(a `websockets` echo server that counts nothing itself: put a relay in front), relay (forwards
+to --backend, counting what passes; terminates TLS when given a certificate, so its counts are
+the plaintext).
 """
 
 from __future__ import annotations
@@ -196,7 +198,55 @@ def serve_relay(conn: Counted, args: Any) -> None:
     backend.close()
 
 
-SERVERS = {"echo": serve_echo, "http": serve_http, "resp": serve_resp, "relay": serve_relay}
+def serve_starttls(conn: Counted, args: Any) -> None:
+    """A plain line protocol that switches to TLS mid-stream: "STARTTLS\r\n" -> "OK\r\n",
+    then TLS (with --cert) and echo. The record keeps the plain phase apart too."""
+    buf = bytearray()
+    line = _read_line(conn, buf)
+    if line != b"STARTTLS\r\n" or buf:
+        return
+    conn.send(b"OK\r\n")
+    conn.record["plain_rx"], conn.record["plain_tx"] = conn.record["rx"], conn.record["tx"]
+    try:
+        conn.sock = args.context.wrap_socket(conn.sock, server_side=True)
+    except (ssl.SSLError, OSError):
+        return
+    conn.record["tls"] = conn.sock.version()
+    serve_echo(conn, args)
+
+
+def serve_smtp(conn: Counted, args: Any) -> None:
+    """Enough SMTP for smtplib.sendmail: greeting, EHLO, MAIL, RCPT, DATA, QUIT."""
+    buf = bytearray()
+    conn.send(b"220 peer ESMTP\r\n")
+    while True:
+        line = _read_line(conn, buf)
+        if line is None:
+            return
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            conn.send(b"250-peer\r\n250 SIZE 10000000\r\n")
+        elif verb == b"DATA":
+            conn.send(b"354 go ahead\r\n")
+            while _read_line(conn, buf) not in (None, b".\r\n"):
+                pass
+            conn.send(b"250 queued\r\n")
+        elif verb == b"QUIT":
+            conn.send(b"221 bye\r\n")
+            return
+        else:
+            conn.send(b"250 ok\r\n")
+
+
+SERVERS = {
+    "echo": serve_echo,
+    "http": serve_http,
+    "resp": serve_resp,
+    "relay": serve_relay,
+    "starttls": serve_starttls,
+    "smtp": serve_smtp,
+}
+TLS_LATER = {"starttls"}  # kinds that start TLS themselves, with args.context
 
 
 def _tcp_main(args: Any, tally: Tally) -> int:
@@ -215,6 +265,11 @@ def _tcp_main(args: Any, tally: Tally) -> int:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.cert)
     serve = SERVERS[args.kind]
+    args.context = context
+    if args.kind in TLS_LATER:
+        if context is None:
+            raise SystemExit(f"the {args.kind} peer needs --cert")
+        context = None
 
     def handle(raw: socket.socket) -> None:
         record = tally.new()
@@ -258,16 +313,31 @@ def _udp_main(args: Any, tally: Tally) -> int:
     return int(sock.getsockname()[1])
 
 
+def _websocket_main(args: Any, tally: Tally) -> int:
+    """A real `websockets` echo server. Its I/O is the library's own, so it counts nothing:
+    put a relay in front of it, Peer("relay", backend=..., cert=...), and take the relay's counts."""
+    from websockets.sync.server import ServerConnection, serve
+
+    def echo(ws: ServerConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    server = serve(echo, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return int(server.socket.getsockname()[1])
+
+
 def peer_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=[*SERVERS, "udp"])
+    parser.add_argument("kind", choices=[*SERVERS, "udp", "websocket"])
     parser.add_argument("--cert")
     parser.add_argument("--unix")
     parser.add_argument("--backend-host", default="127.0.0.1")
     parser.add_argument("--backend-port", type=int)
     args = parser.parse_args(argv)
     tally = Tally()
-    where = _udp_main(args, tally) if args.kind == "udp" else _tcp_main(args, tally)
+    main = {"udp": _udp_main, "websocket": _websocket_main}.get(args.kind, _tcp_main)
+    where = main(args, tally)
     print(json.dumps({"port": where}), flush=True)
     for line in sys.stdin:
         if line.strip() == "counts":
@@ -327,71 +397,5 @@ class Peer:
                 stream.close()
 
 
-# ---- starttls: a plain line protocol that switches to TLS mid-stream ------------------
-# Appended kind. The client sends "STARTTLS\r\n", the peer answers "OK\r\n", then wraps
-# the same socket in TLS (with the --cert it was given) and echoes. Its record counts every
-# byte it read and wrote, plain then TLS plaintext, and keeps each phase apart as well
-# (plain_rx / plain_tx). The accept loop must not wrap this kind at once: _tcp_main is
-# chained so that, for "starttls" only, the certificate goes to the server function instead.
-
-
-def serve_starttls(conn: Counted, args: Any) -> None:
-    buf = bytearray()
-    line = _read_line(conn, buf)
-    if line != b"STARTTLS\r\n" or buf:
-        return
-    conn.send(b"OK\r\n")
-    conn.record["plain_rx"], conn.record["plain_tx"] = conn.record["rx"], conn.record["tx"]
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(args.starttls_cert)
-    try:
-        conn.sock = context.wrap_socket(conn.sock, server_side=True)
-    except (ssl.SSLError, OSError):
-        return
-    conn.record["tls"] = conn.sock.version()
-    serve_echo(conn, args)
-
-
-SERVERS["starttls"] = serve_starttls
-_tcp_main_before_starttls = _tcp_main
-
-
-def _tcp_main(args: Any, tally: Tally) -> int:  # noqa: F811 - chained, see above
-    if args.kind == "starttls":
-        if not args.cert:
-            raise SystemExit("the starttls peer needs --cert (peer('starttls', tls=True))")
-        args.starttls_cert, args.cert = args.cert, None
-    return _tcp_main_before_starttls(args, tally)
-
-
-# ---- a websockets echo server (added for tests/test_clients.py) ---------------------------
-#
-# Kind "websocket": a real server from the `websockets` library, in this child process, echoing
-# every message back. Its I/O is the library's own, so it counts nothing: put a "relay" peer in
-# front of it, Peer("relay", backend=("127.0.0.1", ws.port), cert=...), and take the relay's
-# counts (the plaintext when the relay terminates TLS). It speaks the same stdin/stdout protocol
-# as the other kinds; "counts" answers with an empty list.
-
-
-def websocket_main(argv: list[str]) -> None:
-    from websockets.sync.server import ServerConnection, serve
-
-    argparse.ArgumentParser(prog="peers.py websocket").parse_args(argv)
-
-    def echo(ws: ServerConnection) -> None:
-        for message in ws:
-            ws.send(message)
-
-    server = serve(echo, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(json.dumps({"port": server.socket.getsockname()[1]}), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "counts":
-            print("[]", flush=True)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["websocket"]:
-        websocket_main(sys.argv[2:])
-    else:
-        peer_main(sys.argv[1:])
+    peer_main(sys.argv[1:])

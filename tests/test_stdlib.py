@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import array
+import asyncio
 import errno
 import gc
 import http.client
 import os
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -329,3 +331,40 @@ def test_sockets_made_before_a_capture_are_not_seen_unless_registered(peer):
     assert cap.connections == [conn]
     assert (conn.tx, conn.rx) == (7, 7)
     assert echo.totals(1) == (12, 12)
+
+
+def test_smtplib_sendmail(peer):
+    server = peer("smtp")
+    message = "Subject: hi\r\n\r\n" + "body line\r\n" * 100
+    with netstats.capture() as cap:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=5) as smtp:
+            smtp.sendmail("a@example.org", ["b@example.org"], message)
+    rx, tx = server.totals(1)
+    (conn,) = cap.connections
+    assert (conn.tx, conn.rx) == (rx, tx)
+    assert conn.tx > len(message)
+
+
+@pytest.mark.parametrize("events", [None, {"write"}], ids=["kernel-counted", "wrapped"])
+def test_asyncio_sock_sendfile_is_counted(peer, tmp_path, events):
+    echo = peer("echo")
+    path = tmp_path / "payload.bin"
+    path.write_bytes(b"s" * 200_000)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        s = socket.socket()
+        s.setblocking(False)
+        await loop.sock_connect(s, echo.address)
+        await loop.sock_sendall(s, b"0")  # the first write settles how the connection is counted
+        with open(path, "rb") as f:
+            assert await loop.sock_sendfile(s, f) == 200_000
+        got = 0
+        while got < 200_001:
+            got += len(await asyncio.wait_for(loop.sock_recv(s, 65536), 5))
+        s.close()
+
+    with netstats.capture((lambda e, c, n: None) if events else None, events=events) as cap:
+        asyncio.run(main())
+    (conn,) = cap.connections
+    assert echo.totals(1) == (200_001, 200_001) == (conn.tx, conn.rx)
