@@ -201,6 +201,8 @@ def release() -> list[Connection]:
 def _connection_of(target: Any) -> Connection:
     if isinstance(target, Connection):
         return target
+    if not isinstance(target, (socket.socket, ssl.SSLObject)) and hasattr(target, "fileno"):
+        target = _engine.socket_of(target.fileno())  # asyncio's TransportSocket, for one
     c = getattr(target, "_ns", None) if isinstance(target, (socket.socket, ssl.SSLObject)) else None
     if c is None:
         raise NotCaptured(f"{target!r} is not a captured socket or a netstats Connection")

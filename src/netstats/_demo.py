@@ -1,50 +1,133 @@
-"""`netstats demo`: a loopback HTTP server, a fetch, every event as it happens, a mark, totals."""
+"""`netstats demo`: the main job on an embedded default, offline, in a few seconds.
+
+It starts a loopback HTTP server and an HTTPS server (a throwaway certificate embedded below,
+valid for localhost and 127.0.0.1 only), fetches from both with urllib and with asyncio, prints
+each event as it happens, sets and shows marks, then prints the report of the run.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
+import os
+import ssl
+import tempfile
 import threading
+import time
 import urllib.request
 from typing import Any
 
-from ._capture import capture, mark
+from ._capture import Capture, mark
 from ._record import Connection
+from ._report import Run, render_text
+
+# A self-signed certificate made for this demo (openssl, P-256, valid until 2126). It protects
+# nothing: both ends are in this process, on loopback.
+DEMO_KEY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg54K/x3q2+0zB0NKK
+xfWFWiY2KTYmqXMH+bSMVh7v7/ChRANCAAQ5Hyap94q2LCl7O338BSn5fqDLbCsU
+NkVmgtNjBEdNPuVsxIYNd87LOjcPBajJxxmdutaSDuQqIFZzJyjRyjkN
+-----END PRIVATE KEY-----
+"""
+DEMO_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIB1jCCAXygAwIBAgIUVDeToSiy8xDhvkSGfYwXhf/YYwUwCgYIKoZIzj0EAwIw
+MzExMC8GA1UEAwwobmV0c3RhdHMgZGVtbyAodGhyb3dhd2F5LCBsb29wYmFjayBv
+bmx5KTAgFw0yNjExMjYxMTAzMjdaGA8yMTI2MTEwMjExMDMyN1owMzExMC8GA1UE
+AwwobmV0c3RhdHMgZGVtbyAodGhyb3dhd2F5LCBsb29wYmFjayBvbmx5KTBZMBMG
+ByqGSM49AgEGCCqGSM49AwEHA0IABDkfJqn3irYsKXs7ffwFKfl+oMtsKxQ2RWaC
+02MER00+5WzEhg13zss6Nw8FqMnHGZ261pIO5CogVnMnKNHKOQ2jbDBqMB0GA1Ud
+DgQWBBTqhaIbT3hIiVLAbk9Djqr3qRUynTAfBgNVHSMEGDAWgBTqhaIbT3hIiVLA
+bk9Djqr3qRUynTAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwDAYDVR0TAQH/
+BAIwADAKBggqhkjOPQQDAgNIADBFAiApOuKnRri8rS9mjJCou+gQJWLwFyX8c4rV
+azGrpd59FgIhAOcFok5dkC06x6hBoE+vHdrjmCCBKk2pYikpYm2pkrNX
+-----END CERTIFICATE-----
+"""
+BODY = b"netstats demo " * 2000  # 28,000 bytes
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self) -> None:
-        body = b"x" * 4096
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(BODY)))
+        self.send_header("Content-Type", "text/plain")
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(BODY)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-def _print_event(event: str, conn: Connection, nbytes: int | None) -> None:
+def _servers() -> tuple[list[http.server.ThreadingHTTPServer], int, int]:
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    secure = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "demo.pem")
+        with open(path, "w") as f:
+            f.write(DEMO_KEY + DEMO_CERT)
+        context.load_cert_chain(path)
+    secure.socket = context.wrap_socket(secure.socket, server_side=True)
+    for server in (plain, secure):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    return [plain, secure], plain.server_address[1], secure.server_address[1]
+
+
+def _show(event: str, conn: Connection, nbytes: int | None) -> None:
+    name = f"#{conn.id}"
     if event == "open":
-        print(f"#{conn.id} opened ({conn.transport}) from {conn.caller or conn.origin}")
+        where = conn.host or "{}:{}".format(*conn.remote)
+        print(f"{name} opened: {conn.transport} to {where}")
     elif event == "connect":
-        print(f"#{conn.id} connected to {conn.remote}")
-    elif event in ("read", "write"):
-        print(f"#{conn.id} {event.replace('read', 'reading').replace('write', 'writing')} {nbytes} bytes")
+        print(f"{name} connected to {conn.remote[0]}:{conn.remote[1]}")
+    elif event == "read":
+        print(f"{name} reading {nbytes} bytes")
+    elif event == "write":
+        print(f"{name} writing {nbytes} bytes")
     elif event == "close":
-        print(f"#{conn.id} closed: read {conn.rx} bytes, written {conn.tx} bytes in {conn.duration:.4f}s")
+        tls = f" over {conn.tls}" if conn.tls else ""
+        print(f"{name} closed{tls}: read {conn.rx} bytes, written {conn.tx} bytes")
+
+
+async def _fetch_async(port: int, context: ssl.SSLContext) -> None:
+    reader, writer = await asyncio.open_connection("localhost", port, ssl=context)
+    writer.write(f"GET /async HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    print(f"   mark 'request sent':      {mark(sock, 'request sent')}")
+    await reader.read()
+    print(f"   mark 'response read':     {mark(sock, 'response read')}")
+    writer.close()
+    await writer.wait_closed()
 
 
 def run() -> int:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    servers, plain_port, tls_port = _servers()
+    client = ssl.create_default_context(cadata=DEMO_CERT)
+    started = time.time()
     try:
-        with capture(_print_event) as cap, urllib.request.urlopen(url) as response:
-            response.read(10)
-            print("mark after the first bytes:", mark(response.fp.raw._sock, "first bytes"))
-            response.read()
+        with Capture(_show) as cap:
+            print(f"-- urllib, http://127.0.0.1:{plain_port}/")
+            urllib.request.urlopen(f"http://127.0.0.1:{plain_port}/", timeout=5).read()
+            print(f"-- urllib, https://localhost:{tls_port}/")
+            urllib.request.urlopen(f"https://localhost:{tls_port}/", timeout=5, context=client).read()
+            print(f"-- asyncio, https://localhost:{tls_port}/async, with marks")
+            asyncio.run(_fetch_async(tls_port, client))
     finally:
-        server.shutdown()
-        server.server_close()
-    print(f"\n{cap.count} connection(s): {cap.tx} bytes written, {cap.rx} bytes read")
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    result = Run(
+        program=["netstats", "demo"],
+        pid=os.getpid(),
+        started=started,
+        finished=time.time(),
+        exit_code=0,
+        connections=[c.as_dict() for c in cap.connections],
+    )
+    print()
+    print(render_text(result), end="")
     return 0

@@ -263,9 +263,16 @@ def finish(conn: Connection, sock: Any) -> None:
     """The connection ends: freeze its figures, then tell the watchers (once)."""
     if conn.closed is not None:
         return
-    if sock is not None and conn.transport == "tcp":
-        conn._info()  # last kernel read, descriptor still open
-        conn._tcp = _kernel.read(sock)
+    if sock is not None and conn.transport == "tcp" and conn.error is None:
+        if conn.connected is None:
+            try:  # a non-blocking connect whose end nobody asked about
+                sock.getpeername()
+                _mark_connected(conn, sock)
+            except OSError:
+                pass
+        if conn.connected is not None:
+            conn._info()  # last kernel read, descriptor still open
+            conn._tcp = _kernel.read(sock)
     conn.closed = time.time()
     ref = conn._sock
     conn._sock = None
@@ -398,14 +405,20 @@ def sendall_failed(c: Any, sock: Any) -> None:
             c._emit("write", c, moved)
 
 
+def socket_of(fd: Any) -> Any:
+    """The live captured socket with this descriptor, or None."""
+    ref = _by_fd.get(fd) if isinstance(fd, int) else None
+    sock = ref() if ref is not None else None
+    return sock if sock is not None and _fd_of(sock) == fd else None
+
+
 # ---- os.sendfile ------------------------------------------------------------------------
 
 
 @guarded
 def sent_file(out_fd: int, nbytes: int) -> None:
-    ref = _by_fd.get(out_fd)
-    sock = ref() if ref is not None else None
-    if sock is None or _fd_of(sock) != out_fd or nbytes <= 0:
+    sock = socket_of(out_fd)
+    if sock is None or nbytes <= 0:
         return
     c = sock._ns
     if c is None:

@@ -17,7 +17,8 @@ def _dirs(*paths: str | None) -> tuple[str, ...]:
     return tuple(sorted(out, key=len, reverse=True))
 
 
-_site_paths = [sysconfig.get_paths().get(k) for k in ("purelib", "platlib")]
+# Installed code: packages, and the console scripts that start them.
+_site_paths = [sysconfig.get_paths().get(k) for k in ("purelib", "platlib", "scripts")]
 try:
     _site_paths += site.getsitepackages() + [site.getusersitepackages()]
 except AttributeError:  # some embedded or virtualenv-old site modules lack these

@@ -1,0 +1,92 @@
+"""Capturing child processes of `netstats run`: each writes its connections to a shared folder.
+
+Children find us through the environment: NETSTATS_RUN_DIR names the folder, and the folder
+`_boot/` (on PYTHONPATH) holds a sitecustomize that calls `start_from_environment()` at start-up.
+Forked children (os.fork, multiprocessing's fork) start a fresh capture of their own; they
+dump through multiprocessing's exit hook, since they end with os._exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import threading
+from typing import Any
+
+from . import _engine, _patch
+from ._capture import Capture
+
+ENV_DIR = "NETSTATS_RUN_DIR"
+BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
+_capture: Capture | None = None
+_dumped = False
+_following = False
+
+
+def start_from_environment() -> None:
+    """Called at start-up of every Python child of `netstats run`."""
+    if os.environ.get(ENV_DIR) and _capture is None:
+        _begin()
+        atexit.register(dump)
+        follow_forks()
+
+
+def _begin() -> None:
+    global _capture, _dumped
+    _capture = Capture(keep=True, servers=os.environ.get("NETSTATS_SERVERS") == "1").start()
+    _dumped = False
+
+
+def follow_forks() -> None:
+    global _following
+    if not _following:
+        _following = True
+        os.register_at_fork(after_in_child=_after_fork)
+
+
+def _after_fork() -> None:
+    # The parent's captures were copied into this process: the child reports only its own.
+    _patch._lock = threading.RLock()
+    _engine.active = ()
+    _engine.serving = ()
+    if not os.environ.get(ENV_DIR):
+        return
+    _begin()
+    try:
+        from multiprocessing import util
+
+        util.Finalize(None, dump, exitpriority=0)
+    except Exception:  # pragma: no cover - multiprocessing missing
+        pass
+
+
+def dump() -> None:
+    """Write this process's connections to the run folder (once)."""
+    global _dumped
+    folder = os.environ.get(ENV_DIR)
+    if _capture is None or _dumped or not folder or not os.path.isdir(folder):
+        return
+    _dumped = True
+    _capture.stop()
+    records: list[dict[str, Any]] = [c.as_dict() for c in _capture.connections]
+    path = os.path.join(folder, f"{os.getpid()}.json")
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(records, f)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+
+
+def collect(folder: str) -> list[dict[str, Any]]:
+    """Every connection the children wrote, oldest process first."""
+    out: list[dict[str, Any]] = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    out.extend(json.load(f))
+            except (OSError, ValueError):
+                continue
+    return out
