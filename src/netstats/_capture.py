@@ -16,7 +16,13 @@ from ._record import FIELDS, Connection
 
 EVENTS = frozenset({"open", "connect", "read", "write", "close"})
 Callback = Callable[[str, Connection, "int | None"], Any]
-_in_callback = threading.local()
+
+
+class _Guard(threading.local):
+    busy = False  # this thread is inside a callback
+
+
+_guard = _Guard()
 
 
 class NetstatsError(Exception):
@@ -63,6 +69,7 @@ class Capture:
         self._open: dict[int, Connection] = {}
         self._closed_totals = [0, 0]
         self._final: tuple[int, int] | None = None
+        self._emit = self._make_emit()
 
     # -- what users read
     @property
@@ -146,20 +153,24 @@ class Capture:
             self._closed_totals[0] += conn._rx
             self._closed_totals[1] += conn._tx
 
-    def _emit(self, event: str, conn: Connection, nbytes: int | None) -> None:
-        callback = self.callback
-        if callback is None or not self._live or event not in self.events:
-            return
-        if getattr(_in_callback, "busy", False):
-            return  # the callback's own network I/O is counted but not reported back to it
-        _in_callback.busy = True
-        try:
-            callback(event, conn, nbytes)
-        except Exception:
-            self.errors += 1
-            _engine.log.exception("netstats: %s callback raised (the transfer goes on)", event)
-        finally:
-            _in_callback.busy = False
+    def _make_emit(self) -> Callable[[str, Connection, int | None], None]:
+        """The function the engine calls per event: a closure, since it runs per read and write."""
+        callback, events, guard, log = self.callback, self.events, _guard, _engine.log
+
+        def emit(event: str, conn: Connection, nbytes: int | None) -> None:
+            # guard.busy: the callback's own network I/O is counted but not reported back to it
+            if callback is None or event not in events or not self._live or guard.busy:
+                return
+            guard.busy = True
+            try:
+                callback(event, conn, nbytes)
+            except Exception:
+                self.errors += 1
+                log.exception("netstats: %s callback raised (the transfer goes on)", event)
+            finally:
+                guard.busy = False
+
+        return emit
 
 
 class _Registration(Capture):

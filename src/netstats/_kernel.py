@@ -45,18 +45,32 @@ class TcpInfo(NamedTuple):
     retrans_bytes: int  # bytes retransmitted
 
 
+def _raw(sock: Any) -> tuple[int, ...] | None:
+    raw = _getsockopt(sock, socket.IPPROTO_TCP, TCP_INFO, 232)
+    return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
+
+
 def read(sock: Any) -> TcpInfo | None:
     """The kernel's figures for a live TCP socket, or None where they cannot be had."""
     if not supported:
         return None
     try:
-        raw = _getsockopt(sock, socket.IPPROTO_TCP, TCP_INFO, 232)
-        if len(raw) < _NEEDED:
-            return None
-        inq = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCINQ, b"\0\0\0\0"))[0]
+        # The kernel reads tcpi_state before it locks the socket, and SIOCINQ is another call:
+        # take the figures only when two reads around the SIOCINQ agree (nothing arrived between).
+        first = _raw(sock)
+        for _ in range(5):
+            if first is None:
+                return None
+            inq = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCINQ, b"\0\0\0\0"))[0]
+            second = _raw(sock)
+            if second is not None and second[0] == first[0] and second[4] == first[4]:
+                break
+            first = second
     except (OSError, ValueError, TypeError):
         return None
-    state, rtt, retransmits, _acked, received, notsent, min_rtt, sent, retrans = _INFO.unpack_from(raw)
+    if second is None:
+        return None
+    state, rtt, retransmits, _acked, received, notsent, min_rtt, sent, retrans = second
     fin = 1 if state in _FIN_RECEIVED else 0
     return TcpInfo(
         wire_rx=max(0, received - fin),
