@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable
+from threading import get_ident
 from types import TracebackType
 from typing import Any
 
@@ -16,13 +16,11 @@ from ._record import FIELDS, Connection
 
 EVENTS = frozenset({"open", "connect", "read", "write", "close"})
 Callback = Callable[[str, Connection, "int | None"], Any]
+_busy_threads: set[int] = set()  # threads now inside a callback
 
 
-class _Guard(threading.local):
-    busy = False  # this thread is inside a callback
-
-
-_guard = _Guard()
+def _ignore(event: str, conn: Connection, nbytes: int | None) -> None:
+    pass
 
 
 class NetstatsError(Exception):
@@ -155,20 +153,23 @@ class Capture:
 
     def _make_emit(self) -> Callable[[str, Connection, int | None], None]:
         """The function the engine calls per event: a closure, since it runs per read and write."""
-        callback, events, guard, log = self.callback, self.events, _guard, _engine.log
+        callback, events, busy, log = self.callback, self.events, _busy_threads, _engine.log
+        if callback is None:
+            return _ignore
 
         def emit(event: str, conn: Connection, nbytes: int | None) -> None:
-            # guard.busy: the callback's own network I/O is counted but not reported back to it
-            if callback is None or event not in events or not self._live or guard.busy:
-                return
-            guard.busy = True
-            try:
-                callback(event, conn, nbytes)
-            except Exception:
-                self.errors += 1
-                log.exception("netstats: %s callback raised (the transfer goes on)", event)
-            finally:
-                guard.busy = False
+            if event in events and self._live:
+                thread = get_ident()
+                if thread in busy:
+                    return  # the callback's own network I/O is counted, not reported back to it
+                busy.add(thread)
+                try:
+                    callback(event, conn, nbytes)
+                except Exception:
+                    self.errors += 1
+                    log.exception("netstats: %s callback raised (the transfer goes on)", event)
+                finally:
+                    busy.discard(thread)
 
         return emit
 
@@ -239,7 +240,7 @@ def register(sock: Any, callback: Callback | None = None) -> Connection:
     with _patch._lock:
         _adopt_class(sock)
         watchers = tuple(_engine.active) + ((_Registration(callback),) if callback else ())
-        conn = _engine.open_connection(sock, "client", watchers or (_Registration(_no_callback),), None)
+        conn = _engine.open_connection(sock, "client", watchers or (_Registration(_ignore),), None)
     if conn is None:
         raise TypeError(f"register() supports TCP, UDP and Unix sockets, not {sock!r}")
     try:
@@ -250,10 +251,6 @@ def register(sock: Any, callback: Callback | None = None) -> Connection:
     if isinstance(sock, ssl.SSLSocket) and sock.version() is not None:
         _engine.tls_established(conn, sock)
     return conn
-
-
-def _no_callback(event: str, conn: Connection, nbytes: int | None) -> None:
-    pass
 
 
 def _adopt_class(sock: Any) -> None:
