@@ -68,6 +68,11 @@ class Capture:
         self._closed_totals = [0, 0]
         self._final: tuple[int, int] | None = None
         self._emit = self._make_emit()
+        # For the parts built on captures (pytest plugin, exporters), not for users:
+        # _gate(conn) may raise to refuse a connect before any byte leaves; _observers are
+        # called with each connection as it closes, its figures final.
+        self._gate: Callable[[Connection], None] | None = None
+        self._observers: list[Callable[[Connection], None]] = []
 
     # -- what users read
     @property
@@ -111,6 +116,8 @@ class Capture:
             _engine.active = _engine.active + (self,)
             if self.servers:
                 _engine.serving = _engine.serving + (self,)
+            if self._gate is not None:
+                _engine.gated = _engine.gated + (self,)
         return self
 
     def stop(self) -> list[Connection]:
@@ -121,6 +128,7 @@ class Capture:
                 self._live = False
                 _engine.active = tuple(c for c in _engine.active if c is not self)
                 _engine.serving = tuple(c for c in _engine.serving if c is not self)
+                _engine.gated = tuple(c for c in _engine.gated if c is not self)
                 if not _engine.active:
                     _patch.uninstall()
                 for conn in list(self._open.values()):
@@ -150,6 +158,11 @@ class Capture:
         if self._open.pop(conn.id, None) is not None and self._final is None:
             self._closed_totals[0] += conn._rx
             self._closed_totals[1] += conn._tx
+        for observer in self._observers:
+            try:
+                observer(conn)
+            except Exception:
+                _engine.log.exception("netstats: an observer of closed connections raised")
 
     def _make_emit(self) -> Callable[[str, Connection, int | None], None]:
         """The function the engine calls per event: a closure, since it runs per read and write."""

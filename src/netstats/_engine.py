@@ -31,6 +31,7 @@ log = logging.getLogger("netstats")
 # Replaced, never mutated, so the wrappers can read them without a lock.
 active: tuple[Capture, ...] = ()
 serving: tuple[Capture, ...] = ()
+gated: tuple[Capture, ...] = ()  # captures that may refuse a connect (the pytest plugin's block)
 
 _ids = itertools.count(1)
 _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket, for os.sendfile
@@ -158,6 +159,21 @@ def open_connection(
     conn._emit = _first_write if (transport == "tcp" and side == "client") else io_emitter(watchers)
     emit(conn, "open")
     return conn
+
+
+def admit(conn: Connection, sock: Any) -> None:
+    """Let each gating capture refuse this connect; its exception is meant for the caller.
+
+    Not guarded, on purpose: a refusal is the user's own configured error. The attempt is
+    recorded like a failed connect, and nothing has left the socket.
+    """
+    for cap in gated:
+        if cap._gate is not None and cap in conn._watchers:
+            try:
+                cap._gate(conn)
+            except BaseException as exc:
+                _fail(conn, sock, type(exc).__name__)
+                raise
 
 
 @guarded

@@ -63,6 +63,8 @@ class _Lifecycle:
         c = _engine.connecting(self, address) if (_engine.active or self._ns is not None) else None
         if c is None:
             return _connect(self, address)  # type: ignore[no-any-return]
+        if _engine.gated:
+            _engine.admit(c, self)
         try:
             _connect(self, address)
         except BaseException as exc:
@@ -74,6 +76,8 @@ class _Lifecycle:
         c = _engine.connecting(self, address) if (_engine.active or self._ns is not None) else None
         if c is None:
             return _connect_ex(self, address)  # type: ignore[no-any-return]
+        if _engine.gated:
+            _engine.admit(c, self)
         try:
             code: int = _connect_ex(self, address)
         except BaseException as exc:
@@ -435,6 +439,8 @@ class CountingSSLSocket(_sslmod.SSLSocket):
         c = _engine.connecting(self, addr) if _engine.active or self._ns is not None else None
         if c is None:
             return super().connect(addr)
+        if _engine.gated:
+            _engine.admit(c, self)
         try:
             super().connect(addr)  # connects, then handshakes (counted by do_handshake)
         except BaseException as exc:
@@ -450,6 +456,8 @@ class CountingSSLSocket(_sslmod.SSLSocket):
         c = _engine.connecting(self, addr) if _engine.active or self._ns is not None else None
         if c is None:
             return super().connect_ex(addr)  # type: ignore[no-any-return]
+        if _engine.gated:
+            _engine.admit(c, self)
         try:
             code: int = super().connect_ex(addr)
         except BaseException as exc:

@@ -1,0 +1,1 @@
+"""Exporters to the metrics systems services already run: Prometheus and OpenTelemetry."""

@@ -1,0 +1,1 @@
+"""pytest plugin: per-test network reports and budgets (inactive unless asked)."""
