@@ -85,7 +85,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         result = run_program(target, rest, module=bool(args.module), servers=args.servers)
     except NoSuchProgram as exc:
         print(f"netstats run: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     write(render(result, args.format, args.by), args.output)
     return result.exit_code or 0
 
@@ -97,7 +97,7 @@ def _report(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"netstats report: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    write(render(run, args.format, args.by), args.output)
+    write(render(run, args.format, args.by), args.output, sys.stdout)
     return 0
 
 

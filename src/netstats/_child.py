@@ -43,6 +43,23 @@ def follow_forks() -> None:
     if not _following:
         _following = True
         os.register_at_fork(after_in_child=_after_fork)
+        try:
+            from multiprocessing import util
+        except ImportError:  # pragma: no cover
+            return
+        # multiprocessing clears its finalizers in a new child, then runs these hooks:
+        # the dump must be registered from here to survive.
+        util.register_after_fork(_Anchor, _dump_at_process_exit)
+
+
+class _Anchor:
+    """register_after_fork() keys its hooks by an object; this module's is this class."""
+
+
+def _dump_at_process_exit(_anchor: object) -> None:
+    from multiprocessing import util
+
+    util.Finalize(None, dump, exitpriority=0)
 
 
 def _after_fork() -> None:
@@ -50,15 +67,8 @@ def _after_fork() -> None:
     _patch._lock = threading.RLock()
     _engine.active = ()
     _engine.serving = ()
-    if not os.environ.get(ENV_DIR):
-        return
-    _begin()
-    try:
-        from multiprocessing import util
-
-        util.Finalize(None, dump, exitpriority=0)
-    except Exception:  # pragma: no cover - multiprocessing missing
-        pass
+    if os.environ.get(ENV_DIR):
+        _begin()
 
 
 def dump() -> None:
@@ -77,6 +87,12 @@ def dump() -> None:
         os.replace(path + ".tmp", path)
     except OSError:
         pass
+
+
+def dump_fork_child(inherited: Capture) -> None:
+    """A bare os.fork() child that ran `netstats run`'s program to its end: report, don't print."""
+    inherited.stop()
+    dump()
 
 
 def collect(folder: str) -> list[dict[str, Any]]:

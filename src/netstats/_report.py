@@ -41,7 +41,7 @@ class Run:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Run:
-        schema = data.get("schema")
+        schema = data.get("schema") if isinstance(data, dict) else None
         if schema != SCHEMA:
             raise ValueError(f"not a netstats run file (schema {schema!r}, expected {SCHEMA!r})")
         return cls(
@@ -267,10 +267,12 @@ def render(run: Run, fmt: str = "text", by: str | None = None) -> str:
     return RENDERERS[fmt](run, by)
 
 
-def write(text: str, path: str | None) -> None:
+def write(text: str, path: str | None, stream: Any = None) -> None:
+    """To the file named, else to the stream (stderr by default: the program owns stdout)."""
     if path is None:
-        sys.stderr.write(text)
-        sys.stderr.flush()
+        stream = stream or sys.stderr
+        stream.write(text)
+        stream.flush()
     else:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)

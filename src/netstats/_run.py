@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
 import shutil
@@ -16,7 +17,11 @@ from ._report import Run
 
 
 class NoSuchProgram(Exception):
-    pass
+    """The script or module to run is not there; `exit_code` is what python would return."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -29,10 +34,19 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def run_program(target: str, args: list[str], *, module: bool, servers: bool = False) -> Run:
     """Run a script (or `-m module`) in this process under capture; return what it did."""
     if not module and not os.path.exists(target):
-        raise NoSuchProgram(f"can't open file {target!r}: no such file")
+        raise NoSuchProgram(f"can't open file {target!r}: no such file", 2)
+    if module and not _module_exists(target):
+        raise NoSuchProgram(f"No module named {target}", 1)
     folder = tempfile.mkdtemp(prefix="netstats-run-")
     saved_env = dict(os.environ)
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
@@ -41,6 +55,7 @@ def run_program(target: str, args: list[str], *, module: bool, servers: bool = F
     os.environ["NETSTATS_PACKAGE_PATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_child.BOOT_DIR, os.environ.get("PYTHONPATH")]))
     _child.follow_forks()
+    pid = os.getpid()
     started = time.time()
     cap = Capture(keep=True, servers=servers).start()
     exit_code = 0
@@ -63,11 +78,14 @@ def run_program(target: str, args: list[str], *, module: bool, servers: bool = F
     except BaseException:
         # As python prints it: the traceback without netstats' own frames on top.
         etype, value, tb = sys.exc_info()
-        while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, runpy.__file__):
+        while tb is not None and tb.tb_frame.f_globals.get("__name__") in (__name__, "runpy"):
             tb = tb.tb_next
         traceback.print_exception(etype, value, tb)
         exit_code = 1
     finally:
+        if os.getpid() != pid:  # a bare os.fork() child that ran on to the end of the program
+            _child.dump_fork_child(cap)
+            raise SystemExit(exit_code)
         cap.stop()
         sys.argv = saved_argv
         if saved_path0 is not None and sys.path:
@@ -78,7 +96,7 @@ def run_program(target: str, args: list[str], *, module: bool, servers: bool = F
     shutil.rmtree(folder, ignore_errors=True)
     return Run(
         program=[target, *args] if not module else ["-m", target, *args],
-        pid=os.getpid(),
+        pid=pid,
         started=started,
         finished=time.time(),
         exit_code=exit_code,
