@@ -460,6 +460,24 @@ def resolved(host: Any, results: Any) -> None:
         _names[sockaddr[0]] = host
 
 
+@guarded
+def resolve_failed(host: Any, port: Any, kind: int, exc: BaseException) -> None:
+    """A name that did not resolve is a connection attempt that failed before it had a socket."""
+    watchers = active
+    if not watchers:
+        return
+    transport = "udp" if kind == _socketmod.SOCK_DGRAM else "tcp"
+    conn = Connection(next(_ids), "client", transport)
+    conn.origin, conn.caller = _origin.where()
+    conn.host = host.decode("idna", "replace") if isinstance(host, bytes) else host
+    conn._watchers = watchers
+    for cap in watchers:
+        cap._opened(conn)
+    emit(conn, "open")
+    conn.error = type(exc).__name__
+    finish(conn, None)
+
+
 def _is_address(host: str) -> bool:
     for family in (_socketmod.AF_INET, _socketmod.AF_INET6):
         try:

@@ -29,6 +29,7 @@ _STDLIB_DIRS = _dirs(
     os.path.dirname(os.__file__),
 )
 _kinds: dict[str, int] = {}
+_places: dict[tuple[object, int], str] = {}  # formatted frames, shared by the records that have them
 
 
 def _kind(filename: str) -> int:
@@ -65,7 +66,12 @@ def where() -> tuple[str | None, str | None]:
         code = frame.f_code
         kind = _kind(code.co_filename)
         if kind >= _PACKAGE:
-            here = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+            key = (code, frame.f_lineno)
+            here = _places.get(key)
+            if here is None:
+                here = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+                if len(_places) < 4096:
+                    _places[key] = here
             if origin is None:
                 origin = here
             if kind == _USER:

@@ -48,7 +48,11 @@ def _getaddrinfo(original: Any) -> Any:
     def getaddrinfo(
         host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
     ) -> Any:
-        results = original(host, port, family, type, proto, flags)
+        try:
+            results = original(host, port, family, type, proto, flags)
+        except OSError as exc:  # gaierror: the attempt is recorded, the error goes on unchanged
+            _engine.resolve_failed(host, port, type, exc)
+            raise
         _engine.resolved(host, results)
         return results
 
