@@ -40,7 +40,6 @@ _NAMES_MAX = 4096
 _FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
-_local = threading.local()
 kernel_classes: tuple[type, type] = (object, object)  # (CountingSocket, KernelCountedSocket), set by _hooks
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -342,6 +341,7 @@ def tls_output_pending(tls_obj: Any, size: int) -> None:
     _waiting_tls.append((weakref.ref(tls_obj), threading.get_ident(), size, time.monotonic()))
 
 
+@guarded
 def _first_write(event: str, conn: Connection, nbytes: int) -> None:
     """One-shot check on a TCP client's first write: is it an SSLObject's ClientHello?
 
@@ -397,10 +397,7 @@ def link_asyncio_protocol(protocol: Any, transport: Any) -> None:
     if tls_obj is None or not hasattr(tls_obj, "_ns") or tls_obj._ns is not None:
         return
     raw = transport.get_extra_info("socket")
-    if raw is None:
-        return
-    ref = _by_fd.get(_fd_of(raw))
-    sock = ref() if ref is not None else None
+    sock = socket_of(_fd_of(raw)) if raw is not None else None
     if sock is None or sock._ns is None or sock._ns.conn.closed is not None:
         return
     link_tls(sock._ns.conn, sock, tls_obj)
