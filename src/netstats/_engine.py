@@ -160,27 +160,30 @@ def open_connection(
     return conn
 
 
-def admit(conn: Connection, sock: Any) -> None:
-    """Let each gating capture refuse this connect; its exception is meant for the caller.
-
-    Not guarded, on purpose: a refusal is the user's own configured error. The attempt is
-    recorded like a failed connect, and nothing has left the socket.
-    """
-    for cap in gated:
-        if cap._gate is not None and cap in conn._watchers:
-            try:
-                cap._gate(conn)
-            except BaseException as exc:
-                _fail(conn, sock, type(exc).__name__)
-                raise
-
-
 @guarded
 def connecting(sock: Any, address: Any) -> Connection | None:
     c = sock._ns
     if c is not None and c.conn.closed is None:
         return c.conn  # type: ignore[no-any-return]
     return open_connection(sock, "client", active, address)
+
+
+def begin_connect(sock: Any, address: Any) -> Connection | None:
+    """The record a connect() on sock counts into (opened if need be), once the gates let it go.
+
+    A gate's refusal is not guarded, on purpose: it is the user's own configured error, meant
+    for the caller. The attempt is recorded like a failed connect; nothing has left the socket.
+    """
+    conn = connecting(sock, address)
+    if conn is not None and gated:
+        for cap in gated:
+            if cap._gate is not None and cap in conn._watchers:
+                try:
+                    cap._gate(conn)
+                except BaseException as exc:
+                    _fail(conn, sock, type(exc).__name__)
+                    raise
+    return conn
 
 
 def _mark_connected(conn: Connection, sock: Any) -> None:

@@ -60,11 +60,9 @@ class _Lifecycle:
     _ns: Any
 
     def connect(self, address: Any) -> None:
-        c = _engine.connecting(self, address) if (_engine.active or self._ns is not None) else None
+        c = _engine.begin_connect(self, address) if _engine.active or self._ns is not None else None
         if c is None:
             return _connect(self, address)  # type: ignore[no-any-return]
-        if _engine.gated:
-            _engine.admit(c, self)
         try:
             _connect(self, address)
         except BaseException as exc:
@@ -73,11 +71,9 @@ class _Lifecycle:
         _engine.connect_done(c, self)
 
     def connect_ex(self, address: Any) -> int:
-        c = _engine.connecting(self, address) if (_engine.active or self._ns is not None) else None
+        c = _engine.begin_connect(self, address) if _engine.active or self._ns is not None else None
         if c is None:
             return _connect_ex(self, address)  # type: ignore[no-any-return]
-        if _engine.gated:
-            _engine.admit(c, self)
         try:
             code: int = _connect_ex(self, address)
         except BaseException as exc:
@@ -436,11 +432,9 @@ class CountingSSLSocket(_sslmod.SSLSocket):
         return n
 
     def connect(self, addr: Any) -> None:
-        c = _engine.connecting(self, addr) if _engine.active or self._ns is not None else None
+        c = _engine.begin_connect(self, addr) if _engine.active or self._ns is not None else None
         if c is None:
             return super().connect(addr)
-        if _engine.gated:
-            _engine.admit(c, self)
         try:
             super().connect(addr)  # connects, then handshakes (counted by do_handshake)
         except BaseException as exc:
@@ -453,11 +447,9 @@ class CountingSSLSocket(_sslmod.SSLSocket):
         return None
 
     def connect_ex(self, addr: Any) -> int:
-        c = _engine.connecting(self, addr) if _engine.active or self._ns is not None else None
+        c = _engine.begin_connect(self, addr) if _engine.active or self._ns is not None else None
         if c is None:
             return super().connect_ex(addr)  # type: ignore[no-any-return]
-        if _engine.gated:
-            _engine.admit(c, self)
         try:
             code: int = super().connect_ex(addr)
         except BaseException as exc:
