@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -190,3 +191,73 @@ def test_kernel_counted_connections_count_live_across_threads(peer):
         assert netstats.mark(s) == pytest.approx({"tx": 3000, "rx": 3000, "elapsed": 0}, abs=5)
         s.close()
     assert echo.totals(1) == (3000, 3000) == (cap.tx, cap.rx)
+
+
+class SilentTLSServer:
+    """A TLS server (in a thread, stock sockets made before any capture) that completes the
+    handshake, sends nothing, and reads nothing until released: the client's sendall stalls."""
+
+    def __init__(self, cert_file: str) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert_file)
+        self.context.num_tickets = 0  # nothing unread at the client: its close sends FIN, not RST
+        self.listener = listening()
+        self.address = self.listener.getsockname()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        raw, _ = self.listener.accept()
+        with self.context.wrap_socket(raw, server_side=True) as s:
+            self.release.wait(10)
+            try:
+                while s.recv(65536):
+                    pass
+            except (OSError, ssl.SSLError):
+                pass
+
+    def close(self) -> None:
+        self.release.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+def test_sync_tls_sendall_that_timed_out_half_way(peer, cert_file, client_context):
+    server = SilentTLSServer(cert_file)
+    relay = peer("relay", backend=server.address)  # counts the ciphertext that passes
+    try:
+        with netstats.capture() as cap:
+            raw = socket.create_connection(relay.address)
+            s = client_context.wrap_socket(raw, server_hostname="localhost")
+            s.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                s.sendall(b"t" * 64 * 1024 * 1024)
+            wait_for(lambda: relay.counts()[0]["tx"] == netstats.stats(s, "wire_rx"))
+            relay_tx = relay.counts()[0]["tx"]  # the handshake: the server has sent nothing since
+            s.close()
+    finally:
+        server.close()
+    (conn,) = cap.connections
+    relay_rx, _ = relay.totals(1)  # once released, the server reads all the kernel had accepted
+    assert 0 < conn.wire_tx == relay_rx
+    assert conn.wire_rx == relay_tx
+
+
+def test_sync_tls_socket_dropped_without_close_keeps_its_wire_figures(peer, client_context):
+    echo = peer("echo", tls=True)
+    relay = peer("relay", backend=echo.address)
+    with netstats.capture() as cap:
+        s = client_context.wrap_socket(socket.create_connection(relay.address), server_hostname="localhost")
+        s.sendall(b"d" * 20_000)
+        drain(s, 20_000)
+        wait_for(lambda s=s: relay.counts()[0]["tx"] == netstats.stats(s, "wire_rx"))
+        relay_tx = relay.counts()[0]["tx"]
+        with pytest.warns(ResourceWarning):
+            del s
+            gc.collect()
+    (conn,) = cap.connections
+    relay_rx, _ = relay.totals(1)
+    assert conn.closed is not None
+    assert (conn.tx, conn.rx) == echo.totals(1) == (20_000, 20_000)
+    assert (conn.wire_tx, conn.wire_rx) == (relay_rx, relay_tx)
