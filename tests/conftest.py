@@ -72,3 +72,21 @@ def no_capture_left_behind() -> Iterator[None]:
             break
     assert leaked == 0, f"the test left {leaked} capture(s) active"
     assert socket.socket is stock
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: long reliability runs (tests/test_soak.py); run with -m soak or NETSTATS_SOAK=1"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests are deselected unless asked for: `-m soak` (as .ci/run does) or NETSTATS_SOAK=1."""
+    import os
+
+    if "soak" in (config.getoption("markexpr", "") or "") or os.environ.get("NETSTATS_SOAK") == "1":
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]

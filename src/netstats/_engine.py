@@ -259,10 +259,26 @@ def _count_in_kernel(conn: Connection, sock: Any) -> None:  # sock: Any, whateve
 
 
 def _stop_kernel_counting(conn: Connection) -> None:
-    """TLS starts on this stream: from now on rx/tx are the plaintext, counted by the TLS object."""
+    """From now on rx/tx come from Python: TLS starts on this stream (the TLS object counts
+    the plaintext), or another process is about to share the kernel socket."""
     if conn._kernel:
         conn._info()
         conn._kernel = False
+        sock = conn._sock() if conn._sock is not None else None
+        wrapped, bare = kernel_classes
+        if sock is not None and type(sock) is bare:
+            sock.__class__ = wrapped
+
+
+@guarded
+def before_sharing(sock: Any = None) -> None:
+    """Before fork (every socket) or before a socket is pickled for another process: the
+    kernel's counters will include the other process's bytes, so the wrappers count again."""
+    socks = [sock] if sock is not None else [ref() for ref in list(_by_fd.values())]
+    for s in socks:
+        c = getattr(s, "_ns", None) if s is not None else None
+        if c is not None and c.conn.closed is None:
+            _stop_kernel_counting(c.conn)
 
 
 @guarded
@@ -289,8 +305,7 @@ def finish(conn: Connection, sock: Any) -> None:
             except OSError:
                 pass
         if conn.connected is not None:
-            conn._info()  # last kernel read, descriptor still open
-            conn._tcp = _kernel.read(sock)
+            conn._tcp = conn._info()  # last kernel read, descriptor still open
     conn.closed = time.time()
     ref = conn._sock
     conn._sock = None

@@ -438,7 +438,8 @@ class CountingSSLSocket(_sslmod.SSLSocket):
         try:
             super().connect(addr)  # connects, then handshakes (counted by do_handshake)
         except BaseException as exc:
-            if self._connected:
+            if self._connected:  # TCP connected, the handshake failed
+                _engine.connect_done(c, self)
                 _engine.tls_failed(c, self, exc)
             else:
                 _engine.connect_raised(c, self, exc)
@@ -534,3 +535,14 @@ class CountingSSLObject(_sslmod.SSLObject):
         self = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
         self._outgoing = outgoing  # to see the size of the first handshake flight
         return self
+
+
+# Reprs, warnings and tracebacks name the classes as the stock ones they stand in for.
+for _cls, _module, _name in (
+    (KernelCountedSocket, "socket", "socket"),
+    (CountingSocket, "socket", "socket"),
+    (RegisteredSocket, "socket", "socket"),
+    (CountingSSLSocket, "ssl", "SSLSocket"),
+    (CountingSSLObject, "ssl", "SSLObject"),
+):
+    _cls.__module__, _cls.__qualname__, _cls.__name__ = _module, _name, _name

@@ -28,9 +28,9 @@ _INFO = struct.Struct("=B67xI28xI16xQQ8xII48xQQ")  # state, rtt, total_retrans, 
 supported = sys.platform.startswith("linux") and TCP_INFO is not None and fcntl is not None
 
 # A FIN from the peer has arrived in these states. CLOSE with the descriptor still open follows
-# either both FINs (after shutdown) or a reset; it is taken as the graceful case.
-_ESTABLISHED, _CLOSE_WAIT, _LAST_ACK, _CLOSING, _TIME_WAIT, _CLOSE = 1, 8, 9, 11, 6, 7
-_FIN_RECEIVED = frozenset({_CLOSE_WAIT, _LAST_ACK, _CLOSING, _TIME_WAIT, _CLOSE})
+# either both FINs (after shutdown) or a reset: read() tells them apart by our FIN's ack.
+_CLOSE_WAIT, _LAST_ACK, _CLOSING, _TIME_WAIT, _CLOSE = 8, 9, 11, 6, 7
+_FIN_RECEIVED = frozenset({_CLOSE_WAIT, _LAST_ACK, _CLOSING, _TIME_WAIT})
 
 
 class TcpInfo(NamedTuple):
@@ -50,8 +50,11 @@ def _raw(sock: Any) -> tuple[int, ...] | None:
     return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
 
 
-def read(sock: Any) -> TcpInfo | None:
-    """The kernel's figures for a live TCP socket, or None where they cannot be had."""
+def read(sock: Any, client: bool = True) -> TcpInfo | None:
+    """The kernel's figures for a live TCP socket, or None where they cannot be had.
+
+    `client`: the socket connected (its SYN counts once in bytes_acked) rather than accepted.
+    """
     if not supported:
         return None
     try:
@@ -70,8 +73,13 @@ def read(sock: Any) -> TcpInfo | None:
         return None
     if second is None:
         return None
-    state, rtt, retransmits, _acked, received, notsent, min_rtt, sent, retrans = second
-    fin = 1 if state in _FIN_RECEIVED else 0
+    state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = second
+    if state == _CLOSE:
+        # Both FINs (our FIN acknowledged: bytes_acked is past the data, and the SYN when we
+        # connected) or a reset (no FIN from the peer, as far as we can tell).
+        fin = 1 if acked - (1 if client else 0) > sent - retrans else 0
+    else:
+        fin = 1 if state in _FIN_RECEIVED else 0
     return TcpInfo(
         wire_rx=max(0, received - fin),
         wire_tx=sent - retrans + notsent,

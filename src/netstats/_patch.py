@@ -112,15 +112,27 @@ def _register_reducers() -> None:
         return
     reducer = getattr(reduction, "_reduce_socket", None)
     if reducer is not None:
-        for cls in (_hooks.CountingSocket, _hooks.RegisteredSocket):
-            reduction.register(cls, reducer)
+
+        def reduce_shared(sock: Any) -> Any:
+            _engine.before_sharing(sock)
+            return reducer(sock)
+
+        for cls in (_hooks.CountingSocket, _hooks.KernelCountedSocket, _hooks.RegisteredSocket):
+            reduction.register(cls, reduce_shared)
+
+
+_forks_followed = False
 
 
 def install() -> None:
     """Put every patch in place (idempotent; call with _lock held)."""
+    global _forks_followed
     if _installed:
         return
     _register_reducers()
+    if not _forks_followed and hasattr(os, "register_at_fork"):
+        _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
+        os.register_at_fork(before=_engine.before_sharing)
     for patch in _patches():
         patch.install()
         _installed.append(patch)

@@ -128,7 +128,7 @@ class Connection:
         if self.closed is not None or ref is None or self.transport != "tcp":
             return self._tcp
         sock = ref()
-        info = _kernel.read(sock) if sock is not None else None
+        info = _kernel.read(sock, self.side == "client") if sock is not None else None
         if info is not None and self._kernel:
             self._rx = info.wire_rx - info.unread
             self._tx = info.wire_tx
