@@ -368,3 +368,17 @@ def test_asyncio_sock_sendfile_is_counted(peer, tmp_path, events):
         asyncio.run(main())
     (conn,) = cap.connections
     assert echo.totals(1) == (200_001, 200_001) == (conn.tx, conn.rx)
+
+
+def test_host_is_the_name_asked_for_not_one_resolved_earlier(peer):
+    echo = peer("echo")
+    with netstats.capture() as cap:
+        with socket.create_connection(("localhost", echo.port)) as named:
+            named.sendall(b"n")
+            drain(named, 1)
+        with socket.create_connection(("127.0.0.1", echo.port)) as literal:
+            literal.sendall(b"l")
+            drain(literal, 1)
+    named_conn, literal_conn = [c for c in cap.connections if c.error is None]
+    assert named_conn.host == "localhost"
+    assert literal_conn.host is None  # the same address, asked for by number

@@ -35,8 +35,13 @@ gated: tuple[Capture, ...] = ()  # captures that may refuse a connect (the pytes
 
 _ids = itertools.count(1)
 _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket, for os.sendfile
-_names: dict[str, str] = {}  # address -> the name that getaddrinfo resolved to it
+# Which name a connect's address came from. Exact: the last lookup on the connecting thread
+# (a lookup of an address literal says "no name"). Else, for lookups done on another thread
+# (asyncio resolves in an executor): a name resolved to that address in the last minute.
+_lookups = threading.local()
+_names: dict[str, tuple[str, float]] = {}  # address -> (name, when)
 _NAMES_MAX = 4096
+_NAME_SECONDS = 60.0
 _FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
@@ -101,8 +106,14 @@ def _transport(sock: Any) -> str | None:
 
 
 def _name_for(address: Any) -> str | None:
-    if isinstance(address, tuple) and address:
-        return _names.get(address[0])
+    if not isinstance(address, tuple) or not address:
+        return None
+    last = getattr(_lookups, "last", None)
+    if last is not None and address[0] in last[1]:
+        return last[0]  # type: ignore[no-any-return]
+    entry = _names.get(address[0])
+    if entry is not None and time.monotonic() - entry[1] < _NAME_SECONDS:
+        return entry[0]
     return None
 
 
@@ -467,12 +478,17 @@ def sent_file(out_fd: int, nbytes: int) -> None:
 def resolved(host: Any, results: Any) -> None:
     if isinstance(host, bytes):
         host = host.decode("idna")
-    if not isinstance(host, str) or not host or _is_address(host):
+    name = host if isinstance(host, str) and host and not _is_address(host) else None
+    addresses = frozenset(sockaddr[0] for *_, sockaddr in results)
+    _lookups.last = (name, addresses)
+    if name is None:
         return
-    for *_, sockaddr in results:
+    now = time.monotonic()
+    for address in addresses:
+        _names.pop(address, None)  # re-inserted last: the oldest go first when full
         if len(_names) >= _NAMES_MAX:
             _names.pop(next(iter(_names)))
-        _names[sockaddr[0]] = host
+        _names[address] = (name, now)
 
 
 @guarded
