@@ -75,7 +75,7 @@ def echo():
         out.write(f"{server.received}\\n")
 """
 
-ROW = re.compile(r"^\s*([\d,]+)\s+([\d,]+)\s+(\d+)  (.+?)(?:  |$)")
+ROW = re.compile(r"^\s*([\d,]+)\s+([\d,]+)\s+(?:[\d,]+|-)\s+(\d+)  (.+?)(?:  |$)")
 
 
 @pytest.fixture
@@ -222,7 +222,13 @@ def test_json_file_holds_every_test_with_its_connections(suite: pytest.Pytester)
     server_received = int((suite.path / "server_received.txt").read_text())
     assert server_received == 1234 + 66 + 4321
     assert doc["version"] == 1
-    assert doc["totals"] == {"tx": server_received, "rx": server_received, "connections": 3, "tests": 3}
+    assert doc["totals"] == {
+        "tx": server_received,
+        "rx": server_received,
+        "tls_overhead": 0,  # plain TCP
+        "connections": 3,
+        "tests": 3,
+    }
     rows = {row["name"]: row for row in doc["rows"]}
     assert [r["name"] for r in doc["rows"]] == sorted(rows)
     assert rows["test_a.py::test_quiet"] == {
@@ -230,6 +236,7 @@ def test_json_file_holds_every_test_with_its_connections(suite: pytest.Pytester)
         "kind": "test",
         "tx": 0,
         "rx": 0,
+        "tls_overhead": 0,
         "connections": [],
     }
     two = rows["test_a.py::test_two"]
@@ -238,8 +245,9 @@ def test_json_file_holds_every_test_with_its_connections(suite: pytest.Pytester)
     first = two["connections"][0]
     assert set(first) == {
         *("id", "pid", "transport", "host", "remote", "tls", "error"),
-        *("opened_here", "tx", "rx", "origin", "caller"),
+        *("opened_here", "tx", "rx", "wire_tx", "wire_rx", "tls_overhead", "origin", "caller"),
     }
+    assert (first["wire_tx"], first["wire_rx"], first["tls_overhead"]) == (1234, 1234, 0)  # plain TCP
     assert first["transport"] == "tcp" and first["remote"][0] == "127.0.0.1" and first["opened_here"]
     assert first["tls"] is None and first["error"] is None and "conftest.py" in first["origin"]
     one = rows["test_a.py::test_one"]

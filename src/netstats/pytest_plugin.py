@@ -5,7 +5,7 @@ below, a ``netstats`` marker or the ``netstats`` fixture in use, it starts no ca
 nothing and prints nothing.
 
 - ``pytest --netstats``: a "netstats" section in the terminal summary with one row per test that
-  touched the network (tx, rx, connections, hosts), busiest first, and a total row.
+  touched the network (tx, rx, TLS overhead, connections, hosts), busiest first, and a total row.
   ``--netstats-top N`` shows the N busiest rows only. ``--netstats-json FILE`` writes the data.
 - ``@pytest.mark.netstats(max_tx=, max_rx=, max_connections=, allow_hosts=[...])``: a test over
   budget, or that tried to reach a host not allowed (a refused or blocked attempt included), fails
@@ -39,17 +39,20 @@ shares), prints the summary and writes the JSON. Verdicts are given in the worke
 JSON (``--netstats-json``)::
 
     {"version": 1,
-     "totals": {"tx": int, "rx": int, "connections": int, "tests": int},
+     "totals": {"tx": int, "rx": int, "tls_overhead": int, "connections": int, "tests": int},
      "rows": [                                  # every test run, network or not, by name
        {"name": "test_x.py::test_y",            # a nodeid, or "<... fixtures ...>", "<outside tests>"
         "kind": "test" | "fixtures" | "outside",
         "tx": int, "rx": int,                   # application bytes moved in this row's windows
+        "tls_overhead": int,                    # TLS bytes on the wire beyond them (Linux)
         "connections": [
           {"id": int, "pid": int, "transport": "tcp" | "udp" | "unix",
            "host": str | null, "remote": [address, port] | str | null, "tls": str | null,
            "error": str | null,                 # a failed or blocked connect: the exception's name
            "opened_here": bool,                 # opened in this row's windows (else earlier)
            "tx": int, "rx": int,                # its bytes in this row's windows
+           "wire_tx": int, "wire_rx": int,      # its TCP stream bytes then (0 where unknown)
+           "tls_overhead": int,
            "origin": str | null, "caller": str | null}]}]}
 """
 
@@ -239,7 +242,16 @@ class Share:
     conn: Connection
     tx: int = 0
     rx: int = 0
+    wire_tx: int = 0  # TCP stream bytes, where the kernel tells (Linux)
+    wire_rx: int = 0
     opened_here: bool = False
+
+    @property
+    def tls_overhead(self) -> int:
+        """TLS records and handshake: wire bytes beyond the application's, in these windows."""
+        if not self.conn.tls or not (self.wire_tx or self.wire_rx):
+            return 0
+        return self.wire_tx + self.wire_rx - self.tx - self.rx
 
     def describe(self) -> str:
         error = f" ({self.conn.error})" if self.conn.error else ""
@@ -251,6 +263,7 @@ class Share:
         return dict(
             id=c.id, pid=c.pid, transport=c.transport, host=c.host, remote=remote, tls=c.tls,
             error=c.error, opened_here=self.opened_here, tx=self.tx, rx=self.rx,
+            wire_tx=self.wire_tx, wire_rx=self.wire_rx, tls_overhead=self.tls_overhead,
             origin=c.origin, caller=c.caller,
         )  # fmt: skip
 
@@ -271,7 +284,7 @@ class Ledger:
         self.usage: dict[str, dict[int, Share]] = {}
         self._lock = threading.RLock()
         self._stack = [Window(OUTSIDE)]
-        self._seen: dict[int, list[Any]] = {}  # conn id -> [conn, rx, tx] at the last reading
+        self._seen: dict[int, list[Any]] = {}  # conn id -> [conn, rx, tx, wire_rx, wire_tx] last read
 
     def start(self) -> Ledger:
         self.capture.start()
@@ -314,7 +327,7 @@ class Ledger:
 
     def _opened(self, event: str, conn: Connection, nbytes: int | None) -> None:
         with self._lock:
-            self._seen[conn.id] = [conn, 0, 0]
+            self._seen[conn.id] = [conn, 0, 0, 0, 0]
             self._share(self._stack[-1].owner, conn).opened_here = True
 
     def _read(self) -> None:
@@ -324,11 +337,15 @@ class Ledger:
             conn: Connection = seen[0]
             closed = conn.closed is not None  # read before the totals: they are final after close
             rx, tx = conn._totals()  # since open, never reset by the user
-            if rx != seen[1] or tx != seen[2]:
+            info = conn._info() if conn.transport == "tcp" else None  # the kernel's, for TLS overhead
+            wire_rx, wire_tx = (info.wire_rx, info.wire_tx) if info is not None else (seen[3], seen[4])
+            if (rx, tx, wire_rx, wire_tx) != tuple(seen[1:]):
                 share = self._share(owner, conn)
                 share.rx += rx - seen[1]
                 share.tx += tx - seen[2]
-                seen[1], seen[2] = rx, tx
+                share.wire_rx += wire_rx - seen[3]
+                share.wire_tx += wire_tx - seen[4]
+                seen[1:] = rx, tx, wire_rx, wire_tx
             if closed:
                 del self._seen[conn_id]
 
@@ -349,16 +366,19 @@ def _kind(owner: str) -> str:
 
 def _row(owner: str, shares: list[Share]) -> dict[str, Any]:
     tx, rx = sum(s.tx for s in shares), sum(s.rx for s in shares)
-    return dict(name=owner, kind=_kind(owner), tx=tx, rx=rx, connections=[s.as_dict() for s in shares])
+    overhead = sum(s.tls_overhead for s in shares)
+    connections = [s.as_dict() for s in shares]
+    return dict(name=owner, kind=_kind(owner), tx=tx, rx=rx, tls_overhead=overhead, connections=connections)
 
 
 def _merge(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per name (xdist workers may each report a fixture), sorted by name."""
     merged: dict[str, dict[str, Any]] = {}
     for row in rows:
-        into = merged.setdefault(row["name"], {**row, "tx": 0, "rx": 0, "connections": []})
+        into = merged.setdefault(row["name"], {**row, "tx": 0, "rx": 0, "tls_overhead": 0, "connections": []})
         into["tx"] += row["tx"]
         into["rx"] += row["rx"]
+        into["tls_overhead"] += row["tls_overhead"]
         into["connections"] += row["connections"]
     return [merged[name] for name in sorted(merged)]
 
@@ -525,6 +545,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, int]:
     return dict(
         tx=sum(r["tx"] for r in rows),
         rx=sum(r["rx"] for r in rows),
+        tls_overhead=sum(r["tls_overhead"] for r in rows),
         connections=sum(len(r["connections"]) for r in rows),
         tests=sum(1 for r in rows if r["kind"] == "test"),
     )
@@ -550,12 +571,14 @@ def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int |
         return
     shown = busy[:top] if top else busy
     width = max(len(r["name"]) for r in shown)
-    tr.write_line(f"{'tx':>12} {'rx':>12} {'conns':>5}  {'test':<{width}}  hosts")
+    tr.write_line(f"{'tx':>12} {'rx':>12} {'tls+':>8} {'conns':>5}  {'test':<{width}}  hosts")
     for r in shown:
-        line = f"{r['tx']:>12,} {r['rx']:>12,} {len(r['connections']):>5}  {r['name']:<{width}}  {_hosts(r)}"
-        tr.write_line(line.rstrip())
+        tls = f"{r['tls_overhead']:>8,}" if r["tls_overhead"] else f"{'-':>8}"
+        line = f"{r['tx']:>12,} {r['rx']:>12,} {tls} {len(r['connections']):>5}  {r['name']:<{width}}"
+        tr.write_line(f"{line}  {_hosts(r)}".rstrip())
     if len(busy) > len(shown):
         tr.write_line(f"... {len(busy) - len(shown)} more row(s) not shown (--netstats-top {top})")
     t = _totals(rows)
     used = f"{sum(1 for r in busy if r['kind'] == 'test')} of {t['tests']} tests used the network"
-    tr.write_line(f"{t['tx']:>12,} {t['rx']:>12,} {t['connections']:>5}  total ({used})")
+    tls = f"{t['tls_overhead']:>8,}" if t["tls_overhead"] else f"{'-':>8}"
+    tr.write_line(f"{t['tx']:>12,} {t['rx']:>12,} {tls} {t['connections']:>5}  total ({used})")
