@@ -68,6 +68,7 @@ class Capture:
         self._closed_totals = [0, 0]
         self._final: tuple[int, int] | None = None
         self._emit = self._make_emit()
+        self._emit_io = self._make_io_emit()
         # For the parts built on captures (pytest plugin, exporters), not for users:
         # _gate(conn) may raise to refuse a connect before any byte leaves; _observers are
         # called with each connection as it closes, its figures final.
@@ -185,6 +186,28 @@ class Capture:
                     busy.discard(thread)
 
         return emit
+
+    def _make_io_emit(self) -> Callable[[str, Connection, int | None], None]:
+        """The same for reads and writes, lean: they are many. A stopped capture is no longer
+        asked (stop() takes it off its connections), and the filter goes when both are wanted."""
+        callback, events, busy, log = self.callback, self.events, _busy_threads, _engine.log
+        if callback is None or not {"read", "write"} <= events:
+            return self._emit
+
+        def emit_io(event: str, conn: Connection, nbytes: int | None) -> None:
+            thread = get_ident()
+            if thread in busy:
+                return
+            busy.add(thread)
+            try:
+                callback(event, conn, nbytes)
+            except Exception:
+                self.errors += 1
+                log.exception("netstats: %s callback raised (the transfer goes on)", event)
+            finally:
+                busy.discard(thread)
+
+        return emit_io
 
 
 class _Registration(Capture):

@@ -79,11 +79,11 @@ def io_emitter(watchers: tuple[Capture, ...]) -> Emitter | None:
     if not targets:
         return None
     if len(targets) == 1:
-        return targets[0]._emit
+        return targets[0]._emit_io
 
     def emit_all(event: str, conn: Connection, nbytes: int) -> None:
         for cap in targets:
-            cap._emit(event, conn, nbytes)
+            cap._emit_io(event, conn, nbytes)
 
     return emit_all
 
