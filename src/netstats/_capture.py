@@ -67,8 +67,7 @@ class Capture:
         self._open: dict[int, Connection] = {}
         self._closed_totals = [0, 0]
         self._final: tuple[int, int] | None = None
-        self._emit = self._make_emit()
-        self._emit_io = self._make_io_emit()
+        self._emit, self._emit_io = self._make_emitters()
         # For the parts built on captures (pytest plugin, exporters), not for users:
         # _gate(conn) may raise to refuse a connect before any byte leaves; _observers are
         # called with each connection as it closes, its figures final.
@@ -165,39 +164,20 @@ class Capture:
             except Exception:
                 _engine.log.exception("netstats: an observer of closed connections raised")
 
-    def _make_emit(self) -> Callable[[str, Connection, int | None], None]:
-        """The function the engine calls per event: a closure, since it runs per read and write."""
+    def _make_emitters(self) -> tuple[_engine.Emitter, _engine.Emitter]:
+        """(for every event, for reads and writes): closures, since they run per read and write.
+
+        The second is lean: a stopped capture is no longer asked for reads and writes (stop()
+        takes it off its connections), and its event filter goes when both are wanted.
+        """
         callback, events, busy, log = self.callback, self.events, _busy_threads, _engine.log
         if callback is None:
-            return _ignore
+            return _ignore, _ignore
 
-        def emit(event: str, conn: Connection, nbytes: int | None) -> None:
-            if event in events and self._live:
-                thread = get_ident()
-                if thread in busy:
-                    return  # the callback's own network I/O is counted, not reported back to it
-                busy.add(thread)
-                try:
-                    callback(event, conn, nbytes)
-                except Exception:
-                    self.errors += 1
-                    log.exception("netstats: %s callback raised (the transfer goes on)", event)
-                finally:
-                    busy.discard(thread)
-
-        return emit
-
-    def _make_io_emit(self) -> Callable[[str, Connection, int | None], None]:
-        """The same for reads and writes, lean: they are many. A stopped capture is no longer
-        asked (stop() takes it off its connections), and the filter goes when both are wanted."""
-        callback, events, busy, log = self.callback, self.events, _busy_threads, _engine.log
-        if callback is None or not {"read", "write"} <= events:
-            return self._emit
-
-        def emit_io(event: str, conn: Connection, nbytes: int | None) -> None:
+        def call(event: str, conn: Connection, nbytes: int | None) -> None:
             thread = get_ident()
             if thread in busy:
-                return
+                return  # the callback's own network I/O is counted, not reported back to it
             busy.add(thread)
             try:
                 callback(event, conn, nbytes)
@@ -207,7 +187,11 @@ class Capture:
             finally:
                 busy.discard(thread)
 
-        return emit_io
+        def emit(event: str, conn: Connection, nbytes: int | None) -> None:
+            if event in events and self._live:
+                call(event, conn, nbytes)
+
+        return emit, (call if {"read", "write"} <= events else emit)
 
 
 class _Registration(Capture):
