@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -616,3 +617,59 @@ def test_xdist_gives_the_same_summary_json_and_verdicts(suite: pytest.Pytester) 
         return [(r["name"], r["tx"], r["rx"], len(r["connections"])) for r in rows]
 
     assert figures("two.json") == figures("one.json")
+
+
+# ---- TLS: the summary and the JSON show what TLS added on the wire ----------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="wire bytes come from Linux's TCP_INFO")
+def test_a_tls_test_shows_its_overhead_and_a_plain_one_none(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_t="""
+        import socket, ssl, threading
+        import trustme
+
+        def tls_echo(n):
+            ca = trustme.CA()
+            server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ca.issue_cert("localhost").configure_cert(server_ctx)
+            client_ctx = ssl.create_default_context()
+            ca.configure_trust(client_ctx)
+            listener = socket.create_server(("127.0.0.1", 0))
+
+            def serve():
+                raw, _ = listener.accept()
+                with server_ctx.wrap_socket(raw, server_side=True) as s:
+                    got = 0
+                    while got < n:
+                        data = s.recv(65536)
+                        got += len(data)
+                        s.sendall(data)
+
+            t = threading.Thread(target=serve, daemon=True)
+            t.start()
+            raw = socket.create_connection(listener.getsockname(), timeout=10)
+            with client_ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"t" * n)
+                got = 0
+                while got < n:
+                    got += len(s.recv(65536))
+            t.join(10)
+            listener.close()
+
+        def test_tls():
+            tls_echo(5000)
+
+        def test_plain(echo):
+            echo.talk(5000)
+        """
+    )
+    result = run(suite, "--netstats", "--netstats-json", "out.json")
+    result.assert_outcomes(passed=2)
+    rows = {row["name"]: row for row in json.loads((suite.path / "out.json").read_text())["rows"]}
+    tls, plain = rows["test_t.py::test_tls"], rows["test_t.py::test_plain"]
+    assert (tls["tx"], tls["rx"], plain["tx"], plain["rx"]) == (5000, 5000, 5000, 5000)  # known sizes
+    assert plain["tls_overhead"] == 0
+    assert tls["tls_overhead"] > 1000  # a TLS 1.3 handshake with a certificate alone is larger
+    assert tls["connections"][0]["tls"] == "TLSv1.3"
+    result.stdout.fnmatch_lines([f"*5,000*5,000*{tls['tls_overhead']:,}*1*test_t.py::test_tls*"])
