@@ -45,6 +45,14 @@ FIELDS = (
 )
 
 
+def _kernel_field(name: str) -> Any:
+    def get(self: Connection) -> Any:
+        info = self._info()
+        return getattr(info, name) if info is not None else None
+
+    return property(get, doc=f"The kernel's {name} (Linux TCP), else None.")
+
+
 class Connection:
     """One connection (or connect attempt) seen by netstats; readable after close.
 
@@ -156,35 +164,13 @@ class Connection:
     def writes(self) -> int | None:
         return None if self._kernel else self._writes - self._base[3]
 
-    @property
-    def wire_rx(self) -> int | None:
-        info = self._info()
-        return info.wire_rx if info is not None else None
-
-    @property
-    def wire_tx(self) -> int | None:
-        info = self._info()
-        return info.wire_tx if info is not None else None
-
-    @property
-    def rtt(self) -> float | None:
-        info = self._info()
-        return info.rtt if info is not None else None
-
-    @property
-    def min_rtt(self) -> float | None:
-        info = self._info()
-        return info.min_rtt if info is not None else None
-
-    @property
-    def retransmits(self) -> int | None:
-        info = self._info()
-        return info.retransmits if info is not None else None
-
-    @property
-    def retrans_bytes(self) -> int | None:
-        info = self._info()
-        return info.retrans_bytes if info is not None else None
+    # Kernel figures (see _kernel.TcpInfo): fresh while open, frozen at close, None where unknown.
+    wire_rx = _kernel_field("wire_rx")
+    wire_tx = _kernel_field("wire_tx")
+    rtt = _kernel_field("rtt")
+    min_rtt = _kernel_field("min_rtt")
+    retransmits = _kernel_field("retransmits")
+    retrans_bytes = _kernel_field("retrans_bytes")
 
     @property
     def duration(self) -> float:
@@ -193,11 +179,14 @@ class Connection:
 
     def as_dict(self) -> dict[str, Any]:
         """Every field as plain data (tuples become lists), ready for JSON."""
-        info = self._info()  # read the kernel once for all its fields
+        info = self._info()  # one kernel read: its fields, and rx/tx when the kernel counts them
+        counts = {"rx": self._rx - self._base[0], "tx": self._tx - self._base[1]}
         out: dict[str, Any] = {}
         for name in FIELDS:
             value: Any
-            if name in _KERNEL_FIELDS:
+            if name in counts:
+                value = counts[name]
+            elif name in _KERNEL_FIELDS:
                 value = getattr(info, name) if info is not None else None
             else:
                 value = getattr(self, name)
