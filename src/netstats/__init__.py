@@ -7,19 +7,13 @@
 ...     print(conn.host, conn.remote, conn.tx, conn.rx, conn.origin)
 """
 
-from ._capture import (
-    EVENTS,
-    Capture,
-    NetstatsError,
-    NotCaptured,
-    capture,
-    mark,
-    register,
-    release,
-    reset,
-    stats,
-)
+import logging
+
+from ._api import mark, register, reset, stats
+from ._capture import EVENTS, Capture, capture, release
+from ._errors import NetstatsError, NotCaptured
 from ._record import FIELDS, Connection
+from ._version import __version__
 
 __all__ = [
     "EVENTS",
@@ -34,5 +28,7 @@ __all__ = [
     "release",
     "reset",
     "stats",
+    "__version__",
 ]
-__version__ = "0.1.0"
+
+logging.getLogger("netstats").addHandler(logging.NullHandler())

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from ._run import NoSuchProgram, run_program
+    from ._errors import NoSuchProgram
+    from ._run import run_program
 
     if args.module:
         target, rest = args.module, args.program

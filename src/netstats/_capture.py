@@ -1,18 +1,19 @@
-"""The public API: capture / release, register, stats, reset, mark."""
+"""A Capture: every connection opened while it is active, its callback, its totals.
+
+`capture()` starts one, `release()` stops the latest. Operations on one connection (register,
+stats, reset, mark) are in _api.py.
+"""
 
 from __future__ import annotations
 
-import logging
-import socket
-import ssl
-import time
 from collections.abc import Callable, Iterable
 from threading import get_ident
 from types import TracebackType
 from typing import Any
 
-from . import _engine, _hooks, _patch
-from ._record import FIELDS, Connection
+from . import _engine, _patch, _state
+from ._errors import NetstatsError
+from ._record import Connection
 
 EVENTS = frozenset({"open", "connect", "read", "write", "close"})
 Callback = Callable[[str, Connection, "int | None"], Any]
@@ -21,14 +22,6 @@ _busy_threads: set[int] = set()  # threads now inside a callback
 
 def _ignore(event: str, conn: Connection, nbytes: int | None) -> None:
     pass
-
-
-class NetstatsError(Exception):
-    """Base of the errors netstats raises about its own API."""
-
-
-class NotCaptured(NetstatsError, LookupError):
-    """stats/reset/mark were given something that is neither a captured socket nor a Connection."""
 
 
 class Capture:
@@ -67,10 +60,7 @@ class Capture:
         self._open: dict[int, Connection] = {}
         self._closed_totals = [0, 0]
         self._final: tuple[int, int] | None = None
-        self._emit, self._emit_io = self._make_emitters()
-        # For the parts built on captures (pytest plugin, exporters), not for users:
-        # _gate(conn) may raise to refuse a connect before any byte leaves; _observers are
-        # called with each connection as it closes, its figures final.
+        self._notify, self._on_io = self._make_listeners()
         self._gate: Callable[[Connection], None] | None = None
         self._observers: list[Callable[[Connection], None]] = []
 
@@ -99,37 +89,31 @@ class Capture:
             return self._final
         rx, tx = self._closed_totals
         for conn in list(self._open.values()):
-            conn_rx, conn_tx = conn._totals()
+            conn_rx, conn_tx = conn.totals()
             rx += conn_rx
             tx += conn_tx
         return rx, tx
 
     # -- lifecycle
     def start(self) -> Capture:
-        with _patch._lock:
+        with _state.lock:
             if self._live:
                 return self
             if self._final is not None:
                 raise NetstatsError("a stopped Capture cannot be restarted; make a new one")
             _patch.install()
             self._live = True
-            _engine.active = _engine.active + (self,)
-            if self.servers:
-                _engine.serving = _engine.serving + (self,)
-            if self._gate is not None:
-                _engine.gated = _engine.gated + (self,)
+            _state.add(self)
         return self
 
     def stop(self) -> list[Connection]:
         """Stop capturing; returns the connections seen. Idempotent."""
-        with _patch._lock:
+        with _state.lock:
             if self._live:
                 self._final = self._totals()
                 self._live = False
-                _engine.active = tuple(c for c in _engine.active if c is not self)
-                _engine.serving = tuple(c for c in _engine.serving if c is not self)
-                _engine.gated = tuple(c for c in _engine.gated if c is not self)
-                if not _engine.active:
+                _state.remove(self)
+                if not _state.active:
                     _patch.uninstall()
                 for conn in list(self._open.values()):
                     _engine.refresh(conn)
@@ -147,7 +131,37 @@ class Capture:
         state = "active" if self._live else "stopped"
         return f"<netstats.Capture {state} connections={self.count} tx={self.tx} rx={self.rx}>"
 
-    # -- called by the engine
+    # -- for netstats' own consumers (the pytest plugin, the exporters)
+    def add_observer(self, observer: Callable[[Connection], None]) -> None:
+        """Call observer(conn) as each connection closes, its figures final (errors are logged)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Callable[[Connection], None]) -> None:
+        """Stop calling observer; one that was never added is ignored."""
+        try:
+            self._observers.remove(observer)
+        except ValueError:
+            pass
+
+    def open_connections(self) -> list[Connection]:
+        """The connections opened while active that have not closed yet."""
+        return list(self._open.values())
+
+    def set_gate(self, gate: Callable[[Connection], None] | None) -> None:
+        """Before start(): gate(conn) is called before each connect and may raise to refuse it.
+
+        The error reaches the caller of connect() as raised; nothing has left the socket.
+        """
+        if self._live or self._final is not None:
+            raise NetstatsError("set_gate() must come before start()")
+        if gate is not None and not callable(gate):
+            raise TypeError(f"gate must be callable or None, not {type(gate).__name__}")
+        self._gate = gate
+
+    # -- what the engine needs of a watcher (see _state.Watcher)
+    def _io_listener(self) -> _state.IoListener | None:
+        return self._on_io if self._live and self._wants_io else None
+
     def _opened(self, conn: Connection) -> None:
         self.count += 1
         self._open[conn.id] = conn
@@ -164,7 +178,7 @@ class Capture:
             except Exception:
                 _engine.log.exception("netstats: an observer of closed connections raised")
 
-    def _make_emitters(self) -> tuple[_engine.Emitter, _engine.Emitter]:
+    def _make_listeners(self) -> tuple[Callback, _state.IoListener]:
         """(for every event, for reads and writes): closures, since they run per read and write.
 
         The second is lean: a stopped capture is no longer asked for reads and writes (stop()
@@ -187,19 +201,11 @@ class Capture:
             finally:
                 busy.discard(thread)
 
-        def emit(event: str, conn: Connection, nbytes: int | None) -> None:
+        def notify(event: str, conn: Connection, nbytes: int | None) -> None:
             if event in events and self._live:
                 call(event, conn, nbytes)
 
-        return emit, (call if {"read", "write"} <= events else emit)
-
-
-class _Registration(Capture):
-    """The watcher of a register()ed socket's own callback: live for as long as the socket."""
-
-    def __init__(self, callback: Callback) -> None:
-        super().__init__(callback, keep=False)
-        self._live = True
+        return notify, (call if {"read", "write"} <= events else notify)
 
 
 def capture(
@@ -224,108 +230,8 @@ def capture(
 
 def release() -> list[Connection]:
     """Stop the most recently started capture that is still active; returns its connections."""
-    with _patch._lock:
-        if not _engine.active:
-            raise NetstatsError("release() called with no capture active")
-        return _engine.active[-1].stop()
-
-
-def _connection_of(target: Any) -> Connection:
-    if isinstance(target, Connection):
-        return target
-    if not isinstance(target, (socket.socket, ssl.SSLObject)) and hasattr(target, "fileno"):
-        target = _engine.socket_of(target.fileno())  # asyncio's TransportSocket, for one
-    c = getattr(target, "_ns", None) if isinstance(target, (socket.socket, ssl.SSLObject)) else None
-    if c is None:
-        raise NotCaptured(f"{target!r} is not a captured socket or a netstats Connection")
-    return c.conn  # type: ignore[no-any-return]
-
-
-def register(sock: Any, callback: Callback | None = None) -> Connection:
-    """Count an existing socket (plain or TLS) from now on; returns its Connection.
-
-    Registering a socket twice returns the same Connection and counts nothing twice.
-
-    >>> conn = netstats.register(sock, lambda ev, conn, n: print(ev, n))
-    """
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"register() needs a socket.socket, not {type(sock).__name__}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None, not {type(callback).__name__}")
-    existing = getattr(sock, "_ns", None)
-    if existing is not None and existing.conn.closed is None:
-        return existing.conn  # type: ignore[no-any-return]
-    if sock.fileno() == -1:
-        raise ValueError(f"cannot register a closed socket: {sock!r}")
-    with _patch._lock:
-        _adopt_class(sock)
-        watchers = tuple(_engine.active) + ((_Registration(callback),) if callback else ())
-        conn = _engine.open_connection(sock, "client", watchers or (_Registration(_ignore),), None)
-    if conn is None:
-        raise TypeError(f"register() supports TCP, UDP and Unix sockets, not {sock!r}")
-    try:
-        conn.remote = sock.getpeername()
-        conn.connected = conn.opened
-    except OSError:
-        pass
-    if isinstance(sock, ssl.SSLSocket) and sock.version() is not None:
-        _engine.tls_established(conn, sock)
-    return conn
-
-
-def _adopt_class(sock: Any) -> None:
-    cls = type(sock)
-    if cls in (_hooks.CountingSocket, _hooks.RegisteredSocket, _hooks.CountingSSLSocket):
-        return
-    if cls is _hooks._StockSocket:
-        sock.__class__ = _hooks.RegisteredSocket
-    elif cls is ssl.SSLSocket:
-        sock.__class__ = _hooks.CountingSSLSocket
-    else:
-        raise TypeError(f"register() cannot adopt sockets of class {cls.__module__}.{cls.__qualname__}")
-
-
-def stats(target: Any, what: str | None = None) -> Any:
-    """Every field of a captured socket's Connection as a dict, or the one field named.
-
-    >>> netstats.stats(sock)["tx"]
-    >>> netstats.stats(sock, "rx")
-    """
-    conn = _connection_of(target)
-    if what is None:
-        return conn.as_dict()
-    if what not in FIELDS:
-        raise ValueError(f"unknown field {what!r}; valid: {', '.join(FIELDS)}")
-    return conn.as_dict()[what] if what == "marks" else getattr(conn, what)
-
-
-def reset(target: Any, full: bool = False) -> None:
-    """Zero rx, tx, reads, writes and marks; `full=True` also restarts `opened`."""
-    conn = _connection_of(target)
-    rx, tx = conn._totals()
-    conn._base = (rx, tx, conn._reads, conn._writes)
-    conn.marks = []
-    conn._mark = (time.monotonic(), rx, tx)
-    if full:
-        conn.opened = time.time()
-
-
-def mark(target: Any, name: str = "") -> dict[str, Any]:
-    """Bytes and seconds since the previous mark (or open, or reset); recorded in `marks`.
-
-    >>> netstats.mark(sock, "headers")
-    {'rx': 312, 'tx': 78, 'elapsed': 0.0021}
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"mark name must be a str, not {type(name).__name__}")
-    conn = _connection_of(target)
-    now = time.monotonic()
-    rx, tx = conn._totals()
-    then, rx0, tx0 = conn._mark
-    conn._mark = (now, rx, tx)
-    delta = {"rx": rx - rx0, "tx": tx - tx0, "elapsed": now - then}
-    conn.marks.append({"name": name, "time": time.time(), **delta})
-    return delta
-
-
-logging.getLogger("netstats").addHandler(logging.NullHandler())
+    with _state.lock:
+        for watcher in reversed(_state.active):
+            if isinstance(watcher, Capture):
+                return watcher.stop()
+        raise NetstatsError("release() called with no capture active")

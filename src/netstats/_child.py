@@ -11,10 +11,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import threading
 from typing import Any
 
-from . import _engine, _patch
+from . import _state
 from ._capture import Capture
 
 ENV_DIR = "NETSTATS_RUN_DIR"
@@ -64,9 +63,7 @@ def _dump_at_process_exit(_anchor: object) -> None:
 
 def _after_fork() -> None:
     # The parent's captures were copied into this process: the child reports only its own.
-    _patch._lock = threading.RLock()
-    _engine.active = ()
-    _engine.serving = ()
+    _state.reset_after_fork()
     if os.environ.get(ENV_DIR):
         _begin()
 

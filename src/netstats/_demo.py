@@ -17,7 +17,8 @@ import time
 import urllib.request
 from typing import Any
 
-from ._capture import Capture, mark
+from ._api import mark
+from ._capture import Capture
 from ._record import Connection
 from ._report import Run, render_text
 

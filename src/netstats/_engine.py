@@ -1,8 +1,13 @@
-"""Connection lifecycle: open, connect, close, TLS hand-over and event dispatch.
+"""Connection lifecycle: open, connect, accept, close, how a connection is counted, TLS hand-over.
 
-Called by the wrappers in _hooks.py at the rare moments of a connection's life (never per
-read or write). Every entry point here is guarded: an error of netstats is logged to the
-"netstats" logger and swallowed, so it can never reach the code being observed.
+Called by the capture sources (_sources/) at the rare moments of a connection's life, never per
+read or write. Every entry point is guarded: an error of netstats is logged to the "netstats"
+logger and swallowed, so it can never reach the code being observed.
+
+Two counting modes (see ARCHITECTURE.md): a plain TCP socket that nobody asks read/write
+events of is counted by the kernel (its class becomes one without per-call wrappers, and rx/tx
+come from TCP_INFO); every other socket is counted by its wrappers. `count_in_kernel` and
+`count_in_python` move a connection between the two; the counts never depend on which.
 """
 
 from __future__ import annotations
@@ -12,43 +17,23 @@ import functools
 import itertools
 import logging
 import socket as _socketmod
-import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from . import _kernel, _origin
-from ._record import Connection, _Tally
-
-if TYPE_CHECKING:
-    from ._capture import Capture
+from . import _handshakes, _kernel, _names, _origin, _state
+from ._record import Connection, StreamCounts
 
 log = logging.getLogger("netstats")
 
-# Captures now active (all of them, and those that also want accepted connections).
-# Replaced, never mutated, so the wrappers can read them without a lock.
-active: tuple[Capture, ...] = ()
-serving: tuple[Capture, ...] = ()
-gated: tuple[Capture, ...] = ()  # captures that may refuse a connect (the pytest plugin's block)
-
 _ids = itertools.count(1)
-_by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket, for os.sendfile
-# Which name a connect's address came from. Exact: the last lookup on the connecting thread
-# (a lookup of an address literal says "no name"). Else, for lookups done on another thread
-# (asyncio resolves in an executor): a name resolved to that address in the last minute.
-_lookups = threading.local()
-_names: dict[str, tuple[str, float]] = {}  # address -> (name, when)
-_NAMES_MAX = 4096
-_NAME_SECONDS = 60.0
+_by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket (sendfile, asyncio, fork)
 _FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
-kernel_classes: tuple[type, type] = (object, object)  # (CountingSocket, KernelCountedSocket), set by _hooks
 
 F = TypeVar("F", bound=Callable[..., Any])
-Emitter = Callable[[str, Connection, Any], None]
 
 
 def guarded(fn: F) -> F:
@@ -65,32 +50,34 @@ def guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# ---- event dispatch ---------------------------------------------------------------------
+# ---- telling the watchers -----------------------------------------------------------------
 
 
-def emit(conn: Connection, event: str, nbytes: int | None = None) -> None:
-    for cap in conn._watchers:
-        cap._emit(event, conn, nbytes)
+def notify(conn: Connection, event: str) -> None:
+    """A lifecycle event ("open", "connect", "close") for every capture watching conn."""
+    for watcher in conn._watchers:
+        watcher._notify(event, conn, None)
 
 
-def io_emitter(watchers: tuple[Capture, ...]) -> Emitter | None:
+def io_listener(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | None:
     """The function the wrappers call per read/write, or None when nobody listens."""
-    targets = [c for c in watchers if c._live and c._wants_io]
+    targets = [f for f in (w._io_listener() for w in watchers) if f is not None]
     if not targets:
         return None
     if len(targets) == 1:
-        return targets[0]._emit_io
+        return targets[0]
 
-    def emit_all(event: str, conn: Connection, nbytes: int) -> None:
-        for cap in targets:
-            cap._emit_io(event, conn, nbytes)
+    def tell_all(event: str, conn: Connection, nbytes: int) -> None:
+        for target in targets:
+            target(event, conn, nbytes)
 
-    return emit_all
+    return tell_all
 
 
 def refresh(conn: Connection) -> None:
-    if conn._emit is not _first_write:
-        conn._emit = io_emitter(conn._watchers)
+    """A watcher of conn stopped: ask again who listens to its reads and writes."""
+    if conn._on_io is not _settle_at_first_write:
+        conn._on_io = io_listener(conn._watchers)
 
 
 # ---- opening ----------------------------------------------------------------------------
@@ -105,18 +92,6 @@ def _transport(sock: Any) -> str | None:
     return "udp" if sock.type == _socketmod.SOCK_DGRAM else "tcp"
 
 
-def _name_for(address: Any) -> str | None:
-    if not isinstance(address, tuple) or not address:
-        return None
-    last = getattr(_lookups, "last", None)
-    if last is not None and address[0] in last[1]:
-        return last[0]  # type: ignore[no-any-return]
-    entry = _names.get(address[0])
-    if entry is not None and time.monotonic() - entry[1] < _NAME_SECONDS:
-        return entry[0]
-    return None
-
-
 def _fd_of(sock: Any) -> int:
     try:
         return int(sock.fileno())
@@ -125,8 +100,8 @@ def _fd_of(sock: Any) -> int:
 
 
 def attach(conn: Connection, sock: Any) -> None:
-    """Make sock the one that counts for conn."""
-    sock._ns = conn
+    """Make sock the object that counts for conn."""
+    sock._netstats_counts = conn
     conn._sock = weakref.ref(sock)
     fd = _fd_of(sock)
     if fd >= 0:
@@ -134,49 +109,55 @@ def attach(conn: Connection, sock: Any) -> None:
 
 
 def detach_from(sock: Any) -> Connection | None:
-    """Take sock's live Connection off it (for a hand-over to another object)."""
-    c = getattr(sock, "_ns", None)
+    """Take sock's live Connection off it (for a hand-over to another object, a TLS socket)."""
+    c = getattr(sock, "_netstats_counts", None)
     if c is None or c.conn.closed is not None:
         return None
-    _stop_kernel_counting(c.conn)
-    sock._ns = None
+    count_in_python(c.conn)
+    sock._netstats_counts = None
     fd = _fd_of(sock)
     if _by_fd.get(fd) is c.conn._sock:
         del _by_fd[fd]
     return c.conn  # type: ignore[no-any-return]
 
 
+def _new(side: str, transport: str, watchers: tuple[_state.Watcher, ...]) -> Connection:
+    conn = Connection(next(_ids), side, transport)
+    conn.origin, conn.caller = _origin.where()
+    conn._watchers = watchers
+    for watcher in watchers:
+        watcher._opened(conn)
+    return conn
+
+
 def open_connection(
-    sock: Any, side: str, watchers: tuple[Capture, ...], remote: Any = None
+    sock: Any, side: str, watchers: tuple[_state.Watcher, ...], remote: Any = None
 ) -> Connection | None:
     transport = _transport(sock)
     if transport is None or not watchers:
         return None
-    conn = Connection(next(_ids), side, transport)
-    conn.origin, conn.caller = _origin.where()
+    conn = _new(side, transport, watchers)
     conn.remote = remote
-    conn.host = _name_for(remote)
-    conn._watchers = watchers
+    conn.host = _names.name_for(remote)
     try:
         conn.local = sock.getsockname()
     except OSError:
         pass
     attach(conn, sock)
-    for cap in watchers:
-        cap._opened(conn)
-    # A new TCP client's first write may turn out to be a TLS ClientHello made by an SSLObject
-    # (anyio, httpx async): _first_write looks for that before settling the emitter.
-    conn._emit = _first_write if (transport == "tcp" and side == "client") else io_emitter(watchers)
-    emit(conn, "open")
+    # A TCP client settles how it is counted at its first write, which may turn out to be a
+    # bare SSLObject's ClientHello (see _handshakes.py).
+    tcp_client = transport == "tcp" and side == "client"
+    conn._on_io = _settle_at_first_write if tcp_client else io_listener(watchers)
+    notify(conn, "open")
     return conn
 
 
 @guarded
 def connecting(sock: Any, address: Any) -> Connection | None:
-    c = sock._ns
+    c = sock._netstats_counts
     if c is not None and c.conn.closed is None:
         return c.conn  # type: ignore[no-any-return]
-    return open_connection(sock, "client", active, address)
+    return open_connection(sock, "client", _state.active, address)
 
 
 def begin_connect(sock: Any, address: Any) -> Connection | None:
@@ -186,11 +167,11 @@ def begin_connect(sock: Any, address: Any) -> Connection | None:
     for the caller. The attempt is recorded like a failed connect; nothing has left the socket.
     """
     conn = connecting(sock, address)
-    if conn is not None and gated:
-        for cap in gated:
-            if cap._gate is not None and cap in conn._watchers:
+    if conn is not None and _state.gated:
+        for watcher in _state.gated:
+            if watcher._gate is not None and watcher in conn._watchers:
                 try:
-                    cap._gate(conn)
+                    watcher._gate(conn)
                 except BaseException as exc:
                     _fail(conn, sock, type(exc).__name__)
                     raise
@@ -207,15 +188,15 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
     except OSError:
         pass
     if conn.host is None:
-        conn.host = _name_for(conn.remote)
-    emit(conn, "connect")
+        conn.host = _names.name_for(conn.remote)
+    notify(conn, "connect")
 
 
 def _fail(conn: Connection, sock: Any, error_name: str) -> None:
     conn.error = error_name
     finish(conn, sock)
-    if sock is not None and sock._ns is conn:
-        sock._ns = None  # a later connect on this socket is a new attempt
+    if sock is not None and sock._netstats_counts is conn:
+        sock._netstats_counts = None  # a later connect on this socket is a new attempt
 
 
 @guarded
@@ -248,36 +229,60 @@ def accepted(sock: Any) -> None:
         remote = sock.getpeername()
     except OSError:
         remote = None
-    conn = open_connection(sock, "server", serving, remote)
+    conn = open_connection(sock, "server", _state.serving, remote)
     if conn is not None:
         _mark_connected(conn, sock)
-        _count_in_kernel(conn, sock)
+        count_in_kernel(conn, sock)
 
 
-def _count_in_kernel(conn: Connection, sock: Any) -> None:  # sock: Any, whatever its class
+@guarded
+def datagram(sock: Any) -> Any:
+    """An unconnected UDP socket's first datagram makes it a Connection."""
+    if not _state.active or sock.type != _socketmod.SOCK_DGRAM:
+        return None
+    return open_connection(sock, "client", _state.active)
+
+
+@guarded
+def lookup_failed(host: Any, kind: int, exc: BaseException) -> None:
+    """A name that did not resolve is a connection attempt that failed before it had a socket."""
+    watchers = _state.active
+    if not watchers:
+        return
+    conn = _new("client", "udp" if kind == _socketmod.SOCK_DGRAM else "tcp", watchers)
+    conn.host = host.decode("idna", "replace") if isinstance(host, bytes) else host
+    notify(conn, "open")
+    conn.error = type(exc).__name__
+    finish(conn, None)
+
+
+# ---- how a connection is counted ----------------------------------------------------------
+
+
+def count_in_kernel(conn: Connection, sock: Any) -> None:
     """Drop the per-call wrappers when the kernel's counters can give rx/tx exactly."""
-    wrapped, bare = kernel_classes
+    bare = getattr(type(sock), "_kernel_twin", None)
     if (
-        conn._emit is None
+        bare is not None
+        and conn._on_io is None
         and conn.transport == "tcp"
-        and type(sock) is wrapped
-        and getattr(sock, "_ns", None) is conn
+        and getattr(sock, "_netstats_counts", None) is conn
         and _kernel.read(sock) is not None
     ):
-        conn._kernel = True
-        conn._info()  # take the figures so far from the kernel
+        conn._kernel_counted = True
+        conn.tcp_info()  # take the figures so far from the kernel
         sock.__class__ = bare
 
 
-def _stop_kernel_counting(conn: Connection) -> None:
-    """From now on rx/tx come from Python: TLS starts on this stream (the TLS object counts
+def count_in_python(conn: Connection) -> None:
+    """From now on rx/tx come from the wrappers: TLS starts on this stream (the TLS object counts
     the plaintext), or another process is about to share the kernel socket."""
-    if conn._kernel:
-        conn._info()
-        conn._kernel = False
+    if conn._kernel_counted:
+        conn.tcp_info()
+        conn._kernel_counted = False
         sock = conn._sock() if conn._sock is not None else None
-        wrapped, bare = kernel_classes
-        if sock is not None and type(sock) is bare:
+        wrapped = getattr(type(sock), "_python_twin", None)
+        if wrapped is not None:
             sock.__class__ = wrapped
 
 
@@ -287,17 +292,48 @@ def before_sharing(sock: Any = None) -> None:
     kernel's counters will include the other process's bytes, so the wrappers count again."""
     socks = [sock] if sock is not None else [ref() for ref in list(_by_fd.values())]
     for s in socks:
-        c = getattr(s, "_ns", None) if s is not None else None
+        c = getattr(s, "_netstats_counts", None) if s is not None else None
         if c is not None and c.conn.closed is None:
-            _stop_kernel_counting(c.conn)
+            count_in_python(c.conn)
 
 
 @guarded
-def datagram(sock: Any) -> Any:
-    """An unconnected UDP socket's first datagram makes it a Connection."""
-    if not active or sock.type != _socketmod.SOCK_DGRAM:
-        return None
-    return open_connection(sock, "client", active)
+def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
+    """A TCP client's one-shot listener: at its first write, settle how it is counted.
+
+    That write may be the ClientHello of a bare SSLObject waiting for its socket (see
+    _handshakes.py): then TLS is linked and the bytes move to the stream's counts. Otherwise
+    the real listener takes over, or, with nobody listening, the kernel counts from now on.
+    """
+    conn._on_io = io_listener(conn._watchers)
+    if event != "write":
+        if conn._on_io is not None:
+            conn._on_io(event, conn, nbytes)
+        return
+    if _handshakes.any_waiting() and _link_client_hello(conn, nbytes):
+        return
+    if conn._on_io is not None:
+        conn._on_io(event, conn, nbytes)
+    else:
+        sock = conn._sock() if conn._sock is not None else None
+        if sock is not None:
+            count_in_kernel(conn, sock)
+
+
+def _link_client_hello(conn: Connection, nbytes: int) -> bool:
+    tls_obj = _handshakes.claim(nbytes, lambda obj: obj._netstats_counts is not None)
+    if tls_obj is None:
+        return False
+    sock = conn._sock() if conn._sock is not None else None
+    if sock is None or sock._netstats_counts is not conn:
+        return False
+    # The bytes just counted were ciphertext: move them to the stream's counts.
+    conn._tx -= nbytes
+    conn._writes -= 1
+    stream = link_tls(conn, sock, tls_obj)
+    stream._tx += nbytes
+    stream._writes += 1
+    return True
 
 
 # ---- closing ----------------------------------------------------------------------------
@@ -316,7 +352,7 @@ def finish(conn: Connection, sock: Any) -> None:
             except OSError:
                 pass
         if conn.connected is not None:
-            conn._tcp = conn._info()  # last kernel read, descriptor still open
+            conn._final_info = conn.tcp_info()  # last kernel read, descriptor still open
     conn.closed = time.time()
     ref = conn._sock
     conn._sock = None
@@ -324,9 +360,9 @@ def finish(conn: Connection, sock: Any) -> None:
         fd = _fd_of(sock) if sock is not None else -1
         if _by_fd.get(fd) is ref:
             del _by_fd[fd]
-    for cap in conn._watchers:
-        cap._closed(conn)
-    emit(conn, "close")
+    for watcher in conn._watchers:
+        watcher._closed(conn)
+    notify(conn, "close")
 
 
 # ---- TLS --------------------------------------------------------------------------------
@@ -348,88 +384,33 @@ def tls_failed(conn: Connection, sock: Any, exc: BaseException) -> None:
         finish(conn, sock)
 
 
-@guarded
-def link_tls(conn: Connection, sock: Any, tls_obj: Any) -> None:
-    """asyncio-style TLS: tls_obj counts the plaintext; sock's ciphertext goes to a _Tally."""
-    _stop_kernel_counting(conn)
-    tally = _Tally(conn)
-    sock._ns = tally
-    tls_obj._ns = conn
+def link_tls(conn: Connection, sock: Any, tls_obj: Any) -> StreamCounts:
+    """asyncio-style TLS: tls_obj counts the plaintext; sock's ciphertext goes to a StreamCounts."""
+    count_in_python(conn)
+    stream = StreamCounts(conn)
+    sock._netstats_counts = stream
+    tls_obj._netstats_counts = conn
     name = getattr(tls_obj, "server_hostname", None)
     if name:
         conn.host = name
-
-
-# SSLObjects whose first handshake output is waiting to be sent: (weakref, thread, size, time).
-_waiting_tls: deque[tuple[weakref.ref[Any], int, int, float]] = deque(maxlen=256)
-_WAIT_SECONDS = 30.0
-
-
-@guarded
-def tls_output_pending(tls_obj: Any, size: int) -> None:
-    _waiting_tls.append((weakref.ref(tls_obj), threading.get_ident(), size, time.monotonic()))
-
-
-@guarded
-def _first_write(event: str, conn: Connection, nbytes: int) -> None:
-    """One-shot check on a TCP client's first write: is it an SSLObject's ClientHello?
-
-    Libraries that drive ssl.SSLObject themselves (anyio, hence httpx async) give no
-    link between the TLS object and the socket. Their first handshake flight is written
-    at once, whole, on the same thread: match it by thread and exact size, oldest first.
-    """
-    if event != "write":
-        emitter = io_emitter(conn._watchers)
-        if emitter is not None:
-            emitter(event, conn, nbytes)
-        return
-    conn._emit = io_emitter(conn._watchers)
-    if _waiting_tls and _claim_client_hello(conn, nbytes):
-        return
-    if conn._emit is not None:
-        conn._emit(event, conn, nbytes)
-    else:
-        sock = conn._sock() if conn._sock is not None else None
-        if sock is not None:
-            _count_in_kernel(conn, sock)
-
-
-@guarded
-def _claim_client_hello(conn: Connection, nbytes: int) -> bool:
-    me = threading.get_ident()
-    now = time.monotonic()
-    for entry in list(_waiting_tls):
-        ref, thread, size, when = entry
-        tls_obj = ref()
-        if tls_obj is None or now - when > _WAIT_SECONDS or tls_obj._ns is not None:
-            _waiting_tls.remove(entry)
-            continue
-        if thread == me and size == nbytes:
-            _waiting_tls.remove(entry)
-            sock = conn._sock() if conn._sock is not None else None
-            if sock is None or sock._ns is not conn:
-                return False
-            # The bytes just counted were ciphertext: move them to the stream's tally.
-            conn._tx -= nbytes
-            conn._writes -= 1
-            link_tls(conn, sock, tls_obj)
-            sock._ns._tx += nbytes
-            sock._ns._writes += 1
-            return True
-    return False
+    return stream
 
 
 @guarded
 def link_asyncio_protocol(protocol: Any, transport: Any) -> None:
     """asyncio's SSLProtocol on 3.11+ makes its SSLObject before connection_made()."""
     tls_obj = getattr(protocol, "_sslobj", None)
-    if tls_obj is None or not hasattr(tls_obj, "_ns") or tls_obj._ns is not None:
+    if tls_obj is None or not hasattr(tls_obj, "_netstats_counts") or tls_obj._netstats_counts is not None:
         return
     raw = transport.get_extra_info("socket")
     sock = socket_of(_fd_of(raw)) if raw is not None else None
-    if sock is None or sock._ns is None or sock._ns.conn.closed is not None:
+    c = sock._netstats_counts if sock is not None else None
+    if c is None or c.conn.closed is not None:
         return
-    link_tls(sock._ns.conn, sock, tls_obj)
+    link_tls(c.conn, sock, tls_obj)
+
+
+# ---- bytes moved where the wrappers could not count them ------------------------------------
 
 
 @guarded
@@ -441,10 +422,7 @@ def sendall_failed(c: Any, sock: Any) -> None:
     info = _kernel.read(sock)
     moved = info.wire_tx - c._tx if info is not None else 0
     if moved > 0:
-        c._tx += moved
-        c._writes += 1
-        if c._emit is not None:
-            c._emit("write", c, moved)
+        c.add_write(moved)
 
 
 def socket_of(fd: Any) -> Any:
@@ -454,66 +432,11 @@ def socket_of(fd: Any) -> Any:
     return sock if sock is not None and _fd_of(sock) == fd else None
 
 
-# ---- os.sendfile ------------------------------------------------------------------------
+def any_by_descriptor() -> bool:
+    return bool(_by_fd)
 
 
-@guarded
-def sent_file(out_fd: int, nbytes: int) -> None:
-    sock = socket_of(out_fd)
-    if sock is None or nbytes <= 0:
-        return
-    c = sock._ns
-    if c is None:
-        return
-    c._tx += nbytes
-    c._writes += 1
-    if c._emit is not None:
-        c._emit("write", c, nbytes)
-
-
-# ---- names ------------------------------------------------------------------------------
-
-
-@guarded
-def resolved(host: Any, results: Any) -> None:
-    if isinstance(host, bytes):
-        host = host.decode("idna")
-    name = host if isinstance(host, str) and host and not _is_address(host) else None
-    addresses = frozenset(sockaddr[0] for *_, sockaddr in results)
-    _lookups.last = (name, addresses)
-    if name is None:
-        return
-    now = time.monotonic()
-    for address in addresses:
-        _names.pop(address, None)  # re-inserted last: the oldest go first when full
-        if len(_names) >= _NAMES_MAX:
-            _names.pop(next(iter(_names)))
-        _names[address] = (name, now)
-
-
-@guarded
-def resolve_failed(host: Any, port: Any, kind: int, exc: BaseException) -> None:
-    """A name that did not resolve is a connection attempt that failed before it had a socket."""
-    watchers = active
-    if not watchers:
-        return
-    transport = "udp" if kind == _socketmod.SOCK_DGRAM else "tcp"
-    conn = Connection(next(_ids), "client", transport)
-    conn.origin, conn.caller = _origin.where()
-    conn.host = host.decode("idna", "replace") if isinstance(host, bytes) else host
-    conn._watchers = watchers
-    for cap in watchers:
-        cap._opened(conn)
-    emit(conn, "open")
-    conn.error = type(exc).__name__
-    finish(conn, None)
-
-
-def _is_address(host: str) -> bool:
-    for family in (_socketmod.AF_INET, _socketmod.AF_INET6):
-        try:
-            _socketmod.inet_pton(family, host.split("%", 1)[0])
-            return True
-        except (OSError, ValueError):
-            pass
-    return False
+def counts_of_descriptor(fd: int) -> Any:
+    """What the captured socket with this descriptor counts into (os.sendfile), or None."""
+    sock = socket_of(fd)
+    return sock._netstats_counts if sock is not None else None

@@ -1,13 +1,16 @@
 """Every change netstats makes to the interpreter, installed and removed in this one place.
 
 While at least one capture is active:
-- `socket.socket` is `_hooks.CountingSocket` (socket.py looks the name up at call time, so
-  create_connection, accept, socketpair, fromfd and dup make counting sockets);
+- `socket.socket` is `_sources.sockets.CountingSocket` (socket.py looks the name up at call
+  time, so create_connection, accept, socketpair, fromfd and dup make counting sockets);
 - `socket.getaddrinfo` remembers which name resolved to which address (for `host`);
 - `ssl.SSLContext.sslsocket_class` / `sslobject_class` count TLS plaintext;
 - `asyncio.sslproto.SSLProtocol.connection_made` links its TLS object to the socket;
 - `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile).
 When the last capture stops, each of these is the stock object again (the same object).
+Once per process, and harmless while nothing is captured: multiprocessing pickles our socket
+classes like the stock one, and a fork first hands kernel-counted sockets back to the wrappers.
+Install and uninstall with `_state.lock` held.
 """
 
 from __future__ import annotations
@@ -15,12 +18,10 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import threading
 from typing import Any
 
-from . import _engine, _hooks
-
-_lock = threading.RLock()  # guards installation and _engine.active / serving
+from . import _engine
+from ._sources import functions, sockets, tls
 
 
 class Patch:
@@ -44,60 +45,22 @@ class Patch:
             self.installed = False
 
 
-def _getaddrinfo(original: Any) -> Any:
-    def getaddrinfo(
-        host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
-    ) -> Any:
-        try:
-            results = original(host, port, family, type, proto, flags)
-        except OSError as exc:  # gaierror: the attempt is recorded, the error goes on unchanged
-            _engine.resolve_failed(host, port, type, exc)
-            raise
-        _engine.resolved(host, results)
-        return results
-
-    getaddrinfo.__doc__ = original.__doc__
-    getaddrinfo.__wrapped__ = original  # type: ignore[attr-defined]
-    return getaddrinfo
-
-
-def _sendfile(original: Any) -> Any:
-    def sendfile(out_fd: int, in_fd: int, *args: Any, **kwargs: Any) -> int:
-        n: int = original(out_fd, in_fd, *args, **kwargs)
-        if _engine._by_fd:
-            _engine.sent_file(out_fd, n)
-        return n
-
-    sendfile.__doc__ = original.__doc__
-    sendfile.__wrapped__ = original  # type: ignore[attr-defined]
-    return sendfile
-
-
-def _connection_made(original: Any) -> Any:
-    def connection_made(self: Any, transport: Any) -> None:
-        _engine.link_asyncio_protocol(self, transport)
-        return original(self, transport)  # type: ignore[no-any-return]
-
-    connection_made.__wrapped__ = original  # type: ignore[attr-defined]
-    return connection_made
-
-
 def _patches() -> list[Patch]:
     patches = [
-        Patch(socket, "socket", lambda _orig: _hooks.CountingSocket),
-        Patch(socket, "getaddrinfo", _getaddrinfo),
-        Patch(ssl.SSLContext, "sslsocket_class", lambda _orig: _hooks.CountingSSLSocket),
-        Patch(ssl.SSLContext, "sslobject_class", lambda _orig: _hooks.CountingSSLObject),
+        Patch(socket, "socket", lambda _orig: sockets.CountingSocket),
+        Patch(socket, "getaddrinfo", functions.getaddrinfo),
+        Patch(ssl.SSLContext, "sslsocket_class", lambda _orig: tls.CountingSSLSocket),
+        Patch(ssl.SSLContext, "sslobject_class", lambda _orig: tls.CountingSSLObject),
     ]
     if hasattr(os, "sendfile"):
-        patches.append(Patch(os, "sendfile", _sendfile))
+        patches.append(Patch(os, "sendfile", functions.sendfile))
     try:
         from asyncio import sslproto
     except ImportError:  # pragma: no cover - asyncio is always there on CPython
         pass
     else:
         if "connection_made" in sslproto.SSLProtocol.__dict__:
-            patches.append(Patch(sslproto.SSLProtocol, "connection_made", _connection_made))
+            patches.append(Patch(sslproto.SSLProtocol, "connection_made", tls.connection_made))
     return patches
 
 
@@ -117,7 +80,7 @@ def _register_reducers() -> None:
             _engine.before_sharing(sock)
             return reducer(sock)
 
-        for cls in (_hooks.CountingSocket, _hooks.KernelCountedSocket, _hooks.RegisteredSocket):
+        for cls in (sockets.CountingSocket, sockets.KernelCountedSocket, sockets.RegisteredSocket):
             reduction.register(cls, reduce_shared)
 
 
@@ -125,7 +88,7 @@ _forks_followed = False
 
 
 def install() -> None:
-    """Put every patch in place (idempotent; call with _lock held)."""
+    """Put every patch in place (idempotent; call with _state.lock held)."""
     global _forks_followed
     if _installed:
         return
@@ -139,6 +102,6 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Restore every original, in reverse order (call with _lock held)."""
+    """Restore every original, in reverse order (call with _state.lock held)."""
     while _installed:
         _installed.pop().remove()

@@ -4,6 +4,9 @@ Units are bytes and seconds everywhere. Counters that the per-call wrappers bump
 (`_rx`, `_tx`, `_reads`, `_writes`: totals since open, never reset); the public `rx`, `tx`,
 `reads`, `writes` subtract the baseline that `reset()` sets, so totals for exporters stay
 monotonic while users can zero what they see.
+
+netstats' own consumers (the pytest plugin, the exporters) read a record through
+`Connection.totals()` and `Connection.tcp_info()`, never through its private slots.
 """
 
 from __future__ import annotations
@@ -47,13 +50,46 @@ FIELDS = (
 
 def _kernel_field(name: str) -> Any:
     def get(self: Connection) -> Any:
-        info = self._info()
+        info = self.tcp_info()
         return getattr(info, name) if info is not None else None
 
     return property(get, doc=f"The kernel's {name} (Linux TCP), else None.")
 
 
-class Connection:
+class Counts:
+    """What a socket or TLS object counts into: byte and call totals, and who hears of each.
+
+    A Connection, or a StreamCounts while a TLS object counts the plaintext. The per-call
+    wrappers add to these through `add_read` and `add_write`, the one place that does it.
+    """
+
+    __slots__ = ("_rx", "_tx", "_reads", "_writes", "_on_io")
+
+    def __init__(self) -> None:
+        self._rx = self._tx = self._reads = self._writes = 0
+        # Called with ("read" | "write", connection, nbytes) per read and write, or None when
+        # nobody listens (the usual case: then counting is four integer additions at most).
+        self._on_io: Callable[[str, Any, int], None] | None = None
+
+    @property
+    def conn(self) -> Connection:
+        raise NotImplementedError
+
+    # The count-and-tell step of every per-call wrapper, written once (see _sources/__init__.py).
+    def add_read(self, n: int) -> None:
+        self._rx += n
+        self._reads += 1
+        if self._on_io is not None:
+            self._on_io("read", self, n)
+
+    def add_write(self, n: int) -> None:
+        self._tx += n
+        self._writes += 1
+        if self._on_io is not None:
+            self._on_io("write", self, n)
+
+
+class Connection(Counts):
     """One connection (or connect attempt) seen by netstats; readable after close.
 
     Fields: ``id`` (unique in the process, never reused), ``pid``, ``side`` ("client" or
@@ -82,18 +118,12 @@ class Connection:
         "origin",
         "caller",
         "error",
-        # counters bumped by the wrappers (see _hooks.py)
-        "_rx",
-        "_tx",
-        "_reads",
-        "_writes",
-        "_emit",
         # baselines set by reset() and mark()
         "_base",
         "_mark",
-        # kernel figures: rx/tx come from the kernel (no wrappers); TCP_INFO frozen at close
-        "_kernel",
-        "_tcp",
+        # rx/tx come from the kernel's counters (no wrappers); the kernel's figures frozen at close
+        "_kernel_counted",
+        "_final_info",
         # engine bookkeeping
         "_sock",
         "_watchers",
@@ -101,6 +131,7 @@ class Connection:
     )
 
     def __init__(self, id: int, side: str, transport: str) -> None:
+        super().__init__()
         self.id = id
         self.pid = os.getpid()
         self.side = side
@@ -116,53 +147,51 @@ class Connection:
         self.origin: str | None = None
         self.caller: str | None = None
         self.error: str | None = None
-        self._rx = self._tx = self._reads = self._writes = 0
-        self._emit: Callable[[str, Connection, Any], None] | None = None
         self._base = (0, 0, 0, 0)
         self._mark = (time.monotonic(), 0, 0)
-        self._kernel = False
-        self._tcp: _kernel.TcpInfo | None = None
+        self._kernel_counted = False
+        self._final_info: _kernel.TcpInfo | None = None
         self._sock: Any = None
         self._watchers: tuple[Any, ...] = ()
 
     @property
     def conn(self) -> Connection:
-        # The wrappers hold either a Connection or a _Tally; both answer `.conn`.
+        # Sockets and TLS objects hold a Counts: a Connection, or a StreamCounts that knows its own.
         return self
 
-    def _info(self) -> _kernel.TcpInfo | None:
-        """The kernel's figures: fresh while open, as frozen at close after."""
+    def tcp_info(self) -> _kernel.TcpInfo | None:
+        """The kernel's figures (Linux TCP): fresh while open, as frozen at close after; else None."""
         ref = self._sock
         if self.closed is not None or ref is None or self.transport != "tcp":
-            return self._tcp
+            return self._final_info
         sock = ref()
         info = _kernel.read(sock, self.side == "client") if sock is not None else None
-        if info is not None and self._kernel:
+        if info is not None and self._kernel_counted:
             self._rx = info.wire_rx - info.unread
             self._tx = info.wire_tx
         return info
 
-    def _totals(self) -> tuple[int, int]:
-        """(rx, tx) since open, never reset: what capture totals and marks add up."""
-        if self._kernel and self.closed is None:
-            self._info()
+    def totals(self) -> tuple[int, int]:
+        """(rx, tx) since open, never reset by `reset()`: what capture totals, marks and exporters add up."""
+        if self._kernel_counted and self.closed is None:
+            self.tcp_info()
         return self._rx, self._tx
 
     @property
     def rx(self) -> int:
-        return self._totals()[0] - self._base[0]
+        return self.totals()[0] - self._base[0]
 
     @property
     def tx(self) -> int:
-        return self._totals()[1] - self._base[1]
+        return self.totals()[1] - self._base[1]
 
     @property
     def reads(self) -> int | None:
-        return None if self._kernel else self._reads - self._base[2]
+        return None if self._kernel_counted else self._reads - self._base[2]
 
     @property
     def writes(self) -> int | None:
-        return None if self._kernel else self._writes - self._base[3]
+        return None if self._kernel_counted else self._writes - self._base[3]
 
     # Kernel figures (see _kernel.TcpInfo): fresh while open, frozen at close, None where unknown.
     wire_rx = _kernel_field("wire_rx")
@@ -179,7 +208,7 @@ class Connection:
 
     def as_dict(self) -> dict[str, Any]:
         """Every field as plain data (tuples become lists), ready for JSON."""
-        info = self._info()  # one kernel read: its fields, and rx/tx when the kernel counts them
+        info = self.tcp_info()  # one kernel read: its fields, and rx/tx when the kernel counts them
         counts = {"rx": self._rx - self._base[0], "tx": self._tx - self._base[1]}
         out: dict[str, Any] = {}
         for name in FIELDS:
@@ -206,16 +235,19 @@ class Connection:
 _KERNEL_FIELDS = frozenset(_kernel.TcpInfo._fields) & frozenset(FIELDS)
 
 
-class _Tally:
-    """Where a socket's own counts go once its bytes are ciphertext (asyncio TLS).
+class StreamCounts(Counts):
+    """A TCP stream's own counts once a TLS object counts the plaintext (asyncio-style TLS).
 
-    The plaintext is counted on the Connection by the TLS object; the socket keeps counting
-    here, into the TCP stream's totals, without touching the connection's rx/tx.
+    The socket under the TLS object moves ciphertext: it counts here, apart, so the
+    connection's rx/tx stay the application's bytes.
     """
 
-    __slots__ = ("conn", "_rx", "_tx", "_reads", "_writes", "_emit")
+    __slots__ = ("_conn",)
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self._rx = self._tx = self._reads = self._writes = 0
-        self._emit = None
+        super().__init__()
+        self._conn = conn
+
+    @property
+    def conn(self) -> Connection:
+        return self._conn

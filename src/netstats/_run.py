@@ -13,15 +13,8 @@ import traceback
 
 from . import _child
 from ._capture import Capture
+from ._errors import NoSuchProgram
 from ._report import Run
-
-
-class NoSuchProgram(Exception):
-    """The script or module to run is not there; `exit_code` is what python would return."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _exit_code(exc: SystemExit) -> int:

@@ -68,7 +68,8 @@ from typing import Any
 
 import pytest
 
-from netstats import Capture, Connection, NetstatsError
+from netstats import Capture, Connection
+from netstats._errors import NetstatsBlocked
 
 OUTSIDE = "<outside tests>"
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -112,10 +113,6 @@ def netstats_fixture(request: pytest.FixtureRequest) -> Capture:
     cap = Capture().start()  # requested late, through request.getfixturevalue
     request.addfinalizer(cap.stop)
     return cap
-
-
-class NetstatsBlocked(ConnectionRefusedError, NetstatsError):
-    """A connect refused by --netstats-block: the host is not in the test's allow_hosts."""
 
 
 # ---- allow_hosts and budgets ------------------------------------------------------------
@@ -280,7 +277,7 @@ class Ledger:
     def __init__(self, block: bool) -> None:
         self.capture = Capture(self._opened, events={"open"}, keep=False)
         if block:
-            self.capture._gate = self._gate
+            self.capture.set_gate(self._gate)
         self.usage: dict[str, dict[int, Share]] = {}
         self._lock = threading.RLock()
         self._stack = [Window(OUTSIDE)]
@@ -336,8 +333,8 @@ class Ledger:
         for conn_id, seen in list(self._seen.items()):
             conn: Connection = seen[0]
             closed = conn.closed is not None  # read before the totals: they are final after close
-            rx, tx = conn._totals()  # since open, never reset by the user
-            info = conn._info() if conn.transport == "tcp" else None  # the kernel's, for TLS overhead
+            rx, tx = conn.totals()  # since open, never reset by the user
+            info = conn.tcp_info() if conn.transport == "tcp" else None  # the kernel's, for TLS overhead
             wire_rx, wire_tx = (info.wire_rx, info.wire_tx) if info is not None else (seen[3], seen[4])
             if (rx, tx, wire_rx, wire_tx) != tuple(seen[1:]):
                 share = self._share(owner, conn)

@@ -13,13 +13,6 @@ Each lives in its own module and needs its extra, imported only when an exporter
 
 from __future__ import annotations
 
-from .._capture import NetstatsError
+from .._errors import MissingExtra
 
-
-class MissingExtra(NetstatsError, ImportError):
-    """An exporter was asked for without its extra installed; the message names the extra."""
-
-    def __init__(self, extra: str, package: str) -> None:
-        super().__init__(
-            f"netstats.export.{extra} needs {package}: pip install netstats[{extra}]", name=package
-        )
+__all__ = ["MissingExtra"]

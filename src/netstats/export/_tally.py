@@ -1,17 +1,17 @@
 """What the exporters share: a Capture's figures per label set, live, bounded and monotonic.
 
 A Tally folds each connection into the series of its label set when it closes (through the
-capture's `_observers` hook), then forgets the connection: memory grows with label sets, never
+capture's `add_observer` hook), then forgets the connection: memory grows with label sets, never
 with connections. A collection adds the open connections' current figures to the closed ones'.
 
 - Exactly once: folding and collecting hold one lock, and the engine takes a connection out of
-  `capture._open` before it calls the observers, so a collection sees a connection either open
+  its open connections before it calls the observers, so a collection sees a connection either open
   (live figures) or folded (final figures), never both.
 - Bounded: at most `max_series` label sets; connections beyond are counted in the `other` key.
 - Stable: an open connection keeps the label set it had when first collected (its TLS version
   or name may be learned later), so its bytes never move from one series to another. That pin
   is the only per-connection state, and it is dropped at close.
-- Monotonic: figures are the never-reset totals (`Connection._totals()`), and each collection
+- Monotonic: figures are the never-reset totals (`Connection.totals()`), and each collection
   reports at least what the previous one did for every series (a connection's kernel figures
   may be missing at close while they were known before).
 """
@@ -66,11 +66,11 @@ class Figures:
         self.durations = [0] * (nbuckets + 1)  # closed connections per bucket, the last one +Inf
 
     def add(self, conn: Connection) -> None:
-        rx, tx = conn._totals()
+        rx, tx = conn.totals()
         self.rx += rx
         self.tx += tx
         self.count += 1
-        info = conn._info()
+        info = conn.tcp_info()
         if info is not None:
             self.wire_rx = (self.wire_rx or 0) + info.wire_rx
             self.wire_tx = (self.wire_tx or 0) + info.wire_tx
@@ -126,10 +126,11 @@ class Tally:
         self._pins: dict[int, Key] = {}  # open connection id -> its label set, until it closes
         self._seeded: set[int] = set()
         with self._lock:
-            capture._observers.append(self._fold)
+            capture.add_observer(self._fold)
             if capture.keep:  # connections closed before we came: their records are all there is
+                still_open = {conn.id for conn in capture.open_connections()}
                 for conn in capture.connections:
-                    if conn.closed is not None and conn.id not in capture._open:
+                    if conn.closed is not None and conn.id not in still_open:
                         self._seeded.add(conn.id)  # its close may be notifying observers right now
                         key = self._key(conn)
                         self._add_closed(key, conn)
@@ -138,16 +139,13 @@ class Tally:
 
     def close(self) -> None:
         """Stop folding the capture's connections (what was counted stays)."""
-        try:
-            self._capture._observers.remove(self._fold)
-        except ValueError:
-            pass
+        self._capture.remove_observer(self._fold)
 
     def snapshot(self) -> dict[Key, Figures]:
         """Every series: closed connections' final figures plus open connections' current ones."""
         with self._lock:
             out = {key: fig.copy() for key, fig in self._series.items()}
-            for conn in list(self._capture._open.values()):
+            for conn in self._capture.open_connections():
                 key = self._pins.get(conn.id)
                 if key is None:
                     key = self._key(conn)

@@ -1,0 +1,59 @@
+"""Which name a connection's address came from (its `host`), learned from getaddrinfo().
+
+Exact: the last lookup on the connecting thread (a lookup of an address literal says "no
+name"). Else, for lookups done on another thread (asyncio resolves in an executor): a name
+resolved to that address in the last minute. Bounded: the oldest names go first.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+_lookups = threading.local()  # .last: (name or None, frozenset of addresses) of this thread
+_names: dict[str, tuple[str, float]] = {}  # address -> (name, when)
+_NAMES_MAX = 4096
+_NAME_SECONDS = 60.0
+
+
+def resolved(host: Any, results: Any) -> None:
+    """getaddrinfo(host, ...) returned results: remember which name gave which addresses."""
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    name = host if isinstance(host, str) and host and not is_address(host) else None
+    addresses = frozenset(sockaddr[0] for *_, sockaddr in results)
+    _lookups.last = (name, addresses)
+    if name is None:
+        return
+    now = time.monotonic()
+    for address in addresses:
+        _names.pop(address, None)  # re-inserted last: the oldest go first when full
+        if len(_names) >= _NAMES_MAX:
+            _names.pop(next(iter(_names)))
+        _names[address] = (name, now)
+
+
+def name_for(address: Any) -> str | None:
+    """The name the caller asked for to reach this (address, port), or None."""
+    if not isinstance(address, tuple) or not address:
+        return None
+    last = getattr(_lookups, "last", None)
+    if last is not None and address[0] in last[1]:
+        return last[0]  # type: ignore[no-any-return]
+    entry = _names.get(address[0])
+    if entry is not None and time.monotonic() - entry[1] < _NAME_SECONDS:
+        return entry[0]
+    return None
+
+
+def is_address(host: str) -> bool:
+    """An IPv4 or IPv6 literal (with or without a %scope)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host.split("%", 1)[0])
+            return True
+        except (OSError, ValueError):
+            pass
+    return False

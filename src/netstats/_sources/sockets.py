@@ -1,0 +1,270 @@
+"""`socket.socket` while a capture is active: the per-call wrappers (see __init__.py's contract).
+
+`self._netstats_counts` is None (not captured), the socket's Connection, or a StreamCounts
+(asyncio-style TLS: the socket's ciphertext, while the TLS object counts the plaintext).
+"""
+
+from __future__ import annotations
+
+import _socket
+import socket as _socketmod
+import weakref
+from typing import Any
+
+from .. import _engine, _state
+
+_StockSocket = _socketmod.socket  # the Python class; kept even while socket.socket is ours
+_C: Any = _socket.socket  # the C type, whose methods the wrappers call directly
+_send, _sendall, _sendto = _C.send, _C.sendall, _C.sendto
+_recv, _recv_into, _recvfrom, _recvfrom_into = _C.recv, _C.recv_into, _C.recvfrom, _C.recvfrom_into
+_sendmsg: Any = getattr(_C, "sendmsg", None)
+_recvmsg: Any = getattr(_C, "recvmsg", None)
+_recvmsg_into: Any = getattr(_C, "recvmsg_into", None)
+_connect, _connect_ex, _getsockopt = _C.connect, _C.connect_ex, _C.getsockopt
+stock_del = _C.__del__
+_stock: Any = _StockSocket
+_stock_accept, _stock_detach, _stock_real_close = _stock.accept, _stock.detach, _stock._real_close
+_SOL_SOCKET, _SO_ERROR = _socketmod.SOL_SOCKET, _socketmod.SO_ERROR
+_len = len
+
+
+def nbytes(data: Any) -> int:
+    """The length in bytes of what sendall() was given (bytes, bytearray, or any buffer)."""
+    t = data.__class__
+    if t is bytes or t is bytearray:
+        return _len(data)
+    with memoryview(data) as view:
+        return view.nbytes
+
+
+class _SocketMeta(type):
+    """`isinstance(s, socket.socket)` stays true for stock sockets while ours is installed."""
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return isinstance(instance, _StockSocket)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, _StockSocket)
+
+
+class _Lifecycle:
+    """Connect, accept, close: what every captured socket needs, with or without wrappers."""
+
+    __slots__ = ()
+    _netstats_counts: Any
+
+    def connect(self, address: Any) -> None:
+        live = _state.active or self._netstats_counts is not None
+        c = _engine.begin_connect(self, address) if live else None
+        if c is None:
+            return _connect(self, address)  # type: ignore[no-any-return]
+        try:
+            _connect(self, address)
+        except BaseException as exc:
+            _engine.connect_raised(c, self, exc)
+            raise
+        _engine.connect_done(c, self)
+
+    def connect_ex(self, address: Any) -> int:
+        live = _state.active or self._netstats_counts is not None
+        c = _engine.begin_connect(self, address) if live else None
+        if c is None:
+            return _connect_ex(self, address)  # type: ignore[no-any-return]
+        try:
+            code: int = _connect_ex(self, address)
+        except BaseException as exc:
+            _engine.connect_raised(c, self, exc)
+            raise
+        _engine.connect_result(c, self, code)
+        return code
+
+    def getsockopt(self, *args: Any) -> Any:
+        value = _getsockopt(self, *args)
+        c = self._netstats_counts
+        # asyncio learns how a non-blocking connect ended from SO_ERROR.
+        if c is not None and c.conn.connected is None and args[:2] == (_SOL_SOCKET, _SO_ERROR):
+            _engine.connect_result(c.conn, self, value)
+        return value
+
+    def accept(self) -> tuple[Any, Any]:
+        sock, address = _stock_accept(self)  # type: ignore[arg-type]
+        if _state.serving and isinstance(sock, _Lifecycle):
+            _engine.accepted(sock)
+        return sock, address
+
+    def detach(self) -> int:
+        c = self._netstats_counts
+        if c is not None:
+            _engine.finish(c.conn, self)  # the descriptor leaves this object: its record ends
+        return _stock_detach(self)  # type: ignore[arg-type,no-any-return]
+
+    def _real_close(self, _ss: Any = _C) -> None:
+        c = self._netstats_counts
+        if c is not None:
+            _engine.finish(c.conn, self)
+        _stock_real_close(self, _ss)  # type: ignore[arg-type]
+
+    def __del__(self) -> None:
+        c = self._netstats_counts
+        if c is not None:
+            _engine.finish(c.conn, self)
+        stock_del(self)  # type: ignore[arg-type]
+
+
+class _Counting(_Lifecycle):
+    """The per-call wrappers, shared by captured sockets and registered stock sockets.
+
+    Each calls the stock C method, then counts what it says moved. Methods that an unconnected
+    UDP socket uses (sendto, sendmsg, recvfrom...) open its record at the first datagram.
+    """
+
+    __slots__ = ()
+
+    # -- writes
+    def send(self, data: Any, flags: int = 0) -> int:
+        n: int = _send(self, data, flags)
+        c = self._netstats_counts
+        if c is not None and n:
+            c.add_write(n)
+        return n
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        try:
+            _sendall(self, data, flags)
+        except BaseException:
+            c = self._netstats_counts
+            if c is not None:
+                _engine.sendall_failed(c, self)  # part may have gone: ask the kernel how much
+            raise
+        c = self._netstats_counts
+        if c is not None:
+            n = nbytes(data)
+            if n:
+                c.add_write(n)
+
+    def sendto(self, *args: Any) -> int:
+        n: int = _sendto(self, *args)
+        c = self._netstats_counts or _engine.datagram(self)
+        if c is not None and n:
+            c.add_write(n)
+        return n
+
+    if _sendmsg is not None:
+
+        def sendmsg(self, *args: Any) -> int:
+            n: int = _sendmsg(self, *args)
+            c = self._netstats_counts or _engine.datagram(self)
+            if c is not None and n:
+                c.add_write(n)
+            return n
+
+    # -- reads
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data: bytes = _recv(self, bufsize, flags)
+        c = self._netstats_counts
+        if c is not None and data:
+            c.add_read(_len(data))
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        n: int = _recv_into(self, buffer, nbytes, flags)
+        c = self._netstats_counts
+        if c is not None and n:
+            c.add_read(n)
+        return n
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
+        result = _recvfrom(self, bufsize, flags)
+        c = self._netstats_counts or _engine.datagram(self)
+        if c is not None and result[0]:
+            c.add_read(_len(result[0]))
+        return result  # type: ignore[no-any-return]
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
+        result = _recvfrom_into(self, buffer, nbytes, flags)
+        c = self._netstats_counts or _engine.datagram(self)
+        if c is not None and result[0]:
+            c.add_read(result[0])
+        return result  # type: ignore[no-any-return]
+
+    if _recvmsg is not None:
+
+        def recvmsg(self, *args: Any) -> tuple[bytes, Any, int, Any]:
+            result = _recvmsg(self, *args)
+            c = self._netstats_counts or _engine.datagram(self)
+            if c is not None and result[0]:
+                c.add_read(_len(result[0]))
+            return result  # type: ignore[no-any-return]
+
+    if _recvmsg_into is not None:
+
+        def recvmsg_into(self, *args: Any) -> tuple[int, Any, int, Any]:
+            result = _recvmsg_into(self, *args)
+            c = self._netstats_counts or _engine.datagram(self)
+            if c is not None and result[0]:
+                c.add_read(result[0])
+            return result  # type: ignore[no-any-return]
+
+
+class KernelCountedSocket(_Lifecycle, _StockSocket, metaclass=_SocketMeta):
+    """A captured TCP socket whose bytes the kernel counts (see _kernel.py): no wrappers at all.
+
+    A CountingSocket becomes one (same layout, `__class__` assignment, by the engine through
+    `_kernel_twin`) once its connection is known to need no per-call work: plain TCP, Linux,
+    nobody listening for read/write events; and back again through `_python_twin`.
+    """
+
+    __slots__ = ("_netstats_counts",)
+    _kernel_twin: Any = None
+    _python_twin: Any = None  # CountingSocket, set below
+
+    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Any = None) -> None:
+        self._netstats_counts = None
+        _StockSocket.__init__(self, family, type, proto, fileno)
+
+
+class CountingSocket(_Counting, KernelCountedSocket):
+    """What `socket.socket` is while a capture is active."""
+
+    __slots__ = ()
+    _kernel_twin = KernelCountedSocket
+    _python_twin = None
+
+
+KernelCountedSocket._python_twin = CountingSocket
+
+
+# Registered stock sockets keep their layout (no slot to add): their record lives here,
+# keyed by id() and removed by a weakref callback the moment the socket dies.
+_registered: dict[int, tuple[Any, weakref.ref[Any]]] = {}
+
+
+def _get_registered(sock: Any) -> Any:
+    entry = _registered.get(id(sock))
+    return entry[0] if entry is not None else None
+
+
+def _set_registered(sock: Any, value: Any) -> None:
+    key = id(sock)
+    entry = _registered.get(key)
+    if entry is not None:
+        ref = entry[1]
+    else:
+
+        def forget(_ref: Any, key: int = key) -> None:
+            _registered.pop(key, None)
+
+        ref = weakref.ref(sock, forget)
+    _registered[key] = (value, ref)
+
+
+class RegisteredSocket(_Counting, _StockSocket):
+    """The class a stock socket takes when `netstats.register()` adopts it."""
+
+    __slots__ = ()
+    _netstats_counts = property(_get_registered, _set_registered)  # type: ignore[assignment]
+
+
+# Reprs, warnings and tracebacks name the classes as the stock one they stand in for.
+for _cls in (KernelCountedSocket, CountingSocket, RegisteredSocket):
+    _cls.__module__, _cls.__qualname__, _cls.__name__ = "socket", "socket", "socket"
