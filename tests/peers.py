@@ -29,7 +29,7 @@ from typing import Any
 # ---- the peer process -------------------------------------------------------------------
 
 
-class Tally:
+class PeerCounts:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
@@ -249,7 +249,7 @@ SERVERS = {
 TLS_LATER = {"starttls"}  # kinds that start TLS themselves, with args.context
 
 
-def _tcp_main(args: Any, tally: Tally) -> int:
+def _tcp_main(args: Any, tally: PeerCounts) -> int:
     family = socket.AF_UNIX if args.unix else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     if args.unix:
@@ -298,7 +298,7 @@ def _tcp_main(args: Any, tally: Tally) -> int:
     return where  # type: ignore[no-any-return]
 
 
-def _udp_main(args: Any, tally: Tally) -> int:
+def _udp_main(args: Any, tally: PeerCounts) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     record = tally.new()
@@ -313,7 +313,7 @@ def _udp_main(args: Any, tally: Tally) -> int:
     return int(sock.getsockname()[1])
 
 
-def _websocket_main(args: Any, tally: Tally) -> int:
+def _websocket_main(args: Any, tally: PeerCounts) -> int:
     """A real `websockets` echo server. Its I/O is the library's own, so it counts nothing:
     put a relay in front of it, Peer("relay", backend=..., cert=...), and take the relay's counts."""
     from websockets.sync.server import ServerConnection, serve
@@ -335,7 +335,7 @@ def peer_main(argv: list[str]) -> None:
     parser.add_argument("--backend-host", default="127.0.0.1")
     parser.add_argument("--backend-port", type=int)
     args = parser.parse_args(argv)
-    tally = Tally()
+    tally = PeerCounts()
     main = {"udp": _udp_main, "websocket": _websocket_main}.get(args.kind, _tcp_main)
     where = main(args, tally)
     print(json.dumps({"port": where}), flush=True)

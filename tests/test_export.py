@@ -284,7 +284,7 @@ def test_keep_false_many_connections_memory_stays_flat(peer):
             tracemalloc.stop()
         samples = parse(generate_latest(registry).decode())
         points = otel_points(reader)
-        assert cap.connections == [] and collector._tally._pins == {}
+        assert cap.connections == [] and collector._table._pins == {}
         exporter.close()
     rx, tx = echo.totals(2200)
     assert (rx, tx) == (220000, 220000)

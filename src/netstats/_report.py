@@ -14,11 +14,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from ._format import address, short_frame, size
 
 SCHEMA = "netstats.run/1"
 GROUPS = ("host", "origin", "caller", "pid")
@@ -55,39 +56,6 @@ class Run:
 
 
 # ---- helpers shared by the renderers ----------------------------------------------------
-
-
-def size(n: int | None) -> str:
-    """Bytes for people: 512 B, 1.5 KiB, 3.2 MiB."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def where(frame: str | None, cwd: str | None = None) -> str:
-    """A shorter "path:line in function": relative to cwd, or from the package on."""
-    if not frame:
-        return "-"
-    cwd = (cwd or os.getcwd()) + os.sep
-    if frame.startswith(cwd):
-        return frame[len(cwd) :]
-    marker = "site-packages" + os.sep
-    if marker in frame:
-        return frame.split(marker, 1)[1]
-    return frame
-
-
-def peer(conn: dict[str, Any]) -> str:
-    remote = conn.get("remote")
-    if isinstance(remote, list) and len(remote) >= 2:
-        host, port = remote[0], remote[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(remote) if remote else "-"
 
 
 def overhead(conn: dict[str, Any]) -> int | None:
@@ -164,12 +132,12 @@ def render_text(run: Run, by: str | None = None) -> str:
         proto = c["transport"] + (f"+{c['tls']}" if c.get("tls") else "")
         if c.get("side") == "server":
             proto += " (in)"
-        caller, origin = where(c.get("caller")), where(c.get("origin"))
+        caller, origin = short_frame(c.get("caller")), short_frame(c.get("origin"))
         rows.append(
             [
                 str(c["pid"]),
                 proto,
-                peer(c),
+                address(c.get("remote")),
                 c.get("host") or "-",
                 size(c["tx"]),
                 size(c["rx"]),
@@ -200,9 +168,9 @@ def render_text(run: Run, by: str | None = None) -> str:
 
 def _group_key(conn: dict[str, Any], by: str) -> str:
     if by == "host":
-        return str(conn.get("host") or peer(conn))
+        return str(conn.get("host") or address(conn.get("remote")))
     if by in ("origin", "caller"):
-        return where(conn.get(by))
+        return short_frame(conn.get(by))
     return str(conn["pid"])
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from .._capture import Capture
 from .._record import Connection
 from . import MissingExtra
-from ._tally import DURATION_BUCKETS, MAX_SERIES, Figures, Key, Tally, peer
+from ._series import DURATION_BUCKETS, MAX_SERIES, Figures, Key, SeriesTable, peer_labels
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
@@ -52,7 +52,7 @@ def _api() -> ModuleType:
 
 def key(conn: Connection) -> Key:
     """(side, peer address, port, server name, transport, tls version) as strings."""
-    address, port = peer(conn)
+    address, port = peer_labels(conn)
     server = "" if conn.side == "server" else conn.host or address
     return (conn.side, address, port, server, conn.transport, conn.tls or "")
 
@@ -101,7 +101,9 @@ class OtelExporter:
             description="Duration of connections, from the connect to the close.",
             explicit_bucket_boundaries_advisory=sorted(buckets),
         )
-        self._tally = Tally(capture, key, OTHER, max_series=max_series, buckets=(), on_close=self._closed)
+        self._table = SeriesTable(
+            capture, key, OTHER, max_series=max_series, buckets=(), on_close=self._closed
+        )
         self._stopped = False
         meter.create_observable_counter(
             "process.network.io", [self._io], unit="By", description="Network bytes transferred."
@@ -119,7 +121,7 @@ class OtelExporter:
     def close(self) -> None:
         """Stop reporting: the observable counters report nothing more, closes are not recorded."""
         self._stopped = True
-        self._tally.close()
+        self._table.close()
 
     def _closed(self, key: Key, conn: Connection) -> None:
         self._duration.record(conn.duration, attributes(key))
@@ -146,7 +148,7 @@ class OtelExporter:
         return [self._observation(fig.count, attributes(key)) for key, fig in self._series()]
 
     def _series(self) -> list[tuple[Key, Figures]]:
-        return [] if self._stopped else list(self._tally.snapshot().items())
+        return [] if self._stopped else list(self._table.snapshot().items())
 
 
 def register(

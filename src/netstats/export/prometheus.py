@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .._capture import Capture
 from .._record import Connection
 from . import MissingExtra
-from ._tally import DURATION_BUCKETS, MAX_SERIES, Key, Tally, peer
+from ._series import DURATION_BUCKETS, MAX_SERIES, Key, SeriesTable, peer_labels
 
 if TYPE_CHECKING:
     import threading
@@ -56,7 +56,7 @@ def _client() -> ModuleType:
 
 def labels(conn: Connection) -> Key:
     """The values of LABELS for a connection."""
-    address, port = peer(conn)
+    address, port = peer_labels(conn)
     return (conn.host or address, port, conn.transport, conn.tls or "none")
 
 
@@ -69,19 +69,21 @@ class NetstatsCollector:
         client = _client()
         self._counter = client.core.CounterMetricFamily
         self._histogram = client.core.HistogramMetricFamily
-        self._tally = Tally(capture, labels, ("other",) * len(LABELS), max_series=max_series, buckets=buckets)
-        self._le = [client.utils.floatToGoString(b) for b in (*self._tally.bounds, math.inf)]
+        self._table = SeriesTable(
+            capture, labels, ("other",) * len(LABELS), max_series=max_series, buckets=buckets
+        )
+        self._le = [client.utils.floatToGoString(b) for b in (*self._table.bounds, math.inf)]
 
     def close(self) -> None:
         """Stop following the capture; unregister it from its registry too (`Server.stop()` does both)."""
-        self._tally.close()
+        self._table.close()
 
     def describe(self) -> list[Metric]:
         return list(self._families())
 
     def collect(self) -> list[Metric]:
         app, wire, opened, durations = self._families()
-        for key, fig in self._tally.snapshot().items():
+        for key, fig in self._table.snapshot().items():
             app.add_metric(["rx", *key], fig.rx)
             app.add_metric(["tx", *key], fig.tx)
             if fig.wire_rx is not None:

@@ -1,6 +1,6 @@
 """What the exporters share: a Capture's figures per label set, live, bounded and monotonic.
 
-A Tally folds each connection into the series of its label set when it closes (through the
+A SeriesTable folds each connection into the series of its label set when it closes (through the
 capture's `add_observer` hook), then forgets the connection: memory grows with label sets, never
 with connections. A collection adds the open connections' current figures to the closed ones'.
 
@@ -34,7 +34,7 @@ MAX_SERIES = 1000
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
 
-def peer(conn: Connection) -> tuple[str, str]:
+def peer_labels(conn: Connection) -> tuple[str, str]:
     """(address, port) of the other end, as strings ('' where there is none: Unix, unconnected UDP).
 
     For an accepted connection (side "server") the port is our own, the service's: the peer's
@@ -91,13 +91,13 @@ class Figures:
             self.wire_tx = max(self.wire_tx or 0, before.wire_tx)
 
 
-class Tally:
+class SeriesTable:
     """Per-label-set figures of one capture, for an exporter; `close()` stops following it.
 
     `labels(conn)` gives a connection's label set, `other` the one for connections beyond
     `max_series` sets; `on_close(key, conn)` is called with each connection folded.
 
-    >>> tally = Tally(cap, lambda conn: (conn.transport,), ("other",), max_series=100)
+    >>> tally = SeriesTable(cap, lambda conn: (conn.transport,), ("other",), max_series=100)
     >>> {key: (fig.rx, fig.tx) for key, fig in tally.snapshot().items()}
     {('tcp',): (5120, 310)}
     """
