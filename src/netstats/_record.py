@@ -48,6 +48,11 @@ FIELDS = (
 )
 
 
+_COMPUTED = frozenset(
+    {"rx", "tx", "reads", "writes", "duration", *(set(_kernel.TcpInfo._fields) & set(FIELDS))}
+)
+
+
 def _kernel_field(name: str) -> Any:
     def get(self: Connection) -> Any:
         info = self.tcp_info()
@@ -103,21 +108,8 @@ class Connection(Counts):
     """
 
     __slots__ = (
-        "id",
-        "pid",
-        "side",
-        "transport",
-        "local",
-        "remote",
-        "host",
-        "tls",
-        "opened",
-        "connected",
-        "closed",
-        "marks",
-        "origin",
-        "caller",
-        "error",
+        # the fields of FIELDS that are stored; the others are computed from what follows
+        *(name for name in FIELDS if name not in _COMPUTED),
         # baselines set by reset() and mark()
         "_base",
         "_mark",

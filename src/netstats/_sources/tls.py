@@ -23,10 +23,29 @@ _WANT = (_sslmod.SSLWantReadError, _sslmod.SSLWantWriteError, BlockingIOError)
 _len = len
 
 
-class CountingSSLSocket(_sslmod.SSLSocket):
-    """SSLContext.sslsocket_class while capturing: counts the plaintext."""
+class _Plaintext:
+    """read() and write() of both TLS classes: the plaintext, which is what the application moved."""
 
     _netstats_counts: Any = None
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        result = super().read(len, buffer)  # type: ignore[misc]
+        c = self._netstats_counts
+        if c is not None and result:
+            c.add_read(result if buffer is not None else _len(result))
+        return result
+
+    def write(self, data: Any) -> int:
+        n: int = super().write(data)  # type: ignore[misc]
+        c = self._netstats_counts
+        if c is not None and n:
+            c.add_write(n)
+        return n
+
+
+class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
+    """SSLContext.sslsocket_class while capturing: counts the plaintext."""
+
     _sslobj: Any  # set by ssl.SSLSocket
     _connected: bool
 
@@ -62,21 +81,6 @@ class CountingSSLSocket(_sslmod.SSLSocket):
         c = self._netstats_counts
         if c is not None:
             _engine.tls_established(c, self)
-
-    # -- plaintext once TLS is on; the bytes themselves before it (a socket wrapped unconnected)
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        result = super().read(len, buffer)
-        c = self._netstats_counts
-        if c is not None and result:
-            c.add_read(result if buffer is not None else _len(result))
-        return result
-
-    def write(self, data: Any) -> int:
-        n: int = super().write(data)
-        c = self._netstats_counts
-        if c is not None and n:
-            c.add_write(n)
-        return n
 
     def send(self, data: Any, flags: int = 0) -> int:
         n: int = super().send(data, flags)  # the SSLObject's write(), not self.write(), once TLS is on
@@ -166,24 +170,8 @@ class CountingSSLSocket(_sslmod.SSLSocket):
         stock_del(self)
 
 
-class CountingSSLObject(_sslmod.SSLObject):
+class CountingSSLObject(_Plaintext, _sslmod.SSLObject):
     """SSLContext.sslobject_class while capturing (asyncio TLS, anyio): counts the plaintext."""
-
-    _netstats_counts: Any = None
-
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        result = super().read(len, buffer)
-        c = self._netstats_counts
-        if c is not None and result:
-            c.add_read(result if buffer is not None else _len(result))
-        return result
-
-    def write(self, data: Any) -> int:
-        n: int = super().write(data)
-        c = self._netstats_counts
-        if c is not None and n:
-            c.add_write(n)
-        return n
 
     def do_handshake(self) -> None:
         outgoing = self.__dict__.get("_outgoing")
