@@ -99,6 +99,7 @@ def reset(target: Any, full: bool = False) -> None:
     """Zero rx, tx, reads, writes and marks; `full=True` also restarts `opened`."""
     conn = _connection_of(target)
     rx, tx = conn.totals()
+    rx, tx = rx or 0, tx or 0  # (None: bytes netstats cannot know stay None)
     conn._base = (rx, tx, conn._reads, conn._writes)
     conn.marks = []
     conn._mark = (time.monotonic(), rx, tx)
@@ -118,7 +119,11 @@ def mark(target: Any, name: str = "") -> dict[str, Any]:
     now = time.monotonic()
     rx, tx = conn.totals()
     then, rx0, tx0 = conn._mark
-    conn._mark = (now, rx, tx)
-    delta = {"rx": rx - rx0, "tx": tx - tx0, "elapsed": now - then}
+    delta: dict[str, Any] = {"rx": None, "tx": None, "elapsed": now - then}
+    if rx is None or tx is None:
+        conn._mark = (now, 0, 0)
+    else:
+        conn._mark = (now, rx, tx)
+        delta.update(rx=rx - rx0, tx=tx - tx0)
     conn.marks.append({"name": name, "time": time.time(), **delta})
     return delta

@@ -59,7 +59,8 @@ class Capture:
         self._kept: list[Connection] = []
         self._open: dict[int, Connection] = {}
         self._closed_totals = [0, 0]
-        self._final: tuple[int, int] | None = None
+        self._final: tuple[int, int] | tuple[None, None] | None = None
+        self.unknown = 0  # connections whose application bytes netstats cannot know (source "kernel")
         self._notify, self._on_io = self._make_listeners()
         self._gate: Callable[[Connection], None] | None = None
         self._observers: list[Callable[[Connection], None]] = []
@@ -75,23 +76,27 @@ class Capture:
         return list(self._kept) if self.keep else list(self._open.values())
 
     @property
-    def rx(self) -> int:
-        """Application bytes read on this capture's connections (up to stop())."""
+    def rx(self) -> int | None:
+        """Application bytes read on this capture's connections (up to stop()); None once a
+        connection's application bytes could not be known (see `unknown`)."""
         return self._totals()[0]
 
     @property
-    def tx(self) -> int:
-        """Application bytes written on this capture's connections (up to stop())."""
+    def tx(self) -> int | None:
+        """Application bytes written on this capture's connections (up to stop()); None once a
+        connection's application bytes could not be known (see `unknown`)."""
         return self._totals()[1]
 
-    def _totals(self) -> tuple[int, int]:
+    def _totals(self) -> tuple[int, int] | tuple[None, None]:
         if self._final is not None:
             return self._final
+        if self.unknown:
+            return None, None  # a part nobody could count: the sum is not known either
         rx, tx = self._closed_totals
         for conn in list(self._open.values()):
             conn_rx, conn_tx = conn.totals()
-            rx += conn_rx
-            tx += conn_tx
+            rx += conn_rx or 0
+            tx += conn_tx or 0
         return rx, tx
 
     # -- lifecycle
@@ -164,13 +169,15 @@ class Capture:
 
     def _opened(self, conn: Connection) -> None:
         self.count += 1
+        if conn.source != "python":
+            self.unknown += 1
         self._open[conn.id] = conn
         if self.keep:
             self._kept.append(conn)
 
     def _closed(self, conn: Connection) -> None:
         if self._open.pop(conn.id, None) is not None and self._final is None:
-            self._closed_totals[0] += conn._rx
+            self._closed_totals[0] += conn._rx  # (0 for a connection whose bytes are not known)
             self._closed_totals[1] += conn._tx
         for observer in self._observers:
             try:

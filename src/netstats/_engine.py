@@ -440,3 +440,41 @@ def counts_of_descriptor(fd: int) -> Any:
     """What the captured socket with this descriptor counts into (os.sendfile), or None."""
     sock = socket_of(fd)
     return sock._netstats_counts if sock is not None else None
+
+
+# ---- connections the kernel census found ----------------------------------------------------
+
+
+@guarded
+def found(
+    side: str,
+    local: Any,
+    remote: Any,
+    probe: Callable[[], _kernel.TcpInfo | None],
+    seen: float,
+) -> Connection | None:
+    """A TCP connection of this process that no Python socket call made (C code, a stock
+    socket): a record whose figures come from the kernel only (source "kernel")."""
+    watchers = _state.serving if side == "server" else _state.active
+    if not watchers:
+        return None
+    conn = Connection(next(_ids), side, "tcp")
+    conn.source = "kernel"
+    conn.opened = conn.connected = seen
+    conn.local, conn.remote = local, remote
+    conn.host = _names.name_for(remote)
+    conn._probe = probe
+    conn._watchers = watchers
+    for watcher in watchers:
+        watcher._opened(conn)
+    notify(conn, "open")
+    notify(conn, "connect")
+    return conn
+
+
+@guarded
+def found_closed(conn: Connection, final: _kernel.TcpInfo | None) -> None:
+    """A found connection's last descriptor closed (or the kernel destroyed it): its figures are final."""
+    if final is not None and conn.closed is None:
+        conn._final_info = final
+    finish(conn, None)

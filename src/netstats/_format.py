@@ -7,9 +7,9 @@ from typing import Any
 
 
 def size(n: int | None) -> str:
-    """Bytes for people: 512 B, 1.5 KiB, 3.2 MiB."""
+    """Bytes for people: 512 B, 1.5 KiB, 3.2 MiB; "?" for a figure netstats cannot know."""
     if n is None:
-        return "-"
+        return "?"
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024 or unit == "GiB":

@@ -30,6 +30,7 @@ supported = sys.platform.startswith("linux") and TCP_INFO is not None and fcntl 
 # A FIN from the peer has arrived in these states. CLOSE with the descriptor still open follows
 # either both FINs (after shutdown) or a reset: read() tells them apart by our FIN's ack.
 _CLOSE_WAIT, _LAST_ACK, _CLOSING, _TIME_WAIT, _CLOSE = 8, 9, 11, 6, 7
+CLOSE_STATE = _CLOSE
 _FIN_RECEIVED = frozenset({_CLOSE_WAIT, _LAST_ACK, _CLOSING, _TIME_WAIT})
 
 
@@ -45,9 +46,13 @@ class TcpInfo(NamedTuple):
     retrans_bytes: int  # bytes retransmitted
 
 
-def _raw(sock: Any) -> tuple[int, ...] | None:
-    raw = _getsockopt(sock, socket.IPPROTO_TCP, TCP_INFO, 232)
+def unpack(raw: bytes) -> tuple[int, ...] | None:
+    """The fields read() uses from a `struct tcp_info`, or None if it is too short (old kernel)."""
     return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
+
+
+def _raw(sock: Any) -> tuple[int, ...] | None:
+    return unpack(_getsockopt(sock, socket.IPPROTO_TCP, TCP_INFO, 232))
 
 
 def read(sock: Any, client: bool = True) -> TcpInfo | None:
@@ -73,8 +78,16 @@ def read(sock: Any, client: bool = True) -> TcpInfo | None:
         return None
     if second is None:
         return None
-    state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = second
-    if state == _CLOSE:
+    return decode(second, inq, client)
+
+
+def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = None) -> TcpInfo:
+    """TcpInfo from unpack()'s fields and the bytes received and not yet read; `fin`: whether
+    bytes_received counts the peer's FIN, where the caller knows (else it is worked out)."""
+    state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = fields
+    if fin is not None:
+        pass
+    elif state == _CLOSE:
         # Both FINs (our FIN acknowledged: bytes_acked is past the data, and the SYN when we
         # connected) or a reset (no FIN from the peer, as far as we can tell).
         fin = 1 if acked - (1 if client else 0) > sent - retrans else 0

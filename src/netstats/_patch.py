@@ -8,6 +8,8 @@ While at least one capture is active:
 - `asyncio.sslproto.SSLProtocol.connection_made` links its TLS object to the socket;
 - `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile).
 When the last capture stops, each of these is the stock object again (the same object).
+Meanwhile the kernel census (_sources/census.py) sweeps the process's descriptors on a thread
+of its own, for the TCP connections that C code makes.
 Once per process, and harmless while nothing is captured: multiprocessing pickles our socket
 classes like the stock one, and a fork first hands kernel-counted sockets back to the wrappers.
 Install and uninstall with `_state.lock` held.
@@ -21,7 +23,7 @@ import ssl
 from typing import Any
 
 from . import _engine
-from ._sources import functions, sockets, tls
+from ._sources import census, functions, sockets, tls
 
 
 class Patch:
@@ -99,9 +101,11 @@ def install() -> None:
     for patch in _patches():
         patch.install()
         _installed.append(patch)
+    census.start()
 
 
 def uninstall() -> None:
     """Restore every original, in reverse order (call with _state.lock held)."""
+    census.stop()
     while _installed:
         _installed.pop().remove()

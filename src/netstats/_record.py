@@ -23,6 +23,7 @@ FIELDS = (
     "pid",
     "side",
     "transport",
+    "source",
     "local",
     "remote",
     "host",
@@ -98,10 +99,13 @@ class Connection(Counts):
     """One connection (or connect attempt) seen by netstats; readable after close.
 
     Fields: ``id`` (unique in the process, never reused), ``pid``, ``side`` ("client" or
-    "server"), ``transport`` ("tcp", "udp", "unix"), ``local``, ``remote``, ``host`` (the name
-    the caller asked for, else None), ``tls`` (negotiated version or None), ``rx``/``tx``
-    (application bytes read/written; the plaintext for TLS), ``wire_rx``/``wire_tx`` (bytes of
-    the TCP stream, the ciphertext for TLS), ``rtt``/``min_rtt``, ``retransmits``/``retrans_bytes``
+    "server"), ``transport`` ("tcp", "udp", "unix"), ``source`` ("python": netstats saw the
+    application's socket calls; "kernel": found among the process's descriptors, figures from the
+    kernel only), ``local``, ``remote``, ``host`` (the name the caller asked for, else None),
+    ``tls`` (negotiated version; None for plain, or unknown when source is "kernel"),
+    ``rx``/``tx`` (application bytes read/written, the plaintext for TLS; None where netstats
+    cannot know them), ``wire_rx``/``wire_tx`` (bytes of the TCP stream, the ciphertext for TLS),
+    ``rtt``/``min_rtt``, ``retransmits``/``retrans_bytes``
     (from the kernel: None where it cannot tell), ``reads``/``writes`` (calls that moved data;
     None when the kernel counts), ``opened``/``connected``/``closed`` (wall-clock seconds),
     ``duration``, ``marks``, ``origin``, ``caller``, ``error`` (exception name of a failed connect).
@@ -116,8 +120,9 @@ class Connection(Counts):
         # rx/tx come from the kernel's counters (no wrappers); the kernel's figures frozen at close
         "_kernel_counted",
         "_final_info",
-        # engine bookkeeping
+        # engine bookkeeping: the socket object, or for a connection the census found, its probe
         "_sock",
+        "_probe",
         "_watchers",
         "__weakref__",
     )
@@ -128,6 +133,7 @@ class Connection(Counts):
         self.pid = os.getpid()
         self.side = side
         self.transport = transport
+        self.source = "python"
         self.local: Any = None
         self.remote: Any = None
         self.host: str | None = None
@@ -144,6 +150,7 @@ class Connection(Counts):
         self._kernel_counted = False
         self._final_info: _kernel.TcpInfo | None = None
         self._sock: Any = None
+        self._probe: Callable[[], _kernel.TcpInfo | None] | None = None
         self._watchers: tuple[Any, ...] = ()
 
     @property
@@ -153,8 +160,12 @@ class Connection(Counts):
 
     def tcp_info(self) -> _kernel.TcpInfo | None:
         """The kernel's figures (Linux TCP): fresh while open, as frozen at close after; else None."""
+        if self.closed is not None or self.transport != "tcp":
+            return self._final_info
+        if self._probe is not None:
+            return self._probe()
         ref = self._sock
-        if self.closed is not None or ref is None or self.transport != "tcp":
+        if ref is None:
             return self._final_info
         sock = ref()
         info = _kernel.read(sock, self.side == "client") if sock is not None else None
@@ -163,27 +174,32 @@ class Connection(Counts):
             self._tx = info.wire_tx
         return info
 
-    def totals(self) -> tuple[int, int]:
-        """(rx, tx) since open, never reset by `reset()`: what capture totals, marks and exporters add up."""
+    def totals(self) -> tuple[int, int] | tuple[None, None]:
+        """(rx, tx) since open, never reset by `reset()`: what capture totals, marks and exporters
+        add up. (None, None) where netstats cannot know the application's bytes (source "kernel")."""
+        if self.source != "python":
+            return None, None
         if self._kernel_counted and self.closed is None:
             self.tcp_info()
         return self._rx, self._tx
 
     @property
-    def rx(self) -> int:
-        return self.totals()[0] - self._base[0]
+    def rx(self) -> int | None:
+        rx = self.totals()[0]
+        return None if rx is None else rx - self._base[0]
 
     @property
-    def tx(self) -> int:
-        return self.totals()[1] - self._base[1]
+    def tx(self) -> int | None:
+        tx = self.totals()[1]
+        return None if tx is None else tx - self._base[1]
 
     @property
     def reads(self) -> int | None:
-        return None if self._kernel_counted else self._reads - self._base[2]
+        return None if self._kernel_counted or self.source != "python" else self._reads - self._base[2]
 
     @property
     def writes(self) -> int | None:
-        return None if self._kernel_counted else self._writes - self._base[3]
+        return None if self._kernel_counted or self.source != "python" else self._writes - self._base[3]
 
     # Kernel figures (see _kernel.TcpInfo): fresh while open, frozen at close, None where unknown.
     wire_rx = _kernel_field("wire_rx")
@@ -201,7 +217,11 @@ class Connection(Counts):
     def as_dict(self) -> dict[str, Any]:
         """Every field as plain data (tuples become lists), ready for JSON."""
         info = self.tcp_info()  # one kernel read: its fields, and rx/tx when the kernel counts them
-        counts = {"rx": self._rx - self._base[0], "tx": self._tx - self._base[1]}
+        known = self.source == "python"
+        counts = {
+            "rx": self._rx - self._base[0] if known else None,
+            "tx": self._tx - self._base[1] if known else None,
+        }
         out: dict[str, Any] = {}
         for name in FIELDS:
             value: Any

@@ -60,7 +60,8 @@ class Run:
 
 def overhead(conn: dict[str, Any]) -> int | None:
     """TLS overhead: wire bytes minus application bytes (records, handshake), where known."""
-    if not conn.get("tls") or conn.get("wire_tx") is None or conn.get("wire_rx") is None:
+    figures = (conn.get("wire_tx"), conn.get("wire_rx"), conn.get("tx"), conn.get("rx"))
+    if not conn.get("tls") or None in figures:
         return None
     return int(conn["wire_tx"] + conn["wire_rx"] - conn["tx"] - conn["rx"])
 
@@ -70,8 +71,15 @@ def _sum(values: Iterable[int | None]) -> int | None:
     return sum(known) if known else None
 
 
+def counted(values: Iterable[int | None]) -> str:
+    """The size of a sum of application bytes: '+?' after it when some were not known."""
+    values = list(values)
+    total = size(sum(v for v in values if v is not None))
+    return total + "+?" if None in values else total
+
+
 def _order(conns: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(conns, key=lambda c: (-(c["tx"] + c["rx"]), c["id"]))
+    return sorted(conns, key=lambda c: (-((c["tx"] or 0) + (c["rx"] or 0)), c["id"]))
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -93,8 +101,8 @@ def _summary(run: Run) -> str:
     pids = {c["pid"] for c in conns} | {run.pid}
     parts = [
         f"netstats: {len(conns)} connection{'s' * (len(conns) != 1)}",
-        f"tx {size(sum(c['tx'] for c in conns))}",
-        f"rx {size(sum(c['rx'] for c in conns))}",
+        f"tx {counted(c['tx'] for c in conns)}",
+        f"rx {counted(c['rx'] for c in conns)}",
     ]
     wire_tx, wire_rx = _sum(c.get("wire_tx") for c in conns), _sum(c.get("wire_rx") for c in conns)
     if wire_tx is not None:
@@ -130,6 +138,8 @@ def render_text(run: Run, by: str | None = None) -> str:
     rows = []
     for c in _order(run.connections):
         proto = c["transport"] + (f"+{c['tls']}" if c.get("tls") else "")
+        if c.get("source") == "kernel":
+            proto += "+? (C)"  # found by the kernel census: TLS or not is not known
         if c.get("side") == "server":
             proto += " (in)"
         caller, origin = short_frame(c.get("caller")), short_frame(c.get("origin"))
@@ -154,8 +164,8 @@ def render_text(run: Run, by: str | None = None) -> str:
         "total",
         f"{len(run.connections)} conn.",
         "",
-        size(sum(c["tx"] for c in run.connections)),
-        size(sum(c["rx"] for c in run.connections)),
+        counted(c["tx"] for c in run.connections),
+        counted(c["rx"] for c in run.connections),
         size(_sum(c.get("wire_tx") for c in run.connections)),
         size(_sum(c.get("wire_rx") for c in run.connections)),
         size(_sum(overhead(c) for c in run.connections)),
@@ -185,12 +195,12 @@ def groups(run: Run, by: str) -> list[dict[str, Any]]:
             key, {by: key, "connections": 0, "tx": 0, "rx": 0, "wire_tx": None, "wire_rx": None}
         )
         g["connections"] += 1
-        g["tx"] += c["tx"]
-        g["rx"] += c["rx"]
+        for name in ("tx", "rx"):  # None once a connection's application bytes are not known
+            g[name] = None if g[name] is None or c[name] is None else g[name] + c[name]
         for name in ("wire_tx", "wire_rx"):
             if c.get(name) is not None:
                 g[name] = (g[name] or 0) + c[name]
-    return sorted(out.values(), key=lambda g: (-(g["tx"] + g["rx"]), g[by]))
+    return sorted(out.values(), key=lambda g: (-((g["tx"] or 0) + (g["rx"] or 0)), g[by]))
 
 
 def _grouped(run: Run, by: str) -> list[str]:

@@ -30,19 +30,22 @@ shares), prints the summary and writes the JSON. Verdicts are given in the worke
 JSON (``--netstats-json``)::
 
     {"version": 1,
-     "totals": {"tx": int, "rx": int, "tls_overhead": int, "connections": int, "tests": int},
+     "totals": {"tx": int, "rx": int, "unknown": int, "tls_overhead": int, "connections": int,
+                "tests": int},
      "rows": [                                  # every test run, network or not, by name
        {"name": "test_x.py::test_y",            # a nodeid, or "<... fixtures ...>", "<outside tests>"
         "kind": "test" | "fixtures" | "outside",
         "tx": int, "rx": int,                   # application bytes moved in this row's windows
+        "unknown": int,                         # connections whose application bytes are not known
         "tls_overhead": int,                    # TLS bytes on the wire beyond them (Linux)
         "connections": [
           {"id": int, "pid": int, "transport": "tcp" | "udp" | "unix",
            "host": str | null, "remote": [address, port] | str | null, "tls": str | null,
            "error": str | null,                 # a failed or blocked connect: the exception's name
            "opened_here": bool,                 # opened in this row's windows (else earlier)
-           "tx": int, "rx": int,                # its bytes in this row's windows
-           "wire_tx": int, "wire_rx": int,      # its TCP stream bytes then (0 where unknown)
+           "source": "python" | "kernel",       # kernel: found by the census (C code), see README
+           "tx": int | null, "rx": int | null,  # its bytes in this row's windows (null: not known)
+           "wire_tx": int | null, "wire_rx": int | null,  # its TCP stream bytes then (Linux)
            "tls_overhead": int,
            "origin": str | null, "caller": str | null}]}]}
 """
@@ -288,11 +291,24 @@ def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int |
     tr.write_line(f"{'tx':>12} {'rx':>12} {'tls+':>8} {'conns':>5}  {'test':<{width}}  hosts")
     for r in shown:
         tls = f"{r['tls_overhead']:>8,}" if r["tls_overhead"] else f"{'-':>8}"
-        line = f"{r['tx']:>12,} {r['rx']:>12,} {tls} {len(r['connections']):>5}  {r['name']:<{width}}"
+        line = f"{_known(r['tx'], r):>12} {_known(r['rx'], r):>12} {tls} {len(r['connections']):>5}"
+        line += f"  {r['name']:<{width}}"
         tr.write_line(f"{line}  {_hosts(r)}".rstrip())
     if len(busy) > len(shown):
         tr.write_line(f"... {len(busy) - len(shown)} more row(s) not shown (--netstats-top {top})")
     t = totals(rows)
     used = f"{sum(1 for r in busy if r['kind'] == 'test')} of {t['tests']} tests used the network"
     tls = f"{t['tls_overhead']:>8,}" if t["tls_overhead"] else f"{'-':>8}"
-    tr.write_line(f"{t['tx']:>12,} {t['rx']:>12,} {tls} {t['connections']:>5}  total ({used})")
+    tr.write_line(
+        f"{_known(t['tx'], t):>12} {_known(t['rx'], t):>12} {tls} {t['connections']:>5}  total ({used})"
+    )
+    if t["unknown"]:
+        tr.write_line(
+            f"+? : {t['unknown']} connection(s) made by C code (source kernel): their application bytes "
+            "are not known, only their wire bytes (in --netstats-json)"
+        )
+
+
+def _known(count: int, row: dict[str, Any]) -> str:
+    """A count, with '+?' when connections whose application bytes are not known add to it."""
+    return f"{count:,}+?" if row.get("unknown") else f"{count:,}"

@@ -67,8 +67,8 @@ class Figures:
 
     def add(self, conn: Connection) -> None:
         rx, tx = conn.totals()
-        self.rx += rx
-        self.tx += tx
+        self.rx += rx or 0  # application bytes netstats cannot know (None) count in wire bytes only
+        self.tx += tx or 0
         self.count += 1
         info = conn.tcp_info()
         if info is not None:

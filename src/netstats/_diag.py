@@ -1,0 +1,211 @@
+"""Linux's sock_diag netlink interface: one TCP socket's figures by its identity, and the
+final figures of every TCP socket as it is destroyed. No privileges needed.
+
+A socket is named by its 4-tuple and its cookie (a 64-bit number the kernel gives each socket
+for its life: `SO_COOKIE`): a query names both, so it can never read another socket's figures,
+and it still answers after the descriptor closed while the socket lingers (FIN_WAIT, unsent
+data). The destroy feed (groups SKNLGRP_INET_TCP_DESTROY and SKNLGRP_INET6_TCP_DESTROY) brings
+each TCP socket of the network namespace as it dies, with its final `tcp_info`: callers match
+by cookie and ignore the rest. Anywhere else every function returns None.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import sys
+import threading
+from typing import Any, NamedTuple
+
+from . import _kernel
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST = 1
+INET_DIAG_INFO = 2
+SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+DESTROY_GROUPS = (1, 3)  # SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY
+_TCP_STATES_ALL = 0xFFF
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_REQUEST = struct.Struct("=BBBxI")  # inet_diag_req_v2 head: family, protocol, ext, states
+_SOCKID = struct.Struct(">HH16s16s")  # inet_diag_sockid head: sport, dport, src, dst (network order)
+_SOCKID_TAIL = struct.Struct("=III")  # interface, cookie low, cookie high (host order)
+_MSG_TAIL = struct.Struct("=IIIII")  # expires, rqueue, wqueue, uid, inode
+_ATTR = struct.Struct("=HH")
+supported = sys.platform.startswith("linux") and hasattr(socket, "AF_NETLINK")
+
+
+class Diag(NamedTuple):
+    """One socket as sock_diag reports it."""
+
+    family: int
+    state: int
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    cookie: int
+    unread: int  # idiag_rqueue: received and not yet read, for a live connection
+    inode: int
+    info: tuple[int, ...] | None  # _kernel.unpack() of its tcp_info, when it came with one
+
+    def figures(self, client: bool, fin: int | None = None) -> _kernel.TcpInfo | None:
+        if self.info is None:
+            return None
+        return _kernel.decode(self.info, self.unread, client, fin)
+
+
+def cookie_of(sock: Any) -> int | None:
+    """The kernel's cookie for a socket object (its identity for life), or None."""
+    try:
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), sys.byteorder)
+    except (OSError, ValueError):
+        return None
+
+
+def _address(family: int, raw: bytes) -> str:
+    return socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
+
+
+def _packed(family: int, address: str) -> bytes:
+    return socket.inet_pton(family, address.split("%", 1)[0]).ljust(16, b"\0")
+
+
+def parse(data: bytes) -> list[Diag]:
+    """Every inet_diag_msg in a netlink datagram (errors and other messages are skipped)."""
+    out: list[Diag] = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size:
+            break
+        body = offset + _HEADER.size
+        end = offset + length
+        if kind == SOCK_DIAG_BY_FAMILY and end - body >= 72:
+            family, state = data[body], data[body + 1]
+            sport, dport, src, dst = _SOCKID.unpack_from(data, body + 4)
+            _if, low, high = _SOCKID_TAIL.unpack_from(data, body + 40)
+            _exp, rqueue, _wq, _uid, inode = _MSG_TAIL.unpack_from(data, body + 52)
+            info = None
+            attr = body + 72
+            while attr + _ATTR.size <= end:
+                size, kind_attr = _ATTR.unpack_from(data, attr)
+                if size < _ATTR.size:
+                    break
+                if kind_attr == INET_DIAG_INFO:
+                    info = _kernel.unpack(data[attr + _ATTR.size : attr + size])
+                attr += (size + 3) & ~3
+            if family in (socket.AF_INET, socket.AF_INET6):
+                out.append(
+                    Diag(
+                        family,
+                        state,
+                        (_address(family, src), sport),
+                        (_address(family, dst), dport),
+                        low | (high << 32),
+                        rqueue,
+                        inode,
+                        info,
+                    )
+                )
+        offset += (length + 3) & ~3
+    return out
+
+
+def _request(family: int, local: Any, remote: Any, cookie: int) -> bytes:
+    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), _TCP_STATES_ALL)
+    body += _SOCKID.pack(local[1], remote[1], _packed(family, local[0]), _packed(family, remote[0]))
+    body += _SOCKID_TAIL.pack(0, cookie & 0xFFFFFFFF, cookie >> 32)
+    return _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0) + body
+
+
+_query_lock = threading.Lock()
+_query_socket: socket.socket | None = None  # one for the process, made when first needed
+
+
+def query(family: int, local: Any, remote: Any, cookie: int) -> Diag | None:
+    """The socket with this 4-tuple and cookie, as the kernel sees it now; None if it is gone."""
+    global _query_socket
+    if not supported:
+        return None
+    with _query_lock:
+        try:
+            if _query_socket is None:
+                _query_socket = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+                _query_socket.settimeout(1.0)
+            _query_socket.send(_request(family, local, remote, cookie))
+            data = _query_socket.recv(65536)
+        except (OSError, ValueError, struct.error):
+            return None
+    for found in parse(data):
+        if found.cookie == cookie:
+            return found
+    return None
+
+
+def close_query_socket() -> None:
+    """Let the query socket go (made again when next needed)."""
+    global _query_socket
+    with _query_lock:
+        if _query_socket is not None:
+            _query_socket.close()
+            _query_socket = None
+
+
+def fin_at_destroy(dead: Diag, fin_seen: bool) -> int | None:
+    """Whether a destroyed socket's final bytes_received counts the peer's FIN: 1 or 0, or None
+    to let _kernel.decode judge by our own FIN's ack (`fin_seen`: a live reading showed the
+    peer's FIN had arrived).
+
+    A socket that sent its FIN first, gracefully (all received data read, or the kernel resets
+    instead), lives on as a time-wait entry with the same cookie: then rcv_nxt - copied_seq
+    (`unread`) is 1 if the peer's FIN came after the close, when no read could consume it, else 0.
+    A socket closed by the peer first, or reset, leaves no such entry.
+    """
+    if dead.state != _kernel.CLOSE_STATE:
+        return None
+    if fin_seen:
+        return 1
+    if query(dead.family, dead.local, dead.remote, dead.cookie) is not None:
+        return 1 if dead.unread > 0 else 0
+    # No time-wait entry: the peer closed first (its FIN received), or a reset ended it, maybe
+    # after our own close when the peer's data came too late (a TLS close_notify). The kernel
+    # keeps nothing that tells which: _kernel.decode's rule decides (the README says so).
+    return None
+
+
+def destroy_feed() -> socket.socket | None:
+    """A netlink socket that receives every TCP socket's destruction in this network namespace."""
+    if not supported:
+        return None
+    try:
+        feed = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    except OSError:
+        return None
+    try:
+        feed.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        feed.bind((0, 0))
+        for group in DESTROY_GROUPS:
+            feed.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    except OSError:
+        feed.close()
+        return None
+    return feed
+
+
+def drain(feed: socket.socket) -> tuple[list[Diag], bool]:
+    """What the feed holds now, without waiting; True if the kernel dropped some (ENOBUFS)."""
+    out: list[Diag] = []
+    dropped = False
+    while True:
+        try:
+            data = feed.recv(262144, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return out, dropped
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                dropped = True
+                continue
+            return out, dropped
+        out.extend(parse(data))

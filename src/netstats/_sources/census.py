@@ -1,0 +1,301 @@
+"""The kernel census: TCP connections of this process that no Python socket call made (Linux).
+
+C extensions do their I/O out of Python's sight (libpq for psycopg, grpcio, libcurl, librdkafka,
+libzmq), and so does code holding the stock socket class. While a capture is active a thread
+sweeps the process's descriptors every INTERVAL seconds (`/proc/self/fd`, one fstat each: the
+inode names the socket) and makes a record, source "kernel", for each TCP connection that
+netstats does not already count. Its figures come from the kernel only, through sock_diag
+(_diag.py): live when asked, final from the kernel's destroy notification the moment the socket
+dies, else from the last reading when its last descriptor is seen gone.
+
+What a found connection gets: wire bytes, rtt, min_rtt, retransmissions (exact); rx, tx, reads,
+writes and tls are None, since the application's bytes may be TLS plaintext that only the C code
+saw; origin and caller are None (it was made where no Python frame shows). Sockets that existed
+when the census started are not reported (like sockets made before a capture). A client
+connection is recorded at the first sweep that sees it established; an accepted one (its local
+port is one this process listens on, only with servers=True) at the second, so that Python's own
+record of an accepted socket always wins. A connection that lives less than INTERVAL may be
+missed; one open for 0.5 s or more is always found.
+"""
+
+from __future__ import annotations
+
+import _socket
+import logging
+import os
+import select
+import stat
+import threading
+import time
+from typing import Any
+
+from .. import _diag, _engine, _kernel
+
+log = logging.getLogger("netstats")
+
+INTERVAL = 0.2  # seconds between sweeps
+DESTROY_WAIT = 1.0  # seconds a destroy notification may take once the descriptor is gone
+supported = _diag.supported and _kernel.supported and os.path.isdir("/proc/self/fd")
+
+# TCP states (linux/tcp_states.h)
+_ESTABLISHED, _SYN_SENT, _SYN_RECV, _CLOSE, _LISTEN = 1, 2, 3, 7, 10
+_OPENING = frozenset({_SYN_SENT, _SYN_RECV})
+_FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
+_TCP_FAMILIES = (_socket.AF_INET, _socket.AF_INET6)
+_FD_DIR = "/proc/self/fd"
+
+
+class _Seen:
+    """One socket inode the census knows, and what it decided about it."""
+
+    __slots__ = ("kind", "family", "local", "remote", "cookie", "side", "conn", "last", "sweeps", "fin_seen")
+
+    IGNORED, LISTENER, WAITING, FOUND = "ignored", "listener", "waiting", "found"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.family = 0
+        self.local: Any = None
+        self.remote: Any = None
+        self.cookie: int | None = None
+        self.side = "client"
+        self.conn: Any = None
+        self.last: _kernel.TcpInfo | None = None
+        self.sweeps = 0
+        self.fin_seen = False  # a live reading showed the peer's FIN had arrived
+
+    def figures(self, fresh_only: bool = False) -> _kernel.TcpInfo | None:
+        """The kernel's figures now, or the last ones read once the socket is gone (or None
+        then, with `fresh_only`)."""
+        if self.cookie is not None:
+            diag = _diag.query(self.family, self.local, self.remote, self.cookie)
+            info = diag.figures(self.side == "client") if diag is not None else None
+            if diag is not None and info is not None:
+                self.last = info
+                self.fin_seen = self.fin_seen or diag.state in _FIN_RECEIVED
+                return info
+        return None if fresh_only else self.last
+
+
+def _inspect(fd: int) -> _Seen:
+    """What the socket on descriptor fd is, read through a socket object that is then let go."""
+    try:
+        sock = _socket.socket(fileno=fd)
+    except OSError:
+        return _Seen(_Seen.IGNORED)
+    try:
+        if sock.family not in _TCP_FAMILIES or sock.type != _socket.SOCK_STREAM:
+            return _Seen(_Seen.IGNORED)
+        raw = _kernel.unpack(sock.getsockopt(_socket.IPPROTO_TCP, _kernel.TCP_INFO or 11, 232))
+        if raw is None:
+            return _Seen(_Seen.IGNORED)
+        state = raw[0]
+        seen = _Seen(_Seen.LISTENER if state == _LISTEN else _Seen.WAITING)
+        seen.family = sock.family
+        seen.local = sock.getsockname()
+        if state in (_LISTEN, _CLOSE) or state in _OPENING:
+            return seen  # a listener, or not connected yet: looked at again next sweep
+        seen.remote = sock.getpeername()
+        seen.cookie = _diag.cookie_of(sock)
+        return seen
+    except OSError:
+        return _Seen(_Seen.WAITING)
+    finally:
+        sock.detach()  # the descriptor stays the program's: never closed here
+
+
+def _counted_by_python(fd: int) -> bool:
+    sock = _engine.socket_of(fd)
+    return sock is not None and getattr(sock, "_netstats_counts", None) is not None
+
+
+class Census:
+    """The sweeping thread and what it knows; one per process while any capture is active."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, _Seen] = {}  # socket inode -> what it is
+        self._by_cookie: dict[int, _Seen] = {}  # found connections, for the destroy feed
+        self._closing: dict[int, float] = {}  # cookie -> until when its destroy notification may come
+        self._lock = threading.Lock()  # one sweep at a time (the thread's, or stop()'s last one)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._feed: Any = None
+        self.dropped = False  # the kernel dropped destroy notifications (figures from last reads)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._feed = _diag.destroy_feed()
+        if self._feed is None:
+            log.info("netstats: no sock_diag destroy feed; found connections end at the next sweep")
+        self.sweep(baseline=True)
+        self._thread = threading.Thread(target=self._run, name="netstats-census", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stopping.set()
+        thread.join(INTERVAL * 10)
+        self.sweep()  # what closed since the last sweep gets its final figures now
+        deadline = time.monotonic() + DESTROY_WAIT
+        while self._closing and time.monotonic() < deadline:
+            time.sleep(0.01)
+            with self._lock:
+                self._destroyed()
+        with self._lock:
+            self._expire(float("inf"))
+            if self._feed is not None:
+                self._feed.close()
+                self._feed = None
+            self._known.clear()
+            self._by_cookie.clear()
+            self._closing.clear()
+        _diag.close_query_socket()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the thread did not follow, and the parent's sockets are the parent's."""
+        self._thread = None
+        self._feed = None
+        self._lock = threading.Lock()
+        self._known.clear()
+        self._by_cookie.clear()
+        self._closing.clear()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                feed = self._feed
+                if feed is not None:
+                    select.select([feed], [], [], INTERVAL)
+                else:
+                    self._stopping.wait(INTERVAL)
+                if not self._stopping.is_set():
+                    self.sweep()
+            except Exception:
+                log.exception("netstats: census sweep failed (the observed code is unaffected)")
+                self._stopping.wait(INTERVAL)
+
+    def sweep(self, baseline: bool = False) -> None:
+        """Look at every descriptor once; record what is new, finish what is gone."""
+        with self._lock:
+            self._destroyed()
+            self._expire(time.monotonic())
+            try:
+                names = os.listdir(_FD_DIR)
+            except OSError:
+                return
+            present: set[int] = set()
+            for name in names:
+                try:
+                    fd = int(name)
+                    st = os.fstat(fd)
+                except (ValueError, OSError):
+                    continue
+                if not stat.S_ISSOCK(st.st_mode):
+                    continue
+                present.add(st.st_ino)
+                seen = self._known.get(st.st_ino)
+                if seen is None or seen.kind == _Seen.WAITING:
+                    self._known[st.st_ino] = self._classify(fd, seen, baseline)
+            listening = {s.local[1] for s in self._known.values() if s.kind == _Seen.LISTENER}
+            for inode, seen in list(self._known.items()):
+                if inode not in present:
+                    del self._known[inode]
+                    if seen.kind == _Seen.FOUND:
+                        self._gone(seen)
+                elif seen.kind == _Seen.WAITING and seen.remote is not None:
+                    self._settle(seen, listening)
+
+    def _classify(self, fd: int, before: _Seen | None, baseline: bool) -> _Seen:
+        if _counted_by_python(fd):
+            return _Seen(_Seen.IGNORED)
+        seen = _inspect(fd)
+        if baseline and seen.kind != _Seen.LISTENER:
+            seen.kind = _Seen.IGNORED  # there before the capture: like a socket made before it
+        if before is not None and seen.kind == _Seen.WAITING:
+            seen.sweeps = before.sweeps
+        return seen
+
+    def _settle(self, seen: _Seen, listening: set[int]) -> None:
+        """A connected socket Python does not count: record it (an accepted one a sweep later)."""
+        seen.sweeps += 1
+        if isinstance(seen.local, tuple) and seen.local[1] in listening:
+            seen.side = "server"
+            if seen.sweeps < 2:
+                return  # Python may be about to record it (accept() wraps the descriptor)
+        if seen.cookie is None:
+            seen.kind = _Seen.IGNORED
+            return
+        seen.kind = _Seen.FOUND
+        seen.last = seen.figures()
+        seen.conn = _engine.found(seen.side, seen.local, seen.remote, seen.figures, time.time())
+        if seen.conn is None:
+            seen.kind = _Seen.IGNORED  # nobody captures this side (accepted, without servers=True)
+            return
+        self._by_cookie[seen.cookie] = seen
+
+    def _gone(self, seen: _Seen) -> None:
+        """Its last descriptor closed: the socket lingers (FIN_WAIT, unsent data) and its figures
+        are final now, or it was destroyed and its notification is on its way (the kernel sends
+        it from a work queue): it gets DESTROY_WAIT seconds before the last reading stands."""
+        lingering = seen.figures(fresh_only=True)
+        if lingering is None and seen.cookie is not None and self._feed is not None:
+            self._closing[seen.cookie] = time.monotonic() + DESTROY_WAIT
+            return
+        if seen.conn is not None and seen.conn.closed is None:
+            _engine.found_closed(seen.conn, lingering or seen.last)
+        if seen.cookie is not None:
+            self._by_cookie.pop(seen.cookie, None)
+
+    def _expire(self, now: float) -> None:
+        """Connections whose destroy notification did not come (dropped): the last reading stands."""
+        for cookie, deadline in list(self._closing.items()):
+            if now >= deadline:
+                del self._closing[cookie]
+                seen = self._by_cookie.pop(cookie, None)
+                if seen is not None and seen.conn is not None:
+                    _engine.found_closed(seen.conn, seen.last)
+
+    def _destroyed(self) -> None:
+        """Final figures from the kernel's destroy notifications, for the connections found."""
+        if self._feed is None:
+            return
+        dead, dropped = _diag.drain(self._feed)
+        if dropped and not self.dropped:
+            self.dropped = True
+            log.warning(
+                "netstats: the kernel dropped socket-destroy notifications; final figures "
+                "of connections found by the census may be their last live reading"
+            )
+        for diag in dead:
+            seen = self._by_cookie.pop(diag.cookie, None)
+            self._closing.pop(diag.cookie, None)
+            if seen is None or seen.conn is None:
+                continue
+            final = diag.figures(seen.side == "client", _diag.fin_at_destroy(diag, seen.fin_seen))
+            if final is not None:
+                seen.last = final
+            _engine.found_closed(seen.conn, seen.last)
+
+
+census = Census()
+_forks_followed = False
+
+
+def start() -> None:
+    """Start sweeping (the first capture started); a no-op where the census cannot run."""
+    global _forks_followed
+    if not supported:
+        return
+    if not _forks_followed and hasattr(os, "register_at_fork"):
+        _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
+        os.register_at_fork(after_in_child=census.forget_after_fork)
+    census.start()
+
+
+def stop() -> None:
+    """Stop sweeping (the last capture stopped): what closed meanwhile gets its final figures."""
+    census.stop()
