@@ -29,6 +29,9 @@ log = logging.getLogger("netstats")
 
 _ids = itertools.count(1)
 _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket (sendfile, asyncio, fork)
+# fd -> the live Connection counting what moves on it, from open to finish, TLS hand-over
+# included: the kernel census leaves these descriptors alone.
+_claims: dict[int, Connection] = {}
 _FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
@@ -106,6 +109,7 @@ def attach(conn: Connection, sock: Any) -> None:
     fd = _fd_of(sock)
     if fd >= 0:
         _by_fd[fd] = conn._sock
+        _claims[fd] = conn
 
 
 def detach_from(sock: Any) -> Connection | None:
@@ -356,10 +360,11 @@ def finish(conn: Connection, sock: Any) -> None:
     conn.closed = time.time()
     ref = conn._sock
     conn._sock = None
-    if ref is not None:
-        fd = _fd_of(sock) if sock is not None else -1
-        if _by_fd.get(fd) is ref:
-            del _by_fd[fd]
+    fd = _fd_of(sock) if sock is not None else -1
+    if ref is not None and _by_fd.get(fd) is ref:
+        del _by_fd[fd]
+    if _claims.get(fd) is conn:
+        del _claims[fd]
     for watcher in conn._watchers:
         watcher._closed(conn)
     notify(conn, "close")
@@ -430,6 +435,12 @@ def socket_of(fd: Any) -> Any:
     ref = _by_fd.get(fd) if isinstance(fd, int) else None
     sock = ref() if ref is not None else None
     return sock if sock is not None and _fd_of(sock) == fd else None
+
+
+def claims_descriptor(fd: int) -> bool:
+    """Whether netstats counts what moves on this descriptor itself (a live Python-seen connection)."""
+    conn = _claims.get(fd)
+    return conn is not None and conn.closed is None
 
 
 def any_by_descriptor() -> bool:

@@ -287,10 +287,9 @@ class Ledger:
             rx, tx = rx or 0, tx or 0
             info = conn.tcp_info() if conn.transport == "tcp" else None  # the kernel's, for TLS overhead
             wire_rx, wire_tx = (info.wire_rx, info.wire_tx) if info is not None else (seen[3], seen[4])
-            if info is not None:
-                self._share(owner, conn).has_wire = True
             if (rx, tx, wire_rx, wire_tx) != tuple(seen[1:]):
                 share = self._share(owner, conn)
+                share.has_wire = share.has_wire or info is not None
                 share.rx += rx - seen[1]
                 share.tx += tx - seen[2]
                 share.wire_rx += wire_rx - seen[3]

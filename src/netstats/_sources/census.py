@@ -11,11 +11,11 @@ dies, else from the last reading when its last descriptor is seen gone.
 What a found connection gets: wire bytes, rtt, min_rtt, retransmissions (exact); rx, tx, reads,
 writes and tls are None, since the application's bytes may be TLS plaintext that only the C code
 saw; origin and caller are None (it was made where no Python frame shows). Sockets that existed
-when the census started are not reported (like sockets made before a capture). A client
-connection is recorded at the first sweep that sees it established; an accepted one (its local
-port is one this process listens on, only with servers=True) at the second, so that Python's own
-record of an accepted socket always wins. A connection that lives less than INTERVAL may be
-missed; one open for 0.5 s or more is always found.
+when the census started are not reported (like sockets made before a capture). A connection is
+recorded when a second sweep in a row sees it connected and not Python's (an accepted one, its
+local port being one this process listens on, only with servers=True), its `opened` being the
+first sweep's time. A connection that lives less than two sweeps may be missed; one open for
+0.5 s or more is always found.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .. import _diag, _engine, _kernel
 
 log = logging.getLogger("netstats")
 
-INTERVAL = 0.2  # seconds between sweeps
+INTERVAL = 0.15  # seconds between sweeps: a connection is recorded at its second
 DESTROY_WAIT = 1.0  # seconds a destroy notification may take once the descriptor is gone
 supported = _diag.supported and _kernel.supported and os.path.isdir("/proc/self/fd")
 
@@ -48,7 +48,9 @@ _FD_DIR = "/proc/self/fd"
 class _Seen:
     """One socket inode the census knows, and what it decided about it."""
 
-    __slots__ = ("kind", "family", "local", "remote", "cookie", "side", "conn", "last", "sweeps", "fin_seen")
+    __slots__ = (
+        "kind", "family", "local", "remote", "cookie", "side", "conn", "last", "sweeps", "fin_seen", "first"
+    )  # fmt: skip
 
     IGNORED, LISTENER, WAITING, FOUND = "ignored", "listener", "waiting", "found"
 
@@ -63,6 +65,7 @@ class _Seen:
         self.last: _kernel.TcpInfo | None = None
         self.sweeps = 0
         self.fin_seen = False  # a live reading showed the peer's FIN had arrived
+        self.first = time.time()  # when a sweep first saw it
 
     def figures(self, fresh_only: bool = False) -> _kernel.TcpInfo | None:
         """The kernel's figures now, or the last ones read once the socket is gone (or None
@@ -102,11 +105,6 @@ def _inspect(fd: int) -> _Seen:
         return _Seen(_Seen.WAITING)
     finally:
         sock.detach()  # the descriptor stays the program's: never closed here
-
-
-def _counted_by_python(fd: int) -> bool:
-    sock = _engine.socket_of(fd)
-    return sock is not None and getattr(sock, "_netstats_counts", None) is not None
 
 
 class Census:
@@ -165,18 +163,26 @@ class Census:
         self._closing.clear()
 
     def _run(self) -> None:
+        """Sweep every INTERVAL; in between, take destroy notifications as they come."""
+        next_sweep = time.monotonic() + INTERVAL
         while not self._stopping.is_set():
             try:
+                wait = max(0.0, next_sweep - time.monotonic())
                 feed = self._feed
                 if feed is not None:
-                    select.select([feed], [], [], INTERVAL)
+                    ready, _, _ = select.select([feed], [], [], wait)
+                    if ready:
+                        with self._lock:
+                            self._destroyed()
                 else:
-                    self._stopping.wait(INTERVAL)
-                if not self._stopping.is_set():
+                    self._stopping.wait(wait)
+                if not self._stopping.is_set() and time.monotonic() >= next_sweep:
                     self.sweep()
+                    next_sweep = time.monotonic() + INTERVAL
             except Exception:
                 log.exception("netstats: census sweep failed (the observed code is unaffected)")
                 self._stopping.wait(INTERVAL)
+                next_sweep = time.monotonic() + INTERVAL
 
     def sweep(self, baseline: bool = False) -> None:
         """Look at every descriptor once; record what is new, finish what is gone."""
@@ -210,28 +216,32 @@ class Census:
                     self._settle(seen, listening)
 
     def _classify(self, fd: int, before: _Seen | None, baseline: bool) -> _Seen:
-        if _counted_by_python(fd):
+        if _engine.claims_descriptor(fd):
             return _Seen(_Seen.IGNORED)
         seen = _inspect(fd)
         if baseline and seen.kind != _Seen.LISTENER:
             seen.kind = _Seen.IGNORED  # there before the capture: like a socket made before it
         if before is not None and seen.kind == _Seen.WAITING:
-            seen.sweeps = before.sweeps
+            seen.sweeps, seen.first = before.sweeps, before.first
         return seen
 
     def _settle(self, seen: _Seen, listening: set[int]) -> None:
-        """A connected socket Python does not count: record it (an accepted one a sweep later)."""
+        """A connected socket Python does not count, seen by two sweeps in a row: record it.
+
+        One sweep is not enough: Python's record of a socket begins a moment after its descriptor
+        (accept() wraps it) and ends a moment before (close() finishes the record, then closes).
+        """
         seen.sweeps += 1
         if isinstance(seen.local, tuple) and seen.local[1] in listening:
             seen.side = "server"
-            if seen.sweeps < 2:
-                return  # Python may be about to record it (accept() wraps the descriptor)
+        if seen.sweeps < 2 or time.time() - seen.first < INTERVAL / 2:
+            return
         if seen.cookie is None:
             seen.kind = _Seen.IGNORED
             return
         seen.kind = _Seen.FOUND
         seen.last = seen.figures()
-        seen.conn = _engine.found(seen.side, seen.local, seen.remote, seen.figures, time.time())
+        seen.conn = _engine.found(seen.side, seen.local, seen.remote, seen.figures, seen.first)
         if seen.conn is None:
             seen.kind = _Seen.IGNORED  # nobody captures this side (accepted, without servers=True)
             return
@@ -263,7 +273,7 @@ class Census:
         """Final figures from the kernel's destroy notifications, for the connections found."""
         if self._feed is None:
             return
-        dead, dropped = _diag.drain(self._feed)
+        dead, dropped = _diag.drain(self._feed, self._by_cookie)
         if dropped and not self.dropped:
             self.dropped = True
             log.warning(
