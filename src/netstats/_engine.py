@@ -29,7 +29,7 @@ log = logging.getLogger("netstats")
 
 _ids = itertools.count(1)
 _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket (sendfile, asyncio, fork)
-_FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
+FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
 
@@ -85,7 +85,7 @@ def refresh(conn: Connection) -> None:
 
 def _transport(sock: Any) -> str | None:
     family = sock.family
-    if family not in _FAMILIES:
+    if family not in FAMILIES:
         return None
     if family == getattr(_socketmod, "AF_UNIX", -1):
         return "unix"
@@ -103,6 +103,8 @@ def attach(conn: Connection, sock: Any) -> None:
     """Make sock the object that counts for conn."""
     sock._netstats_counts = conn
     conn._sock = weakref.ref(sock)
+    if conn._ident is None and conn.transport == "tcp":
+        conn._ident = _kernel.identity(sock)
     fd = _fd_of(sock)
     if fd >= 0:
         _by_fd[fd] = conn._sock
@@ -236,6 +238,20 @@ def accepted(sock: Any) -> None:
 
 
 @guarded
+def registered(conn: Connection, sock: Any) -> None:
+    """register() adopted a socket that may have moved bytes already: those are not this record's."""
+    try:
+        conn.remote = sock.getpeername()
+        conn.connected = conn.opened
+    except OSError:
+        pass
+    if conn.transport == "tcp":
+        info = _kernel.read(sock, True, conn._ident)
+        if info is not None:
+            conn._kernel_base = (info.wire_rx - info.unread, info.wire_tx)
+
+
+@guarded
 def datagram(sock: Any) -> Any:
     """An unconnected UDP socket's first datagram makes it a Connection."""
     if not _state.active or sock.type != _socketmod.SOCK_DGRAM:
@@ -267,10 +283,11 @@ def count_in_kernel(conn: Connection, sock: Any) -> None:
         and conn._on_io is None
         and conn.transport == "tcp"
         and getattr(sock, "_netstats_counts", None) is conn
-        and _kernel.read(sock) is not None
     ):
         conn._kernel_counted = True
-        conn.tcp_info()  # take the figures so far from the kernel
+        if conn.tcp_info() is None:  # takes the figures so far from the kernel, if it can
+            conn._kernel_counted = False
+            return
         sock.__class__ = bare
 
 
@@ -306,6 +323,9 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
     the real listener takes over, or, with nobody listening, the kernel counts from now on.
     """
     conn._on_io = io_listener(conn._watchers)
+    sock = conn._sock() if conn._sock is not None else None
+    if conn.connected is None and sock is not None:
+        _mark_connected(conn, sock)  # a non-blocking connect whose end nobody asked about
     if event != "write":
         if conn._on_io is not None:
             conn._on_io(event, conn, nbytes)
@@ -314,10 +334,8 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
         return
     if conn._on_io is not None:
         conn._on_io(event, conn, nbytes)
-    else:
-        sock = conn._sock() if conn._sock is not None else None
-        if sock is not None:
-            count_in_kernel(conn, sock)
+    elif sock is not None:
+        count_in_kernel(conn, sock)
 
 
 def _link_client_hello(conn: Connection, nbytes: int) -> bool:
@@ -419,8 +437,8 @@ def sendall_failed(c: Any, sock: Any) -> None:
     are the stream's bytes, so the kernel's count of what it was handed is the exact figure."""
     if type(c) is not Connection or c.transport != "tcp" or c.tls is not None or c.closed is not None:
         return
-    info = _kernel.read(sock)
-    moved = info.wire_tx - c._tx if info is not None else 0
+    info = _kernel.read(sock, c.side == "client", c._ident)
+    moved = info.wire_tx - c._kernel_base[1] - c._tx if info is not None else 0
     if moved > 0:
         c.add_write(moved)
 

@@ -10,6 +10,7 @@ None, never a guess.
 from __future__ import annotations
 
 import _socket
+import os
 import socket
 import struct
 import sys
@@ -50,14 +51,31 @@ def _raw(sock: Any) -> tuple[int, ...] | None:
     return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
 
 
-def read(sock: Any, client: bool = True) -> TcpInfo | None:
-    """The kernel's figures for a live TCP socket, or None where they cannot be had.
+def identity(sock: Any) -> int | None:
+    """The kernel's identity of the socket behind sock's descriptor (its inode), or None.
 
-    `client`: the socket connected (its SYN counts once in bytes_acked) rather than accepted.
+    A descriptor number closed behind a socket object's back may be reused by another
+    connection: a read checks this first, so a record never takes another socket's figures.
     """
     if not supported:
         return None
     try:
+        return os.fstat(sock.fileno()).st_ino
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read(sock: Any, client: bool = True, ident: int | None = None) -> TcpInfo | None:
+    """The kernel's figures for a live TCP socket, or None where they cannot be had.
+
+    `client`: the socket connected (its SYN counts once in bytes_acked) rather than accepted.
+    `ident`: the socket's identity() when its record began; another socket's figures are None.
+    """
+    if not supported:
+        return None
+    try:
+        if ident is not None and os.fstat(sock.fileno()).st_ino != ident:
+            return None
         # The kernel reads tcpi_state before it locks the socket, and SIOCINQ is another call:
         # take the figures only when two reads around the SIOCINQ agree (nothing arrived between).
         first = _raw(sock)

@@ -116,6 +116,10 @@ class Connection(Counts):
         # rx/tx come from the kernel's counters (no wrappers); the kernel's figures frozen at close
         "_kernel_counted",
         "_final_info",
+        # the socket's kernel identity (a reused descriptor number is not this connection), and
+        # what the kernel had counted before the record began (a register()ed socket)
+        "_ident",
+        "_kernel_base",
         # engine bookkeeping
         "_sock",
         "_watchers",
@@ -143,6 +147,8 @@ class Connection(Counts):
         self._mark = (time.monotonic(), 0, 0)
         self._kernel_counted = False
         self._final_info: _kernel.TcpInfo | None = None
+        self._ident: int | None = None
+        self._kernel_base = (0, 0)
         self._sock: Any = None
         self._watchers: tuple[Any, ...] = ()
 
@@ -157,10 +163,10 @@ class Connection(Counts):
         if self.closed is not None or ref is None or self.transport != "tcp":
             return self._final_info
         sock = ref()
-        info = _kernel.read(sock, self.side == "client") if sock is not None else None
+        info = _kernel.read(sock, self.side == "client", self._ident) if sock is not None else None
         if info is not None and self._kernel_counted:
-            self._rx = info.wire_rx - info.unread
-            self._tx = info.wire_tx
+            self._rx = info.wire_rx - info.unread - self._kernel_base[0]
+            self._tx = info.wire_tx - self._kernel_base[1]
         return info
 
     def totals(self) -> tuple[int, int]:

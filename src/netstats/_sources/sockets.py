@@ -25,6 +25,7 @@ stock_del = _C.__del__
 _stock: Any = _StockSocket
 _stock_accept, _stock_detach, _stock_real_close = _stock.accept, _stock.detach, _stock._real_close
 _SOL_SOCKET, _SO_ERROR = _socketmod.SOL_SOCKET, _socketmod.SO_ERROR
+_PEEK = _socketmod.MSG_PEEK  # a peek leaves the data to be read: it is not a read
 _len = len
 
 
@@ -158,50 +159,52 @@ class _Counting(_Lifecycle):
                 c.add_write(n)
             return n
 
-    # -- reads
+    # -- reads (a peek, MSG_PEEK, leaves the data in place: not a read)
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data: bytes = _recv(self, bufsize, flags)
         c = self._netstats_counts
-        if c is not None and data:
+        if c is not None and data and not flags & _PEEK:
             c.add_read(_len(data))
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         n: int = _recv_into(self, buffer, nbytes, flags)
         c = self._netstats_counts
-        if c is not None and n:
+        if c is not None and n and not flags & _PEEK:
             c.add_read(n)
         return n
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         result = _recvfrom(self, bufsize, flags)
         c = self._netstats_counts or _engine.datagram(self)
-        if c is not None and result[0]:
+        if c is not None and result[0] and not flags & _PEEK:
             c.add_read(_len(result[0]))
         return result  # type: ignore[no-any-return]
 
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         result = _recvfrom_into(self, buffer, nbytes, flags)
         c = self._netstats_counts or _engine.datagram(self)
-        if c is not None and result[0]:
+        if c is not None and result[0] and not flags & _PEEK:
             c.add_read(result[0])
         return result  # type: ignore[no-any-return]
 
     if _recvmsg is not None:
 
-        def recvmsg(self, *args: Any) -> tuple[bytes, Any, int, Any]:
-            result = _recvmsg(self, *args)
+        def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, Any, int, Any]:
+            result = _recvmsg(self, bufsize, ancbufsize, flags)
             c = self._netstats_counts or _engine.datagram(self)
-            if c is not None and result[0]:
+            if c is not None and result[0] and not flags & _PEEK:
                 c.add_read(_len(result[0]))
             return result  # type: ignore[no-any-return]
 
     if _recvmsg_into is not None:
 
-        def recvmsg_into(self, *args: Any) -> tuple[int, Any, int, Any]:
-            result = _recvmsg_into(self, *args)
+        def recvmsg_into(
+            self, buffers: Any, ancbufsize: int = 0, flags: int = 0
+        ) -> tuple[int, Any, int, Any]:
+            result = _recvmsg_into(self, buffers, ancbufsize, flags)
             c = self._netstats_counts or _engine.datagram(self)
-            if c is not None and result[0]:
+            if c is not None and result[0] and not flags & _PEEK:
                 c.add_read(result[0])
             return result  # type: ignore[no-any-return]
 
