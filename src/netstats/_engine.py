@@ -12,6 +12,7 @@ come from TCP_INFO); every other socket is counted by its wrappers. `count_in_ke
 
 from __future__ import annotations
 
+import _socket
 import errno
 import functools
 import itertools
@@ -83,13 +84,28 @@ def refresh(conn: Connection) -> None:
 # ---- opening ----------------------------------------------------------------------------
 
 
+# The C type's own attributes: plain ints (socket.socket's properties make enums, slowly).
+_family_of, _type_of = _socket.socket.family.__get__, _socket.socket.type.__get__
+_AF_INET, _AF_UNIX = _socketmod.AF_INET, getattr(_socketmod, "AF_UNIX", -1)
+
+
 def _transport(sock: Any) -> str | None:
-    family = sock.family
+    family = _family_of(sock)
     if family not in FAMILIES:
         return None
-    if family == getattr(_socketmod, "AF_UNIX", -1):
+    if family == _AF_UNIX:
         return "unix"
-    return "udp" if sock.type == _socketmod.SOCK_DGRAM else "tcp"
+    return "udp" if _type_of(sock) & 0xF == _socketmod.SOCK_DGRAM else "tcp"
+
+
+def _is_ipv4_sockaddr(address: Any) -> bool:
+    """An (address, port) the kernel would give back unchanged from getpeername()."""
+    if type(address) is not tuple or len(address) != 2 or type(address[0]) is not str:
+        return False
+    try:
+        return _socketmod.inet_ntoa(_socketmod.inet_aton(address[0])) == address[0]
+    except OSError:
+        return False
 
 
 def _fd_of(sock: Any) -> int:
@@ -141,10 +157,11 @@ def open_connection(
     conn = _new(side, transport, watchers)
     conn.remote = remote
     conn.host = _names.name_for(remote)
-    try:
-        conn.local = sock.getsockname()
-    except OSError:
-        pass
+    if remote is None or side != "client":  # a connecting client learns its address once connected
+        try:
+            conn.local = sock.getsockname()
+        except OSError:
+            pass
     attach(conn, sock)
     # A TCP client settles how it is counted at its first write, which may turn out to be a
     # bare SSLObject's ClientHello (see _handshakes.py).
@@ -184,12 +201,15 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
     if conn.connected is not None:
         return
     conn.connected = time.time()
+    asked = conn.remote
     try:
-        conn.remote = sock.getpeername()
+        # An IPv4 address asked for by number is the peer's address: no need to ask the kernel.
+        if not (conn.transport == "tcp" and _family_of(sock) == _AF_INET and _is_ipv4_sockaddr(asked)):
+            conn.remote = sock.getpeername()
         conn.local = sock.getsockname()
     except OSError:
         pass
-    if conn.host is None:
+    if conn.host is None and conn.remote != asked:  # (the address asked for was looked up at open)
         conn.host = _names.name_for(conn.remote)
     notify(conn, "connect")
 
@@ -254,7 +274,7 @@ def registered(conn: Connection, sock: Any) -> None:
 @guarded
 def datagram(sock: Any) -> Any:
     """An unconnected UDP socket's first datagram makes it a Connection."""
-    if not _state.active or sock.type != _socketmod.SOCK_DGRAM:
+    if not _state.active or _type_of(sock) & 0xF != _socketmod.SOCK_DGRAM:
         return None
     return open_connection(sock, "client", _state.active)
 
@@ -283,11 +303,10 @@ def count_in_kernel(conn: Connection, sock: Any) -> None:
         and conn._on_io is None
         and conn.transport == "tcp"
         and getattr(sock, "_netstats_counts", None) is conn
+        and _kernel.usable(sock)
     ):
+        # No kernel read here: what the wrappers counted so far is what the kernel counted.
         conn._kernel_counted = True
-        if conn.tcp_info() is None:  # takes the figures so far from the kernel, if it can
-            conn._kernel_counted = False
-            return
         sock.__class__ = bare
 
 

@@ -26,6 +26,11 @@ SIOCINQ = 0x541B  # FIONREAD on Linux: bytes received and not yet read (a receiv
 _NEEDED = 216  # through tcpi_bytes_retrans
 _getsockopt: Any = _socket.socket.getsockopt
 _INFO = struct.Struct("=B67xI28xI16xQQ8xII48xQQ")  # state, rtt, total_retrans, bytes_acked, ...
+_RECEIVED = slice(128, 136)  # tcpi_bytes_received, within _INFO
+_TCP, _SIZE = socket.IPPROTO_TCP, 232
+_INQ, _NO_BYTES = struct.Struct("i"), bytes(4)
+_fstat = os.fstat
+_ioctl: Any = fcntl.ioctl if fcntl is not None else None
 supported = sys.platform.startswith("linux") and TCP_INFO is not None and fcntl is not None
 
 # A FIN from the peer has arrived in these states. CLOSE with the descriptor still open follows
@@ -46,13 +51,18 @@ class TcpInfo(NamedTuple):
     retrans_bytes: int  # bytes retransmitted
 
 
-def _raw(sock: Any) -> tuple[int, ...] | None:
-    raw = _getsockopt(sock, socket.IPPROTO_TCP, TCP_INFO, 232)
-    return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
+_SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
 
 
-def identity(sock: Any) -> int | None:
-    """The kernel's identity of the socket behind sock's descriptor (its inode), or None.
+def _identity_of(sock: Any, fd: int) -> Any:
+    try:
+        return _getsockopt(sock, socket.SOL_SOCKET, _SO_COOKIE, 8)
+    except OSError:  # older kernels: the inode is as good, at a higher price
+        return _fstat(fd).st_ino
+
+
+def identity(sock: Any) -> Any:
+    """The kernel's identity of the socket behind sock's descriptor (its cookie), or None.
 
     A descriptor number closed behind a socket object's back may be reused by another
     connection: a read checks this first, so a record never takes another socket's figures.
@@ -60,12 +70,23 @@ def identity(sock: Any) -> int | None:
     if not supported:
         return None
     try:
-        return os.fstat(sock.fileno()).st_ino
+        return _identity_of(sock, sock.fileno())
     except (OSError, ValueError, TypeError):
         return None
 
 
-def read(sock: Any, client: bool = True, ident: int | None = None) -> TcpInfo | None:
+_works = False  # a read has succeeded in this process: TCP_INFO has every field we need
+
+
+def usable(sock: Any) -> bool:
+    """Whether the kernel can count this TCP socket's bytes (read once per process, then known)."""
+    global _works
+    if not _works:
+        _works = read(sock) is not None
+    return _works
+
+
+def read(sock: Any, client: bool = True, ident: Any = None) -> TcpInfo | None:
     """The kernel's figures for a live TCP socket, or None where they cannot be had.
 
     `client`: the socket connected (its SYN counts once in bytes_acked) rather than accepted.
@@ -74,36 +95,38 @@ def read(sock: Any, client: bool = True, ident: int | None = None) -> TcpInfo | 
     if not supported:
         return None
     try:
-        if ident is not None and os.fstat(sock.fileno()).st_ino != ident:
+        fd = sock.fileno()
+        if ident is not None and _identity_of(sock, fd) != ident:
             return None
         # The kernel reads tcpi_state before it locks the socket, and SIOCINQ is another call:
         # take the figures only when two reads around the SIOCINQ agree (nothing arrived between).
-        first = _raw(sock)
+        first = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
         for _ in range(5):
-            if first is None:
+            if len(first) < _NEEDED:
                 return None
-            inq = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCINQ, b"\0\0\0\0"))[0]
-            second = _raw(sock)
-            if second is not None and second[0] == first[0] and second[4] == first[4]:
+            inq = _INQ.unpack(_ioctl(fd, SIOCINQ, _NO_BYTES))[0]
+            second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
+            if second[0] == first[0] and second[_RECEIVED] == first[_RECEIVED]:
                 break
             first = second
     except (OSError, ValueError, TypeError):
         return None
-    if second is None:
+    if len(second) < _NEEDED:
         return None
-    state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = second
+    state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = _INFO.unpack_from(second)
     if state == _CLOSE:
         # Both FINs (our FIN acknowledged: bytes_acked is past the data, and the SYN when we
         # connected) or a reset (no FIN from the peer, as far as we can tell).
         fin = 1 if acked - (1 if client else 0) > sent - retrans else 0
     else:
         fin = 1 if state in _FIN_RECEIVED else 0
+    # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes
     return TcpInfo(
-        wire_rx=max(0, received - fin),
-        wire_tx=sent - retrans + notsent,
-        unread=max(0, inq),
-        rtt=rtt / 1e6,
-        min_rtt=min_rtt / 1e6,
-        retransmits=retransmits,
-        retrans_bytes=retrans,
+        max(0, received - fin),
+        sent - retrans + notsent,
+        max(0, inq),
+        rtt / 1e6,
+        min_rtt / 1e6,
+        retransmits,
+        retrans,
     )

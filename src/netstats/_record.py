@@ -48,6 +48,17 @@ FIELDS = (
 )
 
 
+_pid = os.getpid()  # a syscall per record otherwise; a forked child takes its own
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
 _COMPUTED = frozenset(
     {"rx", "tx", "reads", "writes", "duration", *(set(_kernel.TcpInfo._fields) & set(FIELDS))}
 )
@@ -129,7 +140,7 @@ class Connection(Counts):
     def __init__(self, id: int, side: str, transport: str) -> None:
         super().__init__()
         self.id = id
-        self.pid = os.getpid()
+        self.pid = _pid
         self.side = side
         self.transport = transport
         self.local: Any = None
@@ -147,7 +158,7 @@ class Connection(Counts):
         self._mark = (time.monotonic(), 0, 0)
         self._kernel_counted = False
         self._final_info: _kernel.TcpInfo | None = None
-        self._ident: int | None = None
+        self._ident: Any = None
         self._kernel_base = (0, 0)
         self._sock: Any = None
         self._watchers: tuple[Any, ...] = ()

@@ -101,13 +101,13 @@ class _Lifecycle:
 
     def _real_close(self, _ss: Any = _C) -> None:
         c = self._netstats_counts
-        if c is not None:
+        if c is not None and c.conn.closed is None:
             _engine.finish(c.conn, self)
         _stock_real_close(self, _ss)  # type: ignore[arg-type]
 
     def __del__(self) -> None:
         c = self._netstats_counts
-        if c is not None:
+        if c is not None and c.conn.closed is None:
             _engine.finish(c.conn, self)
         stock_del(self)  # type: ignore[arg-type]
 
