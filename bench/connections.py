@@ -12,8 +12,10 @@ plain TCP is counted by the kernel) and "callback" (a capture whose callback hea
 writes: the wrapped mode). The variants are interleaved run by run, in a rotating order;
 each figure is a median, of wall time and of the client's own CPU time (which the machine's
 other load moves least). Client and server are pinned to one CPU (the server is a separate
-process, `python -I -c SERVER`, that never imports netstats, a thread per connection). After each captured run every connection's counts must equal what the server counted
-(it reports its own totals on a side connection), or the benchmark stops with an error.
+process, `python -I -c SERVER`, that never imports netstats; a thread per connection). After
+each captured run the capture's totals must equal what the server counted (it reports its own
+totals on a side connection), and every connection must be connected and closed, or the
+benchmark stops with an error.
 
     .venv/bin/python bench/connections.py              # 9 runs of each variant
     .venv/bin/python bench/connections.py --quick      # fewer connections, 3 runs
