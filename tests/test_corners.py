@@ -215,3 +215,32 @@ def test_a_record_never_reads_the_figures_of_a_reused_descriptor(peer, mode):
     if mode == "wrapped":
         assert (first.tx, first.rx) == (100, 100)
     assert echo.totals(2) == (5100, 5100) == (second.tx + 100, second.rx + 100)
+
+
+# ---- 4. more than one descriptor for one connection ---------------------------------------
+
+ANOTHER = {
+    "dup": lambda s: s.dup(),
+    "fromfd": lambda s: socket.fromfd(s.fileno(), s.family, s.type),
+    "fileno": lambda s: socket.socket(fileno=os.dup(s.fileno())),
+}
+
+
+@linux
+@pytest.mark.parametrize("how", sorted(ANOTHER))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_connection_ends_when_its_last_descriptor_closes(peer, mode, how):
+    echo = peer("echo")
+    with capture_in(mode) as cap:
+        s = socket.create_connection(echo.address)
+        roundtrip(s, 100)
+        other = ANOTHER[how](s)
+        roundtrip(other, 50)
+        roundtrip(s, 30)
+        s.close()
+        (conn,) = cap.connections
+        assert conn.closed is None
+        roundtrip(other, 25)  # the original is closed: the connection goes on
+        other.close()
+    assert cap.connections == [conn] and conn.closed is not None
+    assert echo.totals(1) == (205, 205) == (conn.tx, conn.rx) == (cap.tx, cap.rx)

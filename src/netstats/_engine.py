@@ -30,6 +30,7 @@ log = logging.getLogger("netstats")
 
 _ids = itertools.count(1)
 _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket (sendfile, asyncio, fork)
+_by_identity: dict[Any, Connection] = {}  # kernel socket identity -> its open TCP connection
 FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
@@ -121,9 +122,54 @@ def attach(conn: Connection, sock: Any) -> None:
     conn._sock = weakref.ref(sock)
     if conn._ident is None and conn.transport == "tcp":
         conn._ident = _kernel.identity(sock)
+        if conn._ident is not None:
+            _by_identity[conn._ident] = conn
     fd = _fd_of(sock)
     if fd >= 0:
         _by_fd[fd] = conn._sock
+
+
+def any_shared() -> bool:
+    return bool(_by_identity)
+
+
+@guarded
+def another_descriptor(sock: Any) -> None:
+    """A socket object made for an existing descriptor (dup, fromfd, socket(fileno=...)): if its
+    kernel socket is an open connection's, it counts into that connection, in the same mode."""
+    conn = _by_identity.get(_kernel.identity(sock))
+    if conn is None or conn.closed is not None or conn._sock is None:
+        return
+    sock._netstats_counts = conn
+    twin = type(sock)._kernel_twin if conn._kernel_counted else type(sock)._python_twin
+    if twin is not None:
+        sock.__class__ = twin
+    ref = weakref.ref(sock)
+    conn._others = [*(conn._others or ()), ref]
+    fd = _fd_of(sock)
+    if fd >= 0:
+        _by_fd[fd] = ref
+
+
+def _holders(conn: Connection) -> list[Any]:
+    """The open socket objects of conn: the one it reads from first, then any others."""
+    refs = [conn._sock, *(conn._others or ())] if conn._sock is not None else []
+    return [s for s in (r() for r in refs) if s is not None and _fd_of(s) != -1]
+
+
+def _let_go(conn: Connection, sock: Any) -> bool:
+    """sock's descriptor closes: False if it was conn's last, else conn goes on through another."""
+    if not conn._others:
+        return False
+    others = [s for s in _holders(conn) if s is not sock]
+    if not others:
+        return False
+    conn._sock = weakref.ref(others[0])
+    conn._others = [weakref.ref(s) for s in others[1:]]
+    fd = _fd_of(sock)
+    if fd >= 0 and fd in _by_fd and _by_fd[fd]() is sock:
+        del _by_fd[fd]
+    return True
 
 
 def detach_from(sock: Any) -> Connection | None:
@@ -308,6 +354,11 @@ def count_in_kernel(conn: Connection, sock: Any) -> None:
         # No kernel read here: what the wrappers counted so far is what the kernel counted.
         conn._kernel_counted = True
         sock.__class__ = bare
+        if conn._others:
+            for other in _holders(conn):
+                twin = getattr(type(other), "_kernel_twin", None)
+                if twin is not None:
+                    other.__class__ = twin
 
 
 def count_in_python(conn: Connection) -> None:
@@ -316,10 +367,10 @@ def count_in_python(conn: Connection) -> None:
     if conn._kernel_counted:
         conn.tcp_info()
         conn._kernel_counted = False
-        sock = conn._sock() if conn._sock is not None else None
-        wrapped = getattr(type(sock), "_python_twin", None)
-        if wrapped is not None:
-            sock.__class__ = wrapped
+        for sock in _holders(conn):
+            wrapped = getattr(type(sock), "_python_twin", None)
+            if wrapped is not None:
+                sock.__class__ = wrapped
 
 
 @guarded
@@ -381,6 +432,8 @@ def finish(conn: Connection, sock: Any) -> None:
     """The connection ends: freeze its figures, then tell the watchers (once)."""
     if conn.closed is not None:
         return
+    if sock is not None and conn._others and _let_go(conn, sock):
+        return  # another descriptor of the same kernel socket is still open
     if sock is not None and conn.transport == "tcp" and conn.error is None:
         if conn.connected is None:
             try:  # a non-blocking connect whose end nobody asked about
@@ -393,10 +446,13 @@ def finish(conn: Connection, sock: Any) -> None:
     conn.closed = time.time()
     ref = conn._sock
     conn._sock = None
+    conn._others = None
     if ref is not None:
         fd = _fd_of(sock) if sock is not None else -1
         if _by_fd.get(fd) is ref:
             del _by_fd[fd]
+    if conn._ident is not None and _by_identity.get(conn._ident) is conn:
+        del _by_identity[conn._ident]
     for watcher in conn._watchers:
         watcher._closed(conn)
     notify(conn, "close")

@@ -131,8 +131,10 @@ class Connection(Counts):
         # what the kernel had counted before the record began (a register()ed socket)
         "_ident",
         "_kernel_base",
-        # engine bookkeeping
+        # engine bookkeeping: the socket object read from, and any others on the same kernel
+        # socket (dup, fromfd): the connection ends when the last of them closes
         "_sock",
+        "_others",
         "_watchers",
         "__weakref__",
     )
@@ -161,6 +163,7 @@ class Connection(Counts):
         self._ident: Any = None
         self._kernel_base = (0, 0)
         self._sock: Any = None
+        self._others: list[Any] | None = None
         self._watchers: tuple[Any, ...] = ()
 
     @property

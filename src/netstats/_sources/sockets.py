@@ -224,6 +224,8 @@ class KernelCountedSocket(_Lifecycle, _StockSocket, metaclass=_SocketMeta):
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Any = None) -> None:
         self._netstats_counts = None
         _StockSocket.__init__(self, family, type, proto, fileno)
+        if fileno is not None and _engine.any_shared():  # dup(), fromfd(), accept()...
+            _engine.another_descriptor(self)
 
 
 class CountingSocket(_Counting, KernelCountedSocket):
