@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 import sys
 import time
 
@@ -244,3 +245,96 @@ def test_a_connection_ends_when_its_last_descriptor_closes(peer, mode, how):
         other.close()
     assert cap.connections == [conn] and conn.closed is not None
     assert echo.totals(1) == (205, 205) == (conn.tx, conn.rx) == (cap.tx, cap.rx)
+
+
+# ---- 3. endings in the CLOSE state: a FIN, a reset, or both -------------------------------
+
+TCP_CLOSE = 7
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's state of the test's own socket (TCP_INFO's first byte)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def wait_until(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def reset_by(sock: socket.socket) -> None:
+    """Close so that the kernel sends a reset (SO_LINGER 0), not a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@linux
+@pytest.mark.parametrize("read_eof", [False, True], ids=["eof-unread", "eof-read"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stale_keep_alive_reset_after_the_peers_fin_counts_exactly(mode, read_eof):
+    with listening() as listener, capture_in(mode) as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"GET\n")
+        server.recv(4)
+        server.sendall(b"r" * 2000)
+        server.close()  # the peer's FIN after 2,000 bytes
+        drain(client, 2000)
+        if read_eof:
+            assert client.recv(10) == b""
+        else:
+            wait_until(lambda: tcp_state(client) == 8)  # CLOSE_WAIT: the FIN is in
+        client.sendall(b"again\n")  # the peer's kernel answers with a reset
+        wait_until(lambda: tcp_state(client) == TCP_CLOSE)
+        client.close()
+    (conn,) = cap.connections
+    assert (conn.rx, conn.tx) == (2000, 10)
+    assert (conn.wire_rx, conn.wire_tx) == (2000, 10)
+
+
+@linux
+@pytest.mark.parametrize("how", ["SHUT_WR", "SHUT_RDWR"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reset_after_our_own_fin_counts_exactly(mode, how):
+    with listening() as listener, capture_in(mode) as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"GET\n")
+        server.recv(4)
+        server.sendall(b"r" * 1000)
+        drain(client, 1000)
+        client.shutdown(getattr(socket, how))
+        assert server.recv(10) == b""  # our FIN, acknowledged by the peer's kernel
+        if how == "SHUT_WR":
+            reset_by(server)  # then the peer resets
+        else:
+            server.sendall(b"x" * 24)  # data after SHUT_RD: our kernel resets
+            server.close()
+        wait_until(lambda: tcp_state(client) == TCP_CLOSE)
+        client.close()
+    (conn,) = cap.connections
+    assert (conn.rx, conn.tx) == (1000, 4)
+    assert (conn.wire_rx, conn.wire_tx) == (1000, 4)
+
+
+@linux
+@pytest.mark.parametrize("mode", MODES)
+def test_both_fins_with_the_descriptor_open_count_exactly(mode):
+    with listening() as listener, capture_in(mode) as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"GET\n")
+        server.recv(4)
+        server.sendall(b"r" * 1500)
+        drain(client, 1500)
+        client.shutdown(socket.SHUT_WR)
+        assert server.recv(10) == b""
+        server.close()
+        assert client.recv(10) == b""
+        wait_until(lambda: tcp_state(client) == TCP_CLOSE)  # TIME_WAIT lives apart, the socket is CLOSE
+        client.close()
+    (conn,) = cap.connections
+    assert (conn.rx, conn.tx) == (1500, 4)
+    assert (conn.wire_rx, conn.wire_tx) == (1500, 4)

@@ -428,8 +428,21 @@ def _link_client_hello(conn: Connection, nbytes: int) -> bool:
 
 
 @guarded
-def finish(conn: Connection, sock: Any) -> None:
-    """The connection ends: freeze its figures, then tell the watchers (once)."""
+def shutting_down(conn: Connection, sock: Any) -> None:
+    """shutdown(): a reading now says whether the peer's FIN is in (a later CLOSE state cannot),
+    and the wrappers count from here, so rx stays exact however the connection ends."""
+    if conn.transport == "tcp" and conn.closed is None and conn.connected is not None:
+        if conn._kernel_counted:
+            count_in_python(conn)
+        else:
+            conn.tcp_info()
+
+
+@guarded
+def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
+    """The connection ends: freeze its figures, then tell the watchers (once).
+
+    `closing`: sock's descriptor is about to close (not handed on, as by detach())."""
     if conn.closed is not None:
         return
     if sock is not None and conn._others and _let_go(conn, sock):
@@ -442,7 +455,7 @@ def finish(conn: Connection, sock: Any) -> None:
             except OSError:
                 pass
         if conn.connected is not None:
-            conn._final_info = conn.tcp_info()  # last kernel read, descriptor still open
+            conn._final_info = conn.tcp_info(final=closing)  # last kernel read, descriptor still open
     conn.closed = time.time()
     ref = conn._sock
     conn._sock = None

@@ -10,6 +10,7 @@ None, never a guess.
 from __future__ import annotations
 
 import _socket
+import errno
 import os
 import socket
 import struct
@@ -49,6 +50,7 @@ class TcpInfo(NamedTuple):
     min_rtt: float  # lowest round-trip time seen
     retransmits: int  # segments retransmitted
     retrans_bytes: int  # bytes retransmitted
+    peer_fin: bool = False  # the peer's FIN has arrived (counted in the kernel's bytes received)
 
 
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
@@ -86,11 +88,20 @@ def usable(sock: Any) -> bool:
     return _works
 
 
-def read(sock: Any, client: bool = True, ident: Any = None) -> TcpInfo | None:
+def read(
+    sock: Any,
+    client: bool = True,
+    ident: Any = None,
+    peer_fin: bool = False,
+    addresses: tuple[Any, Any] | None = None,
+    final: bool = False,
+) -> TcpInfo | None:
     """The kernel's figures for a live TCP socket, or None where they cannot be had.
 
     `client`: the socket connected (its SYN counts once in bytes_acked) rather than accepted.
     `ident`: the socket's identity() when its record began; another socket's figures are None.
+    For a socket in the CLOSE state (see _fin_in_close): `peer_fin`, an earlier reading saw the
+    peer's FIN; `addresses`, (local, remote); `final`, the descriptor is about to close.
     """
     if not supported:
         return None
@@ -115,12 +126,11 @@ def read(sock: Any, client: bool = True, ident: Any = None) -> TcpInfo | None:
         return None
     state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = _INFO.unpack_from(second)
     if state == _CLOSE:
-        # Both FINs (our FIN acknowledged: bytes_acked is past the data, and the SYN when we
-        # connected) or a reset (no FIN from the peer, as far as we can tell).
-        fin = 1 if acked - (1 if client else 0) > sent - retrans else 0
+        our_fin_acked = acked - (1 if client else 0) > sent - retrans  # past the data (and SYN)
+        fin = 1 if peer_fin or _fin_in_close(sock, our_fin_acked, addresses, final) else 0
     else:
         fin = 1 if state in _FIN_RECEIVED else 0
-    # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes
+    # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin
     return TcpInfo(
         max(0, received - fin),
         sent - retrans + notsent,
@@ -129,4 +139,54 @@ def read(sock: Any, client: bool = True, ident: Any = None) -> TcpInfo | None:
         min_rtt / 1e6,
         retransmits,
         retrans,
+        fin == 1,
     )
+
+
+def _fin_in_close(sock: Any, our_fin_acked: bool, addresses: tuple[Any, Any] | None, final: bool) -> bool:
+    """Whether the peer's FIN arrived, for a socket in CLOSE with its descriptor open.
+
+    The state follows both FINs or a reset. Our FIN acknowledged: both FINs leave a TIME_WAIT
+    entry for the 4-tuple, a reset none. Our FIN not sent: a reset; one that came after the
+    peer's FIN (CLOSE_WAIT) leaves the error EPIPE, read (and so taken) only at the last close.
+    """
+    if our_fin_acked:
+        return addresses is not None and time_wait(_family_of(sock), *addresses) is True
+    if final:
+        return bool(_getsockopt(sock, socket.SOL_SOCKET, socket.SO_ERROR) == errno.EPIPE)
+    return False
+
+
+_family_of = _socket.socket.family.__get__
+_SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, _NETLINK_SOCK_DIAG = 20, 1, 4
+
+
+def time_wait(family: int, local: Any, remote: Any) -> bool | None:
+    """Whether the kernel holds a TIME_WAIT entry for this 4-tuple (sock_diag, no privileges)."""
+    try:
+        src = socket.inet_pton(family, local[0]).ljust(16, b"\0")
+        dst = socket.inet_pton(family, remote[0]).ljust(16, b"\0")
+        scope = local[3] if family == socket.AF_INET6 else 0
+        # inet_diag_req_v2 for one socket: family, protocol, ext, pad, states, inet_diag_sockid
+        sockid = struct.pack("!HH16s16s", local[1], remote[1], src, dst) + struct.pack(
+            "=III", scope, ~0 & 0xFFFFFFFF, ~0 & 0xFFFFFFFF
+        )
+        request = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, 1 << _TIME_WAIT) + sockid
+        message = (
+            struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + request
+        )
+        nl = _socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+        try:
+            nl.settimeout(1.0)
+            nl.sendto(message, (0, 0))
+            reply = nl.recv(65536)
+        finally:
+            nl.close()
+    except (OSError, ValueError, TypeError, IndexError, AttributeError, struct.error):
+        return None
+    if len(reply) < 18:
+        return None
+    kind = struct.unpack_from("=H", reply, 4)[0]
+    if kind != _SOCK_DIAG_BY_FAMILY:  # NLMSG_ERROR: no socket with this 4-tuple
+        return False
+    return reply[17] == _TIME_WAIT  # inet_diag_msg: family, state, ...

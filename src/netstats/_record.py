@@ -131,6 +131,8 @@ class Connection(Counts):
         # what the kernel had counted before the record began (a register()ed socket)
         "_ident",
         "_kernel_base",
+        # a reading saw the peer's FIN (which a later CLOSE state no longer shows)
+        "_peer_fin",
         # engine bookkeeping: the socket object read from, and any others on the same kernel
         # socket (dup, fromfd): the connection ends when the last of them closes
         "_sock",
@@ -162,6 +164,7 @@ class Connection(Counts):
         self._final_info: _kernel.TcpInfo | None = None
         self._ident: Any = None
         self._kernel_base = (0, 0)
+        self._peer_fin = False
         self._sock: Any = None
         self._others: list[Any] | None = None
         self._watchers: tuple[Any, ...] = ()
@@ -171,13 +174,20 @@ class Connection(Counts):
         # Sockets and TLS objects hold a Counts: a Connection, or a StreamCounts that knows its own.
         return self
 
-    def tcp_info(self) -> _kernel.TcpInfo | None:
-        """The kernel's figures (Linux TCP): fresh while open, as frozen at close after; else None."""
+    def tcp_info(self, final: bool = False) -> _kernel.TcpInfo | None:
+        """The kernel's figures (Linux TCP): fresh while open, as frozen at close after; else None.
+
+        `final`: netstats' own last reading, as the last descriptor closes."""
         ref = self._sock
         if self.closed is not None or ref is None or self.transport != "tcp":
             return self._final_info
         sock = ref()
-        info = _kernel.read(sock, self.side == "client", self._ident) if sock is not None else None
+        if sock is None:
+            return None
+        addresses = (self.local, self.remote) if self.local and self.remote else None
+        info = _kernel.read(sock, self.side == "client", self._ident, self._peer_fin, addresses, final)
+        if info is not None and info.peer_fin:
+            self._peer_fin = True
         if info is not None and self._kernel_counted:
             self._rx = info.wire_rx - info.unread - self._kernel_base[0]
             self._tx = info.wire_tx - self._kernel_base[1]

@@ -20,7 +20,7 @@ _recv, _recv_into, _recvfrom, _recvfrom_into = _C.recv, _C.recv_into, _C.recvfro
 _sendmsg: Any = getattr(_C, "sendmsg", None)
 _recvmsg: Any = getattr(_C, "recvmsg", None)
 _recvmsg_into: Any = getattr(_C, "recvmsg_into", None)
-_connect, _connect_ex, _getsockopt = _C.connect, _C.connect_ex, _C.getsockopt
+_connect, _connect_ex, _getsockopt, _stock_shutdown = _C.connect, _C.connect_ex, _C.getsockopt, _C.shutdown
 stock_del = _C.__del__
 _stock: Any = _StockSocket
 _stock_accept, _stock_detach, _stock_real_close = _stock.accept, _stock.detach, _stock._real_close
@@ -93,6 +93,12 @@ class _Lifecycle:
             _engine.accepted(sock)
         return sock, address
 
+    def shutdown(self, how: int) -> None:
+        c = self._netstats_counts
+        if c is not None:
+            _engine.shutting_down(c.conn, self)
+        _stock_shutdown(self, how)
+
     def detach(self) -> int:
         c = self._netstats_counts
         if c is not None:
@@ -102,13 +108,13 @@ class _Lifecycle:
     def _real_close(self, _ss: Any = _C) -> None:
         c = self._netstats_counts
         if c is not None and c.conn.closed is None:
-            _engine.finish(c.conn, self)
+            _engine.finish(c.conn, self, True)
         _stock_real_close(self, _ss)  # type: ignore[arg-type]
 
     def __del__(self) -> None:
         c = self._netstats_counts
         if c is not None and c.conn.closed is None:
-            _engine.finish(c.conn, self)
+            _engine.finish(c.conn, self, True)
         stock_del(self)  # type: ignore[arg-type]
 
 
