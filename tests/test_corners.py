@@ -8,6 +8,7 @@ import select
 import socket
 import struct
 import sys
+import threading
 import time
 
 import pytest
@@ -338,3 +339,60 @@ def test_both_fins_with_the_descriptor_open_count_exactly(mode):
     (conn,) = cap.connections
     assert (conn.rx, conn.tx) == (1500, 4)
     assert (conn.wire_rx, conn.wire_tx) == (1500, 4)
+
+
+# ---- 8. an urgent byte nobody reads ---------------------------------------------------------
+
+
+URGENT_UNSEEN = pytest.mark.xfail(
+    strict=True,
+    reason="known limit: the kernel forgets an urgent byte once the reader passes it, and a"
+    " kernel-counted socket has no wrapper to see the read (README, What is not captured)",
+)
+
+
+@linux
+@pytest.mark.parametrize("mode", [pytest.param(MODES[0], marks=URGENT_UNSEEN), MODES[1]])
+def test_an_urgent_byte_nobody_reads_is_not_counted_as_read(mode):
+    with listening() as listener, capture_in(mode) as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with server:
+            client.sendall(b"GET\n")
+            server.recv(4)
+            server.sendall(b"a" * 100)
+            server.send(b"!", socket.MSG_OOB)  # leaves the stream: a normal read skips it
+            server.sendall(b"b" * 100)
+            assert drain(client, 200) == b"a" * 100 + b"b" * 100
+            client.close()
+    (conn,) = cap.connections
+    assert (conn.rx, conn.tx) == (200, 4)
+    assert conn.wire_rx == 201  # the urgent byte did arrive
+
+
+# ---- 5. close() from another thread while a recv() is blocked ------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_close_from_another_thread_freezes_the_record_in_both_modes(mode):
+    events: list[tuple[str, int | None]] = []
+    with listening() as listener, capture_in(mode, events) as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with server:
+            client.sendall(b"GET\n")
+            server.recv(4)
+            server.sendall(b"a" * 100)
+            drain(client, 100)
+            got: list[int] = []
+            reader = threading.Thread(target=lambda: got.append(len(client.recv(1000))))
+            reader.start()
+            wait_until(lambda: reader.is_alive())
+            time.sleep(0.2)  # the reader is blocked in recv()
+            client.close()  # from this thread
+            server.sendall(b"b" * 300)  # the blocked recv() still gets these
+            reader.join(10)
+        assert got == [300]
+    (conn,) = cap.connections
+    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (100, 4)  # as at close, in either mode
+    assert [e for e, _ in events][-1] == "close"

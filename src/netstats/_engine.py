@@ -457,6 +457,10 @@ def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
         if conn.connected is not None:
             conn._final_info = conn.tcp_info(final=closing)  # last kernel read, descriptor still open
     conn.closed = time.time()
+    if sock is not None and getattr(sock, "_netstats_counts", None) is conn:
+        # The record stays readable through the socket (stats()), but is final: a call still in
+        # flight on another thread (a recv blocked across close()) counts into nothing.
+        sock._netstats_counts = StreamCounts(conn)
     ref = conn._sock
     conn._sock = None
     conn._others = None
