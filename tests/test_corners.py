@@ -27,6 +27,13 @@ def listening() -> socket.socket:
     return listener
 
 
+def wait_until(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
 def read_all(sock: socket.socket) -> int:
     total = 0
     while chunk := sock.recv(65536):
@@ -69,6 +76,7 @@ def test_a_peek_is_not_a_read_on_udp(peer, method):
         assert PEEKS[method](s, 2048, socket.MSG_PEEK) == 100  # sizing the datagram
         assert len(s.recv(2048)) == 100
     (conn,) = cap.connections
+    wait_until(lambda: udp.counts()[0]["tx"] == 100)  # the peer counts its reply after sending it
     record = udp.counts()[0]
     assert (conn.tx, conn.rx) == (record["rx"], record["tx"]) == (100, 100)
     assert (conn.writes, conn.reads) == (1, 1)
@@ -256,13 +264,6 @@ TCP_CLOSE = 7
 def tcp_state(sock: socket.socket) -> int:
     """The kernel's state of the test's own socket (TCP_INFO's first byte)."""
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
-
-
-def wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def reset_by(sock: socket.socket) -> None:

@@ -63,6 +63,8 @@ def notify(conn: Connection, event: str) -> None:
 
 def io_listener(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | None:
     """The function the wrappers call per read/write, or None when nobody listens."""
+    if len(watchers) == 1:  # the usual case, kept short: it runs once per connection
+        return watchers[0]._io_listener()
     targets = [f for f in (w._io_listener() for w in watchers) if f is not None]
     if not targets:
         return None
