@@ -22,9 +22,10 @@ from helpers import MODES, capture_in, drain
 import netstats
 
 
-def test_sendall_and_recv_match_the_echo_peers_count(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_sendall_and_recv_match_the_echo_peers_count(peer, mode):
     echo = peer("echo")
-    with netstats.capture() as cap, socket.create_connection(echo.address) as s:
+    with capture_in(mode) as cap, socket.create_connection(echo.address) as s:
         s.sendall(b"x" * 100_000)
         drain(s, 100_000)
     rx, tx = echo.totals(1)
@@ -89,9 +90,10 @@ def test_every_send_and_receive_method_is_counted_once(peer, tmp_path, mode):
         assert (conn.reads, conn.writes) == (None, None)  # the kernel counts bytes, not calls
 
 
-def test_makefile_reads_and_writes_are_counted(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_makefile_reads_and_writes_are_counted(peer, mode):
     echo = peer("echo")
-    with netstats.capture() as cap, socket.create_connection(echo.address) as s:
+    with capture_in(mode) as cap, socket.create_connection(echo.address) as s:
         with s.makefile("rwb") as f:
             f.write(b"line one\n" * 1000)
             f.flush()
@@ -102,9 +104,10 @@ def test_makefile_reads_and_writes_are_counted(peer):
     assert (conn.tx, conn.rx) == (rx, tx) == (9000, 9000)
 
 
-def test_http_client_get_and_post(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_http_client_get_and_post(peer, mode):
     server = peer("http")
-    with netstats.capture() as cap:
+    with capture_in(mode) as cap:
         http_conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
         http_conn.request("GET", "/bytes/12345")
         assert len(http_conn.getresponse().read()) == 12345
@@ -201,10 +204,11 @@ def test_udp_unconnected_and_connected(peer):
     assert (peer_rx, peer_tx) == (first.tx + second.tx, first.rx + second.rx)
 
 
-def test_unix_stream_socket(peer, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_unix_stream_socket(peer, tmp_path, mode):
     path = str(tmp_path / "echo.sock")
     echo = peer("echo", unix=path)
-    with netstats.capture() as cap, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    with capture_in(mode) as cap, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         s.sendall(b"z" * 3333)
         drain(s, 3333)
@@ -263,9 +267,10 @@ def test_refused_connect_raises_the_stock_error_and_is_recorded():
     assert events == ["open", "close"]
 
 
-def test_timeouts_and_would_block_reach_the_caller_unchanged(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_timeouts_and_would_block_reach_the_caller_unchanged(peer, mode):
     echo = peer("echo")
-    with netstats.capture() as cap, socket.create_connection(echo.address) as s:
+    with capture_in(mode) as cap, socket.create_connection(echo.address) as s:
         s.settimeout(0.05)
         with pytest.raises(TimeoutError):
             s.recv(10)
@@ -344,10 +349,11 @@ def test_sockets_made_before_a_capture_are_not_seen_unless_registered(peer):
     assert echo.totals(1) == (12, 12)
 
 
-def test_smtplib_sendmail(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_smtplib_sendmail(peer, mode):
     server = peer("smtp")
     message = "Subject: hi\r\n\r\n" + "body line\r\n" * 100
-    with netstats.capture() as cap:
+    with capture_in(mode) as cap:
         with smtplib.SMTP("127.0.0.1", server.port, timeout=5) as smtp:
             smtp.sendmail("a@example.org", ["b@example.org"], message)
     rx, tx = server.totals(1)
