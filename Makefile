@@ -31,6 +31,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/sockets.py
+	$(BIN)/python bench/connections.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from helpers import established
 
 import netstats
 
@@ -29,13 +30,6 @@ N = len(PAYLOAD)
 
 async def within(aw: Awaitable[T], seconds: float = WAIT) -> T:
     return await asyncio.wait_for(aw, seconds)
-
-
-def established(cap: netstats.Capture) -> list[netstats.Connection]:
-    """The connections that connected; a name may first be tried on an address that refuses."""
-    failed = [c for c in cap.connections if c.error is not None]
-    assert all((c.rx, c.tx) == (0, 0) for c in failed), failed
-    return [c for c in cap.connections if c.error is None]
 
 
 def the_connection(cap: netstats.Capture) -> netstats.Connection:

@@ -24,6 +24,7 @@ import redis.asyncio
 import requests
 import websockets.asyncio.client
 import websockets.sync.client
+from helpers import established
 from peers import Peer
 
 import netstats
@@ -42,11 +43,6 @@ PeerFactory = Callable[..., Peer]
 
 def http_url(p: Peer, tls: bool, path: str) -> str:
     return f"{'https' if tls else 'http'}://localhost:{p.port}{path}"
-
-
-def established(cap: netstats.Capture) -> list[netstats.Connection]:
-    """The connections that got through (a refused attempt on ::1 has an error and no bytes)."""
-    return [c for c in cap.connections if c.error is None]
 
 
 def in_package(path: str | None, packages: Sequence[str]) -> bool:

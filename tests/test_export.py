@@ -21,6 +21,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from helpers import roundtrip
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,19 +33,6 @@ from netstats.export import MissingExtra, otel, prometheus
 
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only, never a proxy
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-
-
-def drain(sock: Any, size: int) -> None:
-    got = 0
-    while got < size:
-        chunk = sock.recv(size - got)
-        assert chunk, "peer closed early"
-        got += len(chunk)
-
-
-def roundtrip(sock: Any, size: int) -> None:
-    sock.sendall(b"x" * size)
-    drain(sock, size)
 
 
 def parse(text: str) -> list[Sample]:

@@ -11,19 +11,12 @@ import threading
 import time
 
 import pytest
+from helpers import drain
 
 import netstats
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO figures are Linux-only")
 WIRE = ("wire_rx", "wire_tx", "rtt", "min_rtt", "retransmits", "retrans_bytes")
-
-
-def drain(sock, size: int) -> None:
-    got = 0
-    while got < size:
-        chunk = sock.recv(min(65536, size - got))
-        assert chunk, "peer closed early"
-        got += len(chunk)
 
 
 def wait_for(predicate, timeout: float = 15.0) -> None:

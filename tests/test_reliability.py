@@ -219,6 +219,7 @@ class Script:
         self.shut = self.closed = False
         self.at_detach: tuple[int, int] | None = None  # (sent, received) when first detached
         self.wrote = False  # a write moved bytes while the connection was still ours
+        self.shut_after_write = False  # shutdown() hands a kernel-counted connection back to the wrappers
         self.results: list[Any] = []
 
     def run(self, ops: list[tuple[str, Any]]) -> None:
@@ -368,6 +369,8 @@ class Script:
         if self.shut:
             return "skip"  # a second shutdown races the peer's close: ENOTCONN or not
         self.shut = True
+        if self.wrote and self.at_detach is None:
+            self.shut_after_write = True
         return outcome(self.sock.shutdown, socket.SHUT_WR)
 
     def op_close_with_makefile(self, _: Any) -> Any:
@@ -478,6 +481,8 @@ def run_everywhere(ops: list[tuple[str, Any]], seed: int, workdir: str) -> None:
             check_events(mode, events, conn)
             if mode == "wrapped" or not script.wrote:
                 assert conn.reads is not None
+            elif LINUX and script.shut_after_write:
+                assert conn.reads is not None  # the wrappers again from shutdown() on
             elif LINUX:
                 assert conn.reads is None  # the kernel took over at the first write
         assert seen["kernel-counted"] == seen["stock"]

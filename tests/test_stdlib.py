@@ -17,23 +17,15 @@ import urllib.request
 from multiprocessing.reduction import ForkingPickler
 
 import pytest
+from helpers import MODES, capture_in, drain
 
 import netstats
 
 
-def drain(sock: socket.socket, size: int) -> bytes:
-    """Read exactly size bytes (the echo peer sends back what it got)."""
-    out = bytearray()
-    while len(out) < size:
-        chunk = sock.recv(size - len(out))
-        assert chunk, "peer closed early"
-        out += chunk
-    return bytes(out)
-
-
-def test_sendall_and_recv_match_the_echo_peers_count(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_sendall_and_recv_match_the_echo_peers_count(peer, mode):
     echo = peer("echo")
-    with netstats.capture() as cap, socket.create_connection(echo.address) as s:
+    with capture_in(mode) as cap, socket.create_connection(echo.address) as s:
         s.sendall(b"x" * 100_000)
         drain(s, 100_000)
     rx, tx = echo.totals(1)
@@ -42,46 +34,66 @@ def test_sendall_and_recv_match_the_echo_peers_count(peer):
     assert (cap.tx, cap.rx) == (100_000, 100_000)
 
 
-def test_every_send_and_receive_method_is_counted_once(peer, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_every_send_and_receive_method_is_counted_once(peer, tmp_path, mode):
     echo = peer("echo")
     payload = tmp_path / "file.bin"
     payload.write_bytes(b"f" * 70_000)
     sent = 0
-    with netstats.capture() as cap, socket.create_connection(echo.address) as s:
+    reads = 0  # calls that returned data, counted here
+
+    def got_data(n: int) -> int:
+        nonlocal reads
+        reads += n > 0
+        return n
+
+    with capture_in(mode) as cap, socket.create_connection(echo.address) as s:
         sent += s.send(b"a" * 10)
-        drain(s, 10)
+        got = 0
+        while got < 10:
+            got += got_data(len(s.recv(10 - got)))
         s.sendall(memoryview(array.array("i", range(100))))  # 400 bytes, not 100 items
         sent += 400
         buf = bytearray(400)
         got = 0
         while got < 400:
-            got += s.recv_into(memoryview(buf)[got:])
+            got += got_data(s.recv_into(memoryview(buf)[got:]))
         sent += s.sendmsg([b"b" * 7, b"c" * 8])
-        data, _addr = s.recvfrom(15)
-        drain(s, 15 - len(data))
+        got = 0
+        while got < 15:
+            got += got_data(len(s.recvfrom(15 - got)[0]))
         sent += s.send(b"d" * 5)
-        n, _addr = s.recvfrom_into(bytearray(5))
-        drain(s, 5 - n)
+        got = 0
+        while got < 5:
+            got += got_data(s.recvfrom_into(bytearray(5 - got))[0])
+        (conn,) = cap.connections
+        writes_before_sendfile = conn.writes
         with open(payload, "rb") as f:
             sent += s.sendfile(f)
+        sendfile_writes = conn.writes - writes_before_sendfile if conn.writes is not None else None
         got = 0
         while got < 70_000:
-            data, _anc, _flags, _addr = s.recvmsg(70_000 - got)
-            got += len(data)
+            got += got_data(len(s.recvmsg(70_000 - got)[0]))
         s.sendall(b"e" * 9)
         sent += 9
         got = 0
         while got < 9:
-            got += s.recvmsg_into([bytearray(9 - got)])[0]
+            got += got_data(s.recvmsg_into([bytearray(9 - got)])[0])
     rx, tx = echo.totals(1)
-    (conn,) = cap.connections
     assert sent == rx == 10 + 400 + 15 + 5 + 70_000 + 9
     assert (conn.tx, conn.rx) == (rx, tx)
+    if mode == "wrapped":
+        assert writes_before_sendfile == 4  # send, sendall, sendmsg, send
+        assert sendfile_writes is not None and sendfile_writes >= 1
+        assert (conn.reads, conn.writes) == (reads, 4 + sendfile_writes + 1)
+    else:
+        assert (conn.reads, conn.writes) == (None, None)  # the kernel counts bytes, not calls
 
 
-def test_makefile_reads_and_writes_are_counted(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_makefile_reads_and_writes_are_counted(peer, mode):
     echo = peer("echo")
-    with netstats.capture() as cap, socket.create_connection(echo.address) as s:
+    with capture_in(mode) as cap, socket.create_connection(echo.address) as s:
         with s.makefile("rwb") as f:
             f.write(b"line one\n" * 1000)
             f.flush()
@@ -92,9 +104,10 @@ def test_makefile_reads_and_writes_are_counted(peer):
     assert (conn.tx, conn.rx) == (rx, tx) == (9000, 9000)
 
 
-def test_http_client_get_and_post(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_http_client_get_and_post(peer, mode):
     server = peer("http")
-    with netstats.capture() as cap:
+    with capture_in(mode) as cap:
         http_conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
         http_conn.request("GET", "/bytes/12345")
         assert len(http_conn.getresponse().read()) == 12345
@@ -185,15 +198,17 @@ def test_udp_unconnected_and_connected(peer):
     assert first.transport == second.transport == "udp"
     assert (first.tx, first.rx) == (1501, 1501)
     assert (second.tx, second.rx) == (300, 300)
+    assert (first.writes, first.reads, second.writes, second.reads) == (3, 3, 1, 1)
     assert second.remote == udp.address
     peer_rx, peer_tx = udp.counts()[0]["rx"], udp.counts()[0]["tx"]
     assert (peer_rx, peer_tx) == (first.tx + second.tx, first.rx + second.rx)
 
 
-def test_unix_stream_socket(peer, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_unix_stream_socket(peer, tmp_path, mode):
     path = str(tmp_path / "echo.sock")
     echo = peer("echo", unix=path)
-    with netstats.capture() as cap, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    with capture_in(mode) as cap, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         s.sendall(b"z" * 3333)
         drain(s, 3333)
@@ -252,9 +267,10 @@ def test_refused_connect_raises_the_stock_error_and_is_recorded():
     assert events == ["open", "close"]
 
 
-def test_timeouts_and_would_block_reach_the_caller_unchanged(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_timeouts_and_would_block_reach_the_caller_unchanged(peer, mode):
     echo = peer("echo")
-    with netstats.capture() as cap, socket.create_connection(echo.address) as s:
+    with capture_in(mode) as cap, socket.create_connection(echo.address) as s:
         s.settimeout(0.05)
         with pytest.raises(TimeoutError):
             s.recv(10)
@@ -333,10 +349,11 @@ def test_sockets_made_before_a_capture_are_not_seen_unless_registered(peer):
     assert echo.totals(1) == (12, 12)
 
 
-def test_smtplib_sendmail(peer):
+@pytest.mark.parametrize("mode", MODES)
+def test_smtplib_sendmail(peer, mode):
     server = peer("smtp")
     message = "Subject: hi\r\n\r\n" + "body line\r\n" * 100
-    with netstats.capture() as cap:
+    with capture_in(mode) as cap:
         with smtplib.SMTP("127.0.0.1", server.port, timeout=5) as smtp:
             smtp.sendmail("a@example.org", ["b@example.org"], message)
     rx, tx = server.totals(1)

@@ -26,7 +26,11 @@ def _connection_of(target: Any) -> Connection:
     if isinstance(target, Connection):
         return target
     if not isinstance(target, (socket.socket, ssl.SSLObject)) and hasattr(target, "fileno"):
-        target = _engine.socket_of(target.fileno())  # asyncio's TransportSocket, for one
+        try:
+            fd = target.fileno()
+        except (OSError, ValueError):  # a closed file, say: nothing netstats captured
+            fd = None
+        target = _engine.socket_of(fd)  # asyncio's TransportSocket, for one
     c = (
         getattr(target, "_netstats_counts", None)
         if isinstance(target, (socket.socket, ssl.SSLObject))
@@ -53,20 +57,29 @@ def register(sock: Any, callback: Callback | None = None) -> Connection:
         return existing.conn  # type: ignore[no-any-return]
     if sock.fileno() == -1:
         raise ValueError(f"cannot register a closed socket: {sock!r}")
+    if sock.family not in _engine.FAMILIES:
+        raise TypeError(f"register() supports TCP, UDP and Unix sockets, not {sock!r}")
+    if sock.type == socket.SOCK_STREAM and _listening(sock):
+        raise ValueError(f"cannot register a listening socket (its connections are accepted ones): {sock!r}")
     with _state.lock:
+        stock_class = type(sock)
         _adopt_class(sock)
         watchers = tuple(_state.active) + ((_Registration(callback),) if callback else ())
         conn = _engine.open_connection(sock, "client", watchers or (_Registration(_ignore),), None)
-    if conn is None:
-        raise TypeError(f"register() supports TCP, UDP and Unix sockets, not {sock!r}")
-    try:
-        conn.remote = sock.getpeername()
-        conn.connected = conn.opened
-    except OSError:
-        pass
+        if conn is None:
+            sock.__class__ = stock_class
+            raise TypeError(f"register() supports TCP, UDP and Unix sockets, not {sock!r}")
+    _engine.registered(conn, sock)
     if isinstance(sock, ssl.SSLSocket) and sock.version() is not None:
         _engine.tls_established(conn, sock)
     return conn
+
+
+def _listening(sock: Any) -> bool:
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_ACCEPTCONN", 30)))
+    except OSError:
+        return False
 
 
 def _adopt_class(sock: Any) -> None:
@@ -103,8 +116,8 @@ def reset(target: Any, full: bool = False) -> None:
     conn._base = (rx, tx, conn._reads, conn._writes)
     conn.marks = []
     conn._mark = (time.monotonic(), rx, tx)
-    if full:
-        conn.opened = time.time()
+    if full:  # a closed connection restarts at its close: opened never passes closed
+        conn.opened = time.time() if conn.closed is None else conn.closed
 
 
 def mark(target: Any, name: str = "") -> dict[str, Any]:

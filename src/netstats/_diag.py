@@ -11,6 +11,7 @@ by cookie and ignore the rest. Anywhere else every function returns None.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 import struct
@@ -18,8 +19,6 @@ import sys
 import threading
 from collections.abc import Container
 from typing import Any, NamedTuple
-
-from . import _kernel
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -30,6 +29,7 @@ SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 DESTROY_GROUPS = (1, 3)  # SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY
 _TCP_STATES_ALL = 0xFFF
+TIME_WAIT, CLOSE = 6, 7
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _REQUEST = struct.Struct("=BBBxI")  # inet_diag_req_v2 head: family, protocol, ext, states
 _SOCKID = struct.Struct(">HH16s16s")  # inet_diag_sockid head: sport, dport, src, dst (network order)
@@ -49,12 +49,7 @@ class Diag(NamedTuple):
     cookie: int
     unread: int  # idiag_rqueue: received and not yet read, for a live connection
     inode: int
-    info: tuple[int, ...] | None  # _kernel.unpack() of its tcp_info, when it came with one
-
-    def figures(self, client: bool, fin: int | None = None) -> _kernel.TcpInfo | None:
-        if self.info is None:
-            return None
-        return _kernel.decode(self.info, self.unread, client, fin)
+    info: bytes | None  # its `struct tcp_info` (see _kernel.unpack), when it came with one
 
 
 def cookie_of(sock: Any) -> int | None:
@@ -99,7 +94,7 @@ def parse(data: bytes, wanted: Container[int] | None = None) -> list[Diag]:
                 if size < _ATTR.size:
                     break
                 if kind_attr == INET_DIAG_INFO:
-                    info = _kernel.unpack(data[attr + _ATTR.size : attr + size])
+                    info = data[attr + _ATTR.size : attr + size]
                 attr += (size + 3) & ~3
             if family in (socket.AF_INET, socket.AF_INET6):
                 out.append(
@@ -118,35 +113,64 @@ def parse(data: bytes, wanted: Container[int] | None = None) -> list[Diag]:
     return out
 
 
-def _request(family: int, local: Any, remote: Any, cookie: int) -> bytes:
-    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), _TCP_STATES_ALL)
+_NO_COOKIE = 0xFFFFFFFFFFFFFFFF
+
+
+def _request(family: int, local: Any, remote: Any, cookie: int, states: int = _TCP_STATES_ALL) -> bytes:
+    """One socket by its 4-tuple and cookie (_NO_COOKIE: any), with its tcp_info."""
+    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), states)
     body += _SOCKID.pack(local[1], remote[1], _packed(family, local[0]), _packed(family, remote[0]))
-    body += _SOCKID_TAIL.pack(0, cookie & 0xFFFFFFFF, cookie >> 32)
+    scope = local[3] if family == socket.AF_INET6 and len(local) > 3 else 0
+    body += _SOCKID_TAIL.pack(scope, cookie & 0xFFFFFFFF, cookie >> 32)
     return _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0) + body
 
 
+def _netlink() -> Any:
+    """A sock_diag netlink socket of the C type: netstats' own sockets never pass its wrappers."""
+    return _socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+
+
 _query_lock = threading.Lock()
-_query_socket: socket.socket | None = None  # one for the process, made when first needed
+_query_socket: Any = None  # one for the process, made when first needed
 
 
-def query(family: int, local: Any, remote: Any, cookie: int) -> Diag | None:
-    """The socket with this 4-tuple and cookie, as the kernel sees it now; None if it is gone."""
+def _ask(request: bytes) -> bytes | None:
     global _query_socket
     if not supported:
         return None
     with _query_lock:
         try:
             if _query_socket is None:
-                _query_socket = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+                _query_socket = _netlink()
                 _query_socket.settimeout(1.0)
-            _query_socket.send(_request(family, local, remote, cookie))
-            data = _query_socket.recv(65536)
-        except (OSError, ValueError, struct.error):
+            _query_socket.send(request)
+            reply: bytes = _query_socket.recv(65536)
+            return reply
+        except OSError:
             return None
-    for found in parse(data):
+
+
+def query(family: int, local: Any, remote: Any, cookie: int) -> Diag | None:
+    """The socket with this 4-tuple and cookie, as the kernel sees it now; None if it is gone."""
+    try:
+        data = _ask(_request(family, local, remote, cookie))
+    except (ValueError, OSError, struct.error, IndexError, TypeError):
+        return None
+    for found in parse(data or b""):
         if found.cookie == cookie:
             return found
     return None
+
+
+def time_wait(family: int, local: Any, remote: Any) -> bool | None:
+    """Whether the kernel holds a TIME_WAIT entry for this 4-tuple; None if it cannot tell."""
+    try:
+        data = _ask(_request(family, local, remote, _NO_COOKIE, 1 << TIME_WAIT))
+    except (ValueError, OSError, struct.error, IndexError, TypeError):
+        return None
+    if data is None:
+        return None
+    return any(found.state == TIME_WAIT for found in parse(data))
 
 
 def close_query_socket() -> None:
@@ -168,7 +192,7 @@ def fin_at_destroy(dead: Diag, fin_seen: bool) -> int | None:
     (`unread`) is 1 if the peer's FIN came after the close, when no read could consume it, else 0.
     A socket closed by the peer first, or reset, leaves no such entry.
     """
-    if dead.state != _kernel.CLOSE_STATE:
+    if dead.state != CLOSE:
         return None
     if fin_seen:
         return 1
@@ -180,12 +204,12 @@ def fin_at_destroy(dead: Diag, fin_seen: bool) -> int | None:
     return None
 
 
-def destroy_feed() -> socket.socket | None:
+def destroy_feed() -> Any:
     """A netlink socket that receives every TCP socket's destruction in this network namespace."""
     if not supported:
         return None
     try:
-        feed = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+        feed = _netlink()
     except OSError:
         return None
     try:
@@ -199,7 +223,10 @@ def destroy_feed() -> socket.socket | None:
     return feed
 
 
-def drain(feed: socket.socket, wanted: Container[int]) -> tuple[list[Diag], bool]:
+_feed_buffer = bytearray(262144)  # one for the process: drain() runs on the census thread
+
+
+def drain(feed: Any, wanted: Container[int]) -> tuple[list[Diag], bool]:
     """The destroyed sockets with these cookies among what the feed holds now, without waiting;
     True if the kernel dropped some notifications (ENOBUFS). The feed has every TCP socket of
     the network namespace: the others are skipped at the cost of one unpack each."""
@@ -207,7 +234,8 @@ def drain(feed: socket.socket, wanted: Container[int]) -> tuple[list[Diag], bool
     dropped = False
     while True:
         try:
-            data = feed.recv(262144, socket.MSG_DONTWAIT)
+            size = feed.recv_into(_feed_buffer, 0, socket.MSG_DONTWAIT)
+            data = bytes(_feed_buffer[:size])
         except BlockingIOError:
             return out, dropped
         except OSError as exc:

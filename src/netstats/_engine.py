@@ -12,6 +12,7 @@ come from TCP_INFO); every other socket is counted by its wrappers. `count_in_ke
 
 from __future__ import annotations
 
+import _socket
 import errno
 import functools
 import itertools
@@ -32,7 +33,8 @@ _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket (sendfile
 # fd -> the live Connection counting what moves on it, from open to finish, TLS hand-over
 # included: the kernel census leaves these descriptors alone.
 _claims: dict[int, Connection] = {}
-_FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
+_by_identity: dict[Any, Connection] = {}  # kernel socket identity -> its open TCP connection
+FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
 
@@ -64,6 +66,8 @@ def notify(conn: Connection, event: str) -> None:
 
 def io_listener(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | None:
     """The function the wrappers call per read/write, or None when nobody listens."""
+    if len(watchers) == 1:  # the usual case, kept short: it runs once per connection
+        return watchers[0]._io_listener()
     targets = [f for f in (w._io_listener() for w in watchers) if f is not None]
     if not targets:
         return None
@@ -86,13 +90,28 @@ def refresh(conn: Connection) -> None:
 # ---- opening ----------------------------------------------------------------------------
 
 
+# The C type's own attributes: plain ints (socket.socket's properties make enums, slowly).
+_family_of, _type_of = _socket.socket.family.__get__, _socket.socket.type.__get__
+_AF_INET, _AF_UNIX = _socketmod.AF_INET, getattr(_socketmod, "AF_UNIX", -1)
+
+
 def _transport(sock: Any) -> str | None:
-    family = sock.family
-    if family not in _FAMILIES:
+    family = _family_of(sock)
+    if family not in FAMILIES:
         return None
-    if family == getattr(_socketmod, "AF_UNIX", -1):
+    if family == _AF_UNIX:
         return "unix"
-    return "udp" if sock.type == _socketmod.SOCK_DGRAM else "tcp"
+    return "udp" if _type_of(sock) & 0xF == _socketmod.SOCK_DGRAM else "tcp"
+
+
+def _is_ipv4_sockaddr(address: Any) -> bool:
+    """An (address, port) the kernel would give back unchanged from getpeername()."""
+    if type(address) is not tuple or len(address) != 2 or type(address[0]) is not str:
+        return False
+    try:
+        return _socketmod.inet_ntoa(_socketmod.inet_aton(address[0])) == address[0]
+    except OSError:
+        return False
 
 
 def _fd_of(sock: Any) -> int:
@@ -106,10 +125,60 @@ def attach(conn: Connection, sock: Any) -> None:
     """Make sock the object that counts for conn."""
     sock._netstats_counts = conn
     conn._sock = weakref.ref(sock)
+    if conn._ident is None and conn.transport == "tcp":
+        conn._ident = _kernel.identity(sock)
+        if conn._ident is not None:
+            _by_identity[conn._ident] = conn
     fd = _fd_of(sock)
     if fd >= 0:
         _by_fd[fd] = conn._sock
         _claims[fd] = conn
+
+
+def any_shared() -> bool:
+    return bool(_by_identity)
+
+
+@guarded
+def another_descriptor(sock: Any) -> None:
+    """A socket object made for an existing descriptor (dup, fromfd, socket(fileno=...)): if its
+    kernel socket is an open connection's, it counts into that connection, in the same mode."""
+    conn = _by_identity.get(_kernel.identity(sock))
+    if conn is None or conn.closed is not None or conn._sock is None:
+        return
+    sock._netstats_counts = conn
+    twin = type(sock)._kernel_twin if conn._kernel_counted else type(sock)._python_twin
+    if twin is not None:
+        sock.__class__ = twin
+    ref = weakref.ref(sock)
+    conn._others = [*(conn._others or ()), ref]
+    fd = _fd_of(sock)
+    if fd >= 0:
+        _by_fd[fd] = ref
+        _claims[fd] = conn
+
+
+def _holders(conn: Connection) -> list[Any]:
+    """The open socket objects of conn: the one it reads from first, then any others."""
+    refs = [conn._sock, *(conn._others or ())] if conn._sock is not None else []
+    return [s for s in (r() for r in refs) if s is not None and _fd_of(s) != -1]
+
+
+def _let_go(conn: Connection, sock: Any) -> bool:
+    """sock's descriptor closes: False if it was conn's last, else conn goes on through another."""
+    if not conn._others:
+        return False
+    others = [s for s in _holders(conn) if s is not sock]
+    if not others:
+        return False
+    conn._sock = weakref.ref(others[0])
+    conn._others = [weakref.ref(s) for s in others[1:]]
+    fd = _fd_of(sock)
+    if fd >= 0 and fd in _by_fd and _by_fd[fd]() is sock:
+        del _by_fd[fd]
+    if _claims.get(fd) is conn:
+        del _claims[fd]
+    return True
 
 
 def detach_from(sock: Any) -> Connection | None:
@@ -143,10 +212,11 @@ def open_connection(
     conn = _new(side, transport, watchers)
     conn.remote = remote
     conn.host = _names.name_for(remote)
-    try:
-        conn.local = sock.getsockname()
-    except OSError:
-        pass
+    if remote is None or side != "client":  # a connecting client learns its address once connected
+        try:
+            conn.local = sock.getsockname()
+        except OSError:
+            pass
     attach(conn, sock)
     # A TCP client settles how it is counted at its first write, which may turn out to be a
     # bare SSLObject's ClientHello (see _handshakes.py).
@@ -186,12 +256,15 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
     if conn.connected is not None:
         return
     conn.connected = time.time()
+    asked = conn.remote
     try:
-        conn.remote = sock.getpeername()
+        # An IPv4 address asked for by number is the peer's address: no need to ask the kernel.
+        if not (conn.transport == "tcp" and _family_of(sock) == _AF_INET and _is_ipv4_sockaddr(asked)):
+            conn.remote = sock.getpeername()
         conn.local = sock.getsockname()
     except OSError:
         pass
-    if conn.host is None:
+    if conn.host is None and conn.remote != asked:  # (the address asked for was looked up at open)
         conn.host = _names.name_for(conn.remote)
     notify(conn, "connect")
 
@@ -240,9 +313,23 @@ def accepted(sock: Any) -> None:
 
 
 @guarded
+def registered(conn: Connection, sock: Any) -> None:
+    """register() adopted a socket that may have moved bytes already: those are not this record's."""
+    try:
+        conn.remote = sock.getpeername()
+        conn.connected = conn.opened
+    except OSError:
+        pass
+    if conn.transport == "tcp":
+        info = _kernel.read(sock, True, conn._ident)
+        if info is not None:
+            conn._kernel_base = (info.wire_rx - info.unread, info.wire_tx)
+
+
+@guarded
 def datagram(sock: Any) -> Any:
     """An unconnected UDP socket's first datagram makes it a Connection."""
-    if not _state.active or sock.type != _socketmod.SOCK_DGRAM:
+    if not _state.active or _type_of(sock) & 0xF != _socketmod.SOCK_DGRAM:
         return None
     return open_connection(sock, "client", _state.active)
 
@@ -271,11 +358,16 @@ def count_in_kernel(conn: Connection, sock: Any) -> None:
         and conn._on_io is None
         and conn.transport == "tcp"
         and getattr(sock, "_netstats_counts", None) is conn
-        and _kernel.read(sock) is not None
+        and _kernel.usable(sock)
     ):
+        # No kernel read here: what the wrappers counted so far is what the kernel counted.
         conn._kernel_counted = True
-        conn.tcp_info()  # take the figures so far from the kernel
         sock.__class__ = bare
+        if conn._others:
+            for other in _holders(conn):
+                twin = getattr(type(other), "_kernel_twin", None)
+                if twin is not None:
+                    other.__class__ = twin
 
 
 def count_in_python(conn: Connection) -> None:
@@ -284,10 +376,10 @@ def count_in_python(conn: Connection) -> None:
     if conn._kernel_counted:
         conn.tcp_info()
         conn._kernel_counted = False
-        sock = conn._sock() if conn._sock is not None else None
-        wrapped = getattr(type(sock), "_python_twin", None)
-        if wrapped is not None:
-            sock.__class__ = wrapped
+        for sock in _holders(conn):
+            wrapped = getattr(type(sock), "_python_twin", None)
+            if wrapped is not None:
+                sock.__class__ = wrapped
 
 
 @guarded
@@ -310,6 +402,9 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
     the real listener takes over, or, with nobody listening, the kernel counts from now on.
     """
     conn._on_io = io_listener(conn._watchers)
+    sock = conn._sock() if conn._sock is not None else None
+    if conn.connected is None and sock is not None:
+        _mark_connected(conn, sock)  # a non-blocking connect whose end nobody asked about
     if event != "write":
         if conn._on_io is not None:
             conn._on_io(event, conn, nbytes)
@@ -318,10 +413,8 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
         return
     if conn._on_io is not None:
         conn._on_io(event, conn, nbytes)
-    else:
-        sock = conn._sock() if conn._sock is not None else None
-        if sock is not None:
-            count_in_kernel(conn, sock)
+    elif sock is not None:
+        count_in_kernel(conn, sock)
 
 
 def _link_client_hello(conn: Connection, nbytes: int) -> bool:
@@ -344,10 +437,25 @@ def _link_client_hello(conn: Connection, nbytes: int) -> bool:
 
 
 @guarded
-def finish(conn: Connection, sock: Any) -> None:
-    """The connection ends: freeze its figures, then tell the watchers (once)."""
+def shutting_down(conn: Connection, sock: Any) -> None:
+    """shutdown(): a reading now says whether the peer's FIN is in (a later CLOSE state cannot),
+    and the wrappers count from here, so rx stays exact however the connection ends."""
+    if conn.transport == "tcp" and conn.closed is None and conn.connected is not None:
+        if conn._kernel_counted:
+            count_in_python(conn)
+        else:
+            conn.tcp_info()
+
+
+@guarded
+def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
+    """The connection ends: freeze its figures, then tell the watchers (once).
+
+    `closing`: sock's descriptor is about to close (not handed on, as by detach())."""
     if conn.closed is not None:
         return
+    if sock is not None and conn._others and _let_go(conn, sock):
+        return  # another descriptor of the same kernel socket is still open
     if sock is not None and conn.transport == "tcp" and conn.error is None:
         if conn.connected is None:
             try:  # a non-blocking connect whose end nobody asked about
@@ -356,15 +464,22 @@ def finish(conn: Connection, sock: Any) -> None:
             except OSError:
                 pass
         if conn.connected is not None:
-            conn._final_info = conn.tcp_info()  # last kernel read, descriptor still open
+            conn._final_info = conn.tcp_info(final=closing)  # last kernel read, descriptor still open
     conn.closed = time.time()
+    if sock is not None and getattr(sock, "_netstats_counts", None) is conn:
+        # The record stays readable through the socket (stats()), but is final: a call still in
+        # flight on another thread (a recv blocked across close()) counts into nothing.
+        sock._netstats_counts = StreamCounts(conn)
     ref = conn._sock
     conn._sock = None
+    conn._others = None
     fd = _fd_of(sock) if sock is not None else -1
     if ref is not None and _by_fd.get(fd) is ref:
         del _by_fd[fd]
     if _claims.get(fd) is conn:
         del _claims[fd]
+    if conn._ident is not None and _by_identity.get(conn._ident) is conn:
+        del _by_identity[conn._ident]
     for watcher in conn._watchers:
         watcher._closed(conn)
     notify(conn, "close")
@@ -424,8 +539,8 @@ def sendall_failed(c: Any, sock: Any) -> None:
     are the stream's bytes, so the kernel's count of what it was handed is the exact figure."""
     if type(c) is not Connection or c.transport != "tcp" or c.tls is not None or c.closed is not None:
         return
-    info = _kernel.read(sock)
-    moved = info.wire_tx - c._tx if info is not None else 0
+    info = _kernel.read(sock, c.side == "client", c._ident)
+    moved = info.wire_tx - c._kernel_base[1] - c._tx if info is not None else 0
     if moved > 0:
         c.add_write(moved)
 

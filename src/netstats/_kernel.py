@@ -10,10 +10,14 @@ None, never a guess.
 from __future__ import annotations
 
 import _socket
+import errno
+import os
 import socket
 import struct
 import sys
 from typing import Any, NamedTuple
+
+from . import _diag
 
 try:
     import fcntl
@@ -25,6 +29,11 @@ SIOCINQ = 0x541B  # FIONREAD on Linux: bytes received and not yet read (a receiv
 _NEEDED = 216  # through tcpi_bytes_retrans
 _getsockopt: Any = _socket.socket.getsockopt
 _INFO = struct.Struct("=B67xI28xI16xQQ8xII48xQQ")  # state, rtt, total_retrans, bytes_acked, ...
+_RECEIVED = slice(128, 136)  # tcpi_bytes_received, within _INFO
+_TCP, _SIZE = socket.IPPROTO_TCP, 232
+_INQ, _NO_BYTES = struct.Struct("i"), bytes(4)
+_fstat = os.fstat
+_ioctl: Any = fcntl.ioctl if fcntl is not None else None
 supported = sys.platform.startswith("linux") and TCP_INFO is not None and fcntl is not None
 
 # A FIN from the peer has arrived in these states. CLOSE with the descriptor still open follows
@@ -44,61 +53,132 @@ class TcpInfo(NamedTuple):
     min_rtt: float  # lowest round-trip time seen
     retransmits: int  # segments retransmitted
     retrans_bytes: int  # bytes retransmitted
+    peer_fin: bool = False  # the peer's FIN has arrived (counted in the kernel's bytes received)
 
 
-def unpack(raw: bytes) -> tuple[int, ...] | None:
-    """The fields read() uses from a `struct tcp_info`, or None if it is too short (old kernel)."""
-    return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
+_SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
 
 
-def _raw(sock: Any) -> tuple[int, ...] | None:
-    return unpack(_getsockopt(sock, socket.IPPROTO_TCP, TCP_INFO, 232))
+def _identity_of(sock: Any, fd: int) -> Any:
+    try:
+        return _getsockopt(sock, socket.SOL_SOCKET, _SO_COOKIE, 8)
+    except OSError:  # older kernels: the inode is as good, at a higher price
+        return _fstat(fd).st_ino
 
 
-def read(sock: Any, client: bool = True) -> TcpInfo | None:
-    """The kernel's figures for a live TCP socket, or None where they cannot be had.
+def identity(sock: Any) -> Any:
+    """The kernel's identity of the socket behind sock's descriptor (its cookie), or None.
 
-    `client`: the socket connected (its SYN counts once in bytes_acked) rather than accepted.
+    A descriptor number closed behind a socket object's back may be reused by another
+    connection: a read checks this first, so a record never takes another socket's figures.
     """
     if not supported:
         return None
     try:
+        return _identity_of(sock, sock.fileno())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+_works = False  # a read has succeeded in this process: TCP_INFO has every field we need
+
+
+def usable(sock: Any) -> bool:
+    """Whether the kernel can count this TCP socket's bytes (read once per process, then known)."""
+    global _works
+    if not _works:
+        _works = read(sock) is not None
+    return _works
+
+
+def read(
+    sock: Any,
+    client: bool = True,
+    ident: Any = None,
+    peer_fin: bool = False,
+    addresses: tuple[Any, Any] | None = None,
+    final: bool = False,
+) -> TcpInfo | None:
+    """The kernel's figures for a live TCP socket, or None where they cannot be had.
+
+    `client`: the socket connected (its SYN counts once in bytes_acked) rather than accepted.
+    `ident`: the socket's identity() when its record began; another socket's figures are None.
+    For a socket in the CLOSE state (see _fin_in_close): `peer_fin`, an earlier reading saw the
+    peer's FIN; `addresses`, (local, remote); `final`, the descriptor is about to close.
+    """
+    if not supported:
+        return None
+    try:
+        fd = sock.fileno()
+        if ident is not None and _identity_of(sock, fd) != ident:
+            return None
         # The kernel reads tcpi_state before it locks the socket, and SIOCINQ is another call:
         # take the figures only when two reads around the SIOCINQ agree (nothing arrived between).
-        first = _raw(sock)
+        first = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
         for _ in range(5):
-            if first is None:
+            if len(first) < _NEEDED:
                 return None
-            inq = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCINQ, b"\0\0\0\0"))[0]
-            second = _raw(sock)
-            if second is not None and second[0] == first[0] and second[4] == first[4]:
+            inq = _INQ.unpack(_ioctl(fd, SIOCINQ, _NO_BYTES))[0]
+            second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
+            if second[0] == first[0] and second[_RECEIVED] == first[_RECEIVED]:
                 break
             first = second
     except (OSError, ValueError, TypeError):
         return None
-    if second is None:
+    if len(second) < _NEEDED:
         return None
-    return decode(second, inq, client)
+    fields = _INFO.unpack_from(second)
+    fin: int | None = None
+    if fields[0] == _CLOSE:
+        state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = fields
+        our_fin_acked = acked - (1 if client else 0) > sent - retrans  # past the data (and SYN)
+        fin = 1 if peer_fin or _fin_in_close(sock, our_fin_acked, addresses, final) else 0
+    return decode(fields, inq, client, fin)
+
+
+def unpack(raw: bytes) -> tuple[int, ...] | None:
+    """The fields decode() takes from a `struct tcp_info`, or None if it is too short (old kernel)."""
+    return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
 
 
 def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = None) -> TcpInfo:
-    """TcpInfo from unpack()'s fields and the bytes received and not yet read; `fin`: whether
-    bytes_received counts the peer's FIN, where the caller knows (else it is worked out)."""
+    """TcpInfo from unpack()'s fields and the bytes received and not yet read. `fin`: whether
+    bytes_received counts the peer's FIN, where the caller knows; else the state says, and in
+    CLOSE our own FIN's acknowledgement (both FINs, as far as can be told without more)."""
     state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = fields
-    if fin is not None:
-        pass
-    elif state == _CLOSE:
-        # Both FINs (our FIN acknowledged: bytes_acked is past the data, and the SYN when we
-        # connected) or a reset (no FIN from the peer, as far as we can tell).
-        fin = 1 if acked - (1 if client else 0) > sent - retrans else 0
-    else:
-        fin = 1 if state in _FIN_RECEIVED else 0
+    if fin is None:
+        if state == _CLOSE:
+            fin = 1 if acked - (1 if client else 0) > sent - retrans else 0
+        else:
+            fin = 1 if state in _FIN_RECEIVED else 0
+    # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin
     return TcpInfo(
-        wire_rx=max(0, received - fin),
-        wire_tx=sent - retrans + notsent,
-        unread=max(0, inq),
-        rtt=rtt / 1e6,
-        min_rtt=min_rtt / 1e6,
-        retransmits=retransmits,
-        retrans_bytes=retrans,
+        max(0, received - fin),
+        sent - retrans + notsent,
+        max(0, inq),
+        rtt / 1e6,
+        min_rtt / 1e6,
+        retransmits,
+        retrans,
+        fin == 1,
     )
+
+
+def _fin_in_close(sock: Any, our_fin_acked: bool, addresses: tuple[Any, Any] | None, final: bool) -> bool:
+    """Whether the peer's FIN arrived, for a socket in CLOSE with its descriptor open.
+
+    The state follows both FINs or a reset. Our FIN acknowledged: both FINs leave a TIME_WAIT
+    entry for the 4-tuple, a reset none. Our FIN not sent: a reset; one that came after the
+    peer's FIN (CLOSE_WAIT) leaves the error EPIPE, read (and so taken) only at the last close.
+    """
+    if our_fin_acked:
+        return addresses is not None and time_wait(_family_of(sock), *addresses) is True
+    if final:
+        return bool(_getsockopt(sock, socket.SOL_SOCKET, socket.SO_ERROR) == errno.EPIPE)
+    return False
+
+
+_family_of = _socket.socket.family.__get__
+
+
+time_wait = _diag.time_wait

@@ -23,7 +23,7 @@ def resolved(host: Any, results: Any) -> None:
     if isinstance(host, bytes):
         host = host.decode("idna")
     name = host if isinstance(host, str) and host and not is_address(host) else None
-    addresses = frozenset(sockaddr[0] for *_, sockaddr in results)
+    addresses = frozenset([result[4][0] for result in results])  # (family, type, proto, name, sockaddr)
     _lookups.last = (name, addresses)
     if name is None:
         return

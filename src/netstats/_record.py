@@ -49,6 +49,17 @@ FIELDS = (
 )
 
 
+_pid = os.getpid()  # a syscall per record otherwise; a forked child takes its own
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
 _COMPUTED = frozenset(
     {"rx", "tx", "reads", "writes", "duration", *(set(_kernel.TcpInfo._fields) & set(FIELDS))}
 )
@@ -120,8 +131,17 @@ class Connection(Counts):
         # rx/tx come from the kernel's counters (no wrappers); the kernel's figures frozen at close
         "_kernel_counted",
         "_final_info",
-        # engine bookkeeping: the socket object, or for a connection the census found, its probe
+        # the socket's kernel identity (a reused descriptor number is not this connection), and
+        # what the kernel had counted before the record began (a register()ed socket)
+        "_ident",
+        "_kernel_base",
+        # a reading saw the peer's FIN (which a later CLOSE state no longer shows)
+        "_peer_fin",
+        # engine bookkeeping: the socket object read from, and any others on the same kernel
+        # socket (dup, fromfd): the connection ends when the last of them closes
         "_sock",
+        "_others",
+        # for a connection the census found (source "kernel"): what reads its figures
         "_probe",
         "_watchers",
         "__weakref__",
@@ -130,7 +150,7 @@ class Connection(Counts):
     def __init__(self, id: int, side: str, transport: str) -> None:
         super().__init__()
         self.id = id
-        self.pid = os.getpid()
+        self.pid = _pid
         self.side = side
         self.transport = transport
         self.source = "python"
@@ -149,7 +169,11 @@ class Connection(Counts):
         self._mark = (time.monotonic(), 0, 0)
         self._kernel_counted = False
         self._final_info: _kernel.TcpInfo | None = None
+        self._ident: Any = None
+        self._kernel_base = (0, 0)
+        self._peer_fin = False
         self._sock: Any = None
+        self._others: list[Any] | None = None
         self._probe: Callable[[], _kernel.TcpInfo | None] | None = None
         self._watchers: tuple[Any, ...] = ()
 
@@ -158,8 +182,10 @@ class Connection(Counts):
         # Sockets and TLS objects hold a Counts: a Connection, or a StreamCounts that knows its own.
         return self
 
-    def tcp_info(self) -> _kernel.TcpInfo | None:
-        """The kernel's figures (Linux TCP): fresh while open, as frozen at close after; else None."""
+    def tcp_info(self, final: bool = False) -> _kernel.TcpInfo | None:
+        """The kernel's figures (Linux TCP): fresh while open, as frozen at close after; else None.
+
+        `final`: netstats' own last reading, as the last descriptor closes."""
         if self.closed is not None or self.transport != "tcp":
             return self._final_info
         if self._probe is not None:
@@ -168,10 +194,15 @@ class Connection(Counts):
         if ref is None:
             return self._final_info
         sock = ref()
-        info = _kernel.read(sock, self.side == "client") if sock is not None else None
+        if sock is None:
+            return None
+        addresses = (self.local, self.remote) if self.local and self.remote else None
+        info = _kernel.read(sock, self.side == "client", self._ident, self._peer_fin, addresses, final)
+        if info is not None and info.peer_fin:
+            self._peer_fin = True
         if info is not None and self._kernel_counted:
-            self._rx = info.wire_rx - info.unread
-            self._tx = info.wire_tx
+            self._rx = info.wire_rx - info.unread - self._kernel_base[0]
+            self._tx = info.wire_tx - self._kernel_base[1]
         return info
 
     def totals(self) -> tuple[int, int] | tuple[None, None]:

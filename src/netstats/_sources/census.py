@@ -72,12 +72,17 @@ class _Seen:
         then, with `fresh_only`)."""
         if self.cookie is not None:
             diag = _diag.query(self.family, self.local, self.remote, self.cookie)
-            info = diag.figures(self.side == "client") if diag is not None else None
+            info = _figures(diag, self.side == "client") if diag is not None else None
             if diag is not None and info is not None:
                 self.last = info
                 self.fin_seen = self.fin_seen or diag.state in _FIN_RECEIVED
                 return info
         return None if fresh_only else self.last
+
+
+def _figures(diag: _diag.Diag, client: bool, fin: int | None = None) -> _kernel.TcpInfo | None:
+    fields = _kernel.unpack(diag.info) if diag.info is not None else None
+    return _kernel.decode(fields, diag.unread, client, fin) if fields is not None else None
 
 
 def _inspect(fd: int) -> _Seen:
@@ -285,7 +290,7 @@ class Census:
             self._closing.pop(diag.cookie, None)
             if seen is None or seen.conn is None:
                 continue
-            final = diag.figures(seen.side == "client", _diag.fin_at_destroy(diag, seen.fin_seen))
+            final = _figures(diag, seen.side == "client", _diag.fin_at_destroy(diag, seen.fin_seen))
             if final is not None:
                 seen.last = final
             _engine.found_closed(seen.conn, seen.last)

@@ -20,11 +20,12 @@ _recv, _recv_into, _recvfrom, _recvfrom_into = _C.recv, _C.recv_into, _C.recvfro
 _sendmsg: Any = getattr(_C, "sendmsg", None)
 _recvmsg: Any = getattr(_C, "recvmsg", None)
 _recvmsg_into: Any = getattr(_C, "recvmsg_into", None)
-_connect, _connect_ex, _getsockopt = _C.connect, _C.connect_ex, _C.getsockopt
+_connect, _connect_ex, _getsockopt, _stock_shutdown = _C.connect, _C.connect_ex, _C.getsockopt, _C.shutdown
 stock_del = _C.__del__
 _stock: Any = _StockSocket
 _stock_accept, _stock_detach, _stock_real_close = _stock.accept, _stock.detach, _stock._real_close
 _SOL_SOCKET, _SO_ERROR = _socketmod.SOL_SOCKET, _socketmod.SO_ERROR
+_PEEK = _socketmod.MSG_PEEK  # a peek leaves the data to be read: it is not a read
 _len = len
 
 
@@ -92,6 +93,12 @@ class _Lifecycle:
             _engine.accepted(sock)
         return sock, address
 
+    def shutdown(self, how: int) -> None:
+        c = self._netstats_counts
+        if c is not None:
+            _engine.shutting_down(c.conn, self)
+        _stock_shutdown(self, how)
+
     def detach(self) -> int:
         c = self._netstats_counts
         if c is not None:
@@ -100,14 +107,14 @@ class _Lifecycle:
 
     def _real_close(self, _ss: Any = _C) -> None:
         c = self._netstats_counts
-        if c is not None:
-            _engine.finish(c.conn, self)
+        if c is not None and c.conn.closed is None:
+            _engine.finish(c.conn, self, True)
         _stock_real_close(self, _ss)  # type: ignore[arg-type]
 
     def __del__(self) -> None:
         c = self._netstats_counts
-        if c is not None:
-            _engine.finish(c.conn, self)
+        if c is not None and c.conn.closed is None:
+            _engine.finish(c.conn, self, True)
         stock_del(self)  # type: ignore[arg-type]
 
 
@@ -158,50 +165,52 @@ class _Counting(_Lifecycle):
                 c.add_write(n)
             return n
 
-    # -- reads
+    # -- reads (a peek, MSG_PEEK, leaves the data in place: not a read)
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data: bytes = _recv(self, bufsize, flags)
         c = self._netstats_counts
-        if c is not None and data:
+        if c is not None and data and not flags & _PEEK:
             c.add_read(_len(data))
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         n: int = _recv_into(self, buffer, nbytes, flags)
         c = self._netstats_counts
-        if c is not None and n:
+        if c is not None and n and not flags & _PEEK:
             c.add_read(n)
         return n
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         result = _recvfrom(self, bufsize, flags)
         c = self._netstats_counts or _engine.datagram(self)
-        if c is not None and result[0]:
+        if c is not None and result[0] and not flags & _PEEK:
             c.add_read(_len(result[0]))
         return result  # type: ignore[no-any-return]
 
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         result = _recvfrom_into(self, buffer, nbytes, flags)
         c = self._netstats_counts or _engine.datagram(self)
-        if c is not None and result[0]:
+        if c is not None and result[0] and not flags & _PEEK:
             c.add_read(result[0])
         return result  # type: ignore[no-any-return]
 
     if _recvmsg is not None:
 
-        def recvmsg(self, *args: Any) -> tuple[bytes, Any, int, Any]:
-            result = _recvmsg(self, *args)
+        def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, Any, int, Any]:
+            result = _recvmsg(self, bufsize, ancbufsize, flags)
             c = self._netstats_counts or _engine.datagram(self)
-            if c is not None and result[0]:
+            if c is not None and result[0] and not flags & _PEEK:
                 c.add_read(_len(result[0]))
             return result  # type: ignore[no-any-return]
 
     if _recvmsg_into is not None:
 
-        def recvmsg_into(self, *args: Any) -> tuple[int, Any, int, Any]:
-            result = _recvmsg_into(self, *args)
+        def recvmsg_into(
+            self, buffers: Any, ancbufsize: int = 0, flags: int = 0
+        ) -> tuple[int, Any, int, Any]:
+            result = _recvmsg_into(self, buffers, ancbufsize, flags)
             c = self._netstats_counts or _engine.datagram(self)
-            if c is not None and result[0]:
+            if c is not None and result[0] and not flags & _PEEK:
                 c.add_read(result[0])
             return result  # type: ignore[no-any-return]
 
@@ -221,6 +230,8 @@ class KernelCountedSocket(_Lifecycle, _StockSocket, metaclass=_SocketMeta):
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Any = None) -> None:
         self._netstats_counts = None
         _StockSocket.__init__(self, family, type, proto, fileno)
+        if fileno is not None and _engine.any_shared():  # dup(), fromfd(), accept()...
+            _engine.another_descriptor(self)
 
 
 class CountingSocket(_Counting, KernelCountedSocket):

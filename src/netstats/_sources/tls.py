@@ -13,6 +13,7 @@ The per-call wrappers here keep the contract in __init__.py.
 
 from __future__ import annotations
 
+import _socket
 import ssl as _sslmod
 from typing import Any
 
@@ -20,6 +21,7 @@ from .. import _engine, _handshakes, _state
 from .sockets import nbytes, stock_del
 
 _WANT = (_sslmod.SSLWantReadError, _sslmod.SSLWantWriteError, BlockingIOError)
+_PEEK = _socket.MSG_PEEK  # before TLS starts (or after unwrap()), a peek is not a read
 _len = len
 
 
@@ -100,14 +102,14 @@ class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         data = super().recv(buflen, flags)  # through read() once TLS is on: counted there
         c = self._netstats_counts
-        if c is not None and data and self._sslobj is None:
+        if c is not None and data and self._sslobj is None and not flags & _PEEK:
             c.add_read(_len(data))
         return data
 
     def recv_into(self, buffer: Any, nbytes: Any = None, flags: int = 0) -> int:
         n: int = super().recv_into(buffer, nbytes, flags)  # through read() once TLS is on
         c = self._netstats_counts
-        if c is not None and n and self._sslobj is None:
+        if c is not None and n and self._sslobj is None and not flags & _PEEK:
             c.add_read(n)
         return n
 
