@@ -32,6 +32,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/sockets.py
 	$(BIN)/python bench/connections.py
+	$(BIN)/python bench/census.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

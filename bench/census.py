@@ -25,6 +25,7 @@ from netstats._sources import census
 
 
 def open_pairs(n: int) -> tuple[list[object], list[object]]:
+    """n connections, both ends in this process; the listener stays open (it is the last server)."""
     listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(4096)
@@ -37,7 +38,7 @@ def open_pairs(n: int) -> tuple[list[object], list[object]]:
         servers.append(_socket.socket(fileno=fd))
         c.send(b"x" * 64)
         clients.append(c)
-    listener.close()
+    servers.append(listener)
     return clients, servers
 
 
@@ -71,7 +72,9 @@ def measure(sockets: int, seconds: float) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sockets", type=int, nargs="+", default=[10, 1000])
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
@@ -82,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     need = max(args.sockets) + 64
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
-    print(f"netstats {netstats.__version__}, Python {sys.version.split()[0]}, census every {census.INTERVAL}s")
+    print(
+        f"netstats {netstats.__version__}, Python {sys.version.split()[0]}, census every {census.INTERVAL}s"
+    )
     print(f"{'sockets':>8} {'CPU of one core':>16} {'one sweep':>10}")
     for n in args.sockets:
         r = measure(n, args.seconds)

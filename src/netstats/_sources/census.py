@@ -119,6 +119,7 @@ class Census:
         self._known: dict[int, _Seen] = {}  # socket inode -> what it is
         self._by_cookie: dict[int, _Seen] = {}  # found connections, for the destroy feed
         self._closing: dict[int, float] = {}  # cookie -> until when its destroy notification may come
+        self._listened: set[int] = set()  # local ports of the listeners seen (65,536 at most)
         self._lock = threading.Lock()  # one sweep at a time (the thread's, or stop()'s last one)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,6 +157,7 @@ class Census:
             self._known.clear()
             self._by_cookie.clear()
             self._closing.clear()
+            self._listened.clear()
         _diag.close_query_socket()
 
     def forget_after_fork(self) -> None:
@@ -211,7 +213,10 @@ class Census:
                 seen = self._known.get(st.st_ino)
                 if seen is None or seen.kind == _Seen.WAITING:
                     self._known[st.st_ino] = self._classify(fd, seen, baseline)
-            listening = {s.local[1] for s in self._known.values() if s.kind == _Seen.LISTENER}
+            # A local port this process listens on, or did while the census ran (a server may
+            # stop listening and keep its accepted connections): an accepted connection's.
+            self._listened.update(s.local[1] for s in self._known.values() if s.kind == _Seen.LISTENER)
+            listening = self._listened
             for inode, seen in list(self._known.items()):
                 if inode not in present:
                     del self._known[inode]
