@@ -21,6 +21,7 @@ BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 _capture: Capture | None = None
 _dumped = False
 _following = False
+_accepts_before = 0
 
 
 def start_from_environment() -> None:
@@ -32,7 +33,8 @@ def start_from_environment() -> None:
 
 
 def _begin() -> None:
-    global _capture, _dumped
+    global _capture, _dumped, _accepts_before
+    _accepts_before = _state.accepts
     _capture = Capture(keep=True, servers=os.environ.get("NETSTATS_SERVERS") == "1").start()
     _dumped = False
 
@@ -77,10 +79,11 @@ def dump() -> None:
     _dumped = True
     _capture.stop()
     records: list[dict[str, Any]] = [c.as_dict() for c in _capture.connections]
+    accepts = 0 if _capture.servers else _state.accepts - _accepts_before
     path = os.path.join(folder, f"{os.getpid()}.json")
     try:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(records, f)
+            json.dump({"connections": records, "accepts_left_out": accepts}, f)
         os.replace(path + ".tmp", path)
     except OSError:
         pass
@@ -92,14 +95,23 @@ def dump_fork_child(inherited: Capture) -> None:
     dump()
 
 
-def collect(folder: str) -> list[dict[str, Any]]:
-    """Every connection the children wrote, oldest process first."""
-    out: list[dict[str, Any]] = []
+def _dumps(folder: str) -> list[dict[str, Any]]:
+    out = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".json"):
             try:
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    out.extend(json.load(f))
+                    out.append(json.load(f))
             except (OSError, ValueError):
                 continue
     return out
+
+
+def collect(folder: str) -> list[dict[str, Any]]:
+    """Every connection the children wrote, oldest process first."""
+    return [conn for dump in _dumps(folder) for conn in dump["connections"]]
+
+
+def accepts(folder: str) -> int:
+    """Connections the children accepted and left out (they captured without servers)."""
+    return sum(int(dump.get("accepts_left_out", 0)) for dump in _dumps(folder))

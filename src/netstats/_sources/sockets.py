@@ -88,6 +88,7 @@ class _Lifecycle:
 
     def accept(self) -> tuple[Any, Any]:
         sock, address = _stock_accept(self)  # type: ignore[arg-type]
+        _state.count_accept()
         if _state.serving and isinstance(sock, _Lifecycle):
             _engine.accepted(sock)
         return sock, address
