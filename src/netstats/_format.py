@@ -128,6 +128,9 @@ def clip(text: str, width: int) -> str:
         return text
     if width < 2:
         return text[:width]
-    tail = text[len(text) - width + 1 :]
-    cut = tail.find(os.sep)
-    return "…" + (tail[cut:] if 0 < cut < len(tail) // 2 else tail)
+    parts = text.split(os.sep)
+    for i in range(1, len(parts)):  # leading folders first: "…/client.py:12 in fetch"
+        shorter = "…" + os.sep + os.sep.join(parts[i:])
+        if len(shorter) <= width:
+            return shorter
+    return "…" + text[len(text) - width + 1 :]

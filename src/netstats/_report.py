@@ -283,7 +283,8 @@ def render_text(
     run: Run, by: str | None = None, *, top: int | None = None, sort: str = "bytes", wide: bool = False
 ) -> str:
     """The text report: a summary line, then a row per connection (or per group), largest first,
-    and a total line. Fits 120 columns unless `wide`; `top` shows only the first rows."""
+    and a total line. Fits 120 columns (places in the code shortened); `wide` shows every column
+    (the remote address, wire bytes, origin) in full; `top` shows only the first rows."""
     lines = _summary(run)
     if not run.connections:
         return "\n".join(lines) + "\n"
@@ -298,6 +299,8 @@ def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
     if wide:
         header[3:3] = ["REMOTE"]
         header[6:6] = ["WIRE TX", "WIRE RX"]
+    else:  # the origin (usually a library) is in --wide and --by origin
+        header.pop()
     rows = []
     for c in shown:
         proto = c["transport"] + (f"+{c['tls']}" if c.get("tls") else "")
@@ -314,11 +317,11 @@ def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
             tls,
             duration(c.get("duration")),
             caller if not c.get("error") else f"{caller} ! {c['error']}",
-            short_frame(c.get("origin")),
         ]
         if wide:
             row[3:3] = [address(c.get("remote"))]
             row[6:6] = [size(c.get("wire_tx")), size(c.get("wire_rx"))]
+            row.append(short_frame(c.get("origin")))
         rows.append(row)
     everything = run.connections
     totals = [
@@ -330,9 +333,9 @@ def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
         _tls_plus(everything),
         "",
         "",
-        "",
     ]
     if wide:
+        totals.append("")
         totals[3:3] = [""]
         totals[6:6] = [size_total(c.get("wire_tx") for c in everything)]
         totals[7:7] = [size_total(c.get("wire_rx") for c in everything)]
@@ -342,7 +345,7 @@ def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
         if name in ("PID", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME")
     }
     if not wide:
-        _fit(rows, header, [2, 7, 8], WIDTH)
+        _fit([*rows, totals], header, [2, 7], WIDTH)
     lines = _table(header, [*rows, totals], numbers)
     if len(shown) < len(conns):
         lines.insert(-1, f"... {len(conns) - len(shown)} more connection(s) not shown (--top {top})")
@@ -421,7 +424,7 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
         duration_total(c.get("duration") for c in conns),
     ]
     if not wide:
-        _fit(rows, header, [0], WIDTH)
+        _fit([*rows, totals], header, [0], WIDTH)
     lines = _table(header, [*rows, totals], set(range(1, len(header))))
     if len(shown) < len(rows_data):
         lines.insert(-1, f"... {len(rows_data) - len(shown)} more group(s) not shown (--top {top})")

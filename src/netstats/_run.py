@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
+import marshal
 import os
 import runpy
 import shutil
@@ -12,6 +14,8 @@ import tempfile
 import threading
 import time
 import traceback
+import types
+import zipfile
 from collections.abc import Callable
 from types import FrameType
 
@@ -125,7 +129,7 @@ def run_program(
         if module:
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(os.path.abspath(target), run_name="__main__")  # __file__ absolute
+            _run_path(target)
     except SystemExit as exc:
         exit_code = _exit_code(exc)
     except KeyboardInterrupt:
@@ -152,6 +156,27 @@ def run_program(
     run = result(exit_code)
     shutil.rmtree(folder, ignore_errors=True)
     return run
+
+
+def _run_path(target: str) -> None:
+    """As python runs a script: `__file__` absolute, `sys.argv[0]` as given (runpy.run_path
+    gives both the path as given). A folder or zip with a `__main__` goes through runpy."""
+    path = os.path.abspath(target)
+    if not os.path.isfile(path) or zipfile.is_zipfile(path):
+        runpy.run_path(target, run_name="__main__")
+        return
+    with open(path, "rb") as f:
+        source = f.read()
+    code = marshal.loads(source[16:]) if path.endswith(".pyc") else compile(source, path, "exec")
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins)
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
 
 
 def _restore_path(saved_path0: str | None) -> None:
