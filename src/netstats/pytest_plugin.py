@@ -6,18 +6,22 @@ nothing and prints nothing.
 
 - ``pytest --netstats``: a "netstats" section in the terminal summary with one row per test that
   touched the network (tx, rx, TLS overhead, connections, hosts), busiest first, and a total row.
-  ``--netstats-top N`` shows the N busiest rows only. ``--netstats-json FILE`` writes the data.
+  Sizes as in every netstats report (B, KiB, MiB); "?" where unknown, "-" where not applicable.
+  ``--netstats-top N`` shows the N busiest rows only (with --netstats). ``--netstats-json FILE``
+  writes the data (the path is checked at start-up).
 - ``@pytest.mark.netstats(max_tx=, max_rx=, max_connections=, allow_hosts=[...])``: a test over
   budget, or that tried to reach a host not allowed (a refused or blocked attempt included), fails
   naming the offending connections; over budget only by its teardown, it errs at teardown; a test
   that failed on its own reports that failure. ``allow_hosts`` takes names, addresses and CIDR
-  ranges; ``localhost``, 127.0.0.0/8 and ::1 are one host; Unix sockets and unconnected UDP are
-  always allowed. ``max_connections`` counts the connections the test opened that connected
-  (failed attempts are listed, not counted). A class or module marker gives defaults that a
+  ranges: an address matches only itself, a range its addresses, and the name ``localhost`` also
+  127.0.0.1 and ::1; Unix sockets and unconnected UDP are always allowed. ``max_connections``
+  counts the connections the test opened that connected (failed attempts are listed, not
+  counted). A class or module marker gives defaults that a
   closer one overrides, argument by argument.
 - ``--netstats-block``: a connect to a host outside the running test's ``allow_hosts`` raises
   `NetstatsBlocked` (a ConnectionRefusedError, errno ECONNREFUSED) before it is made. The name
-  lookup before it still happens, and wider-scoped fixtures are never blocked.
+  lookup before it still happens; tests without ``allow_hosts`` and wider-scoped fixtures are
+  never blocked.
 - the ``netstats`` fixture: the test's own `netstats.Capture`, active from the start of the
   test's setup to the end of its teardown (``netstats.tx``, ``.connections``, ``netstats.mark``).
 
@@ -30,34 +34,39 @@ shares), prints the summary and writes the JSON. Verdicts are given in the worke
 JSON (``--netstats-json``)::
 
     {"version": 1,
-     "totals": {"tx": int, "rx": int, "tls_overhead": int, "connections": int, "tests": int},
+     "totals": {"tx": int, "rx": int, "tls_overhead": int | null, "connections": int, "tests": int},
      "rows": [                                  # every test run, network or not, by name
        {"name": "test_x.py::test_y",            # a nodeid, or "<... fixtures ...>", "<outside tests>"
         "kind": "test" | "fixtures" | "outside",
         "tx": int, "rx": int,                   # application bytes moved in this row's windows
-        "tls_overhead": int,                    # TLS bytes on the wire beyond them (Linux)
+        "tls_overhead": int | null,             # TLS bytes on the wire beyond them (Linux; null
+                                                # where unknown, 0 for plain connections)
         "connections": [
           {"id": int, "pid": int, "transport": "tcp" | "udp" | "unix",
            "host": str | null, "remote": [address, port] | str | null, "tls": str | null,
            "error": str | null,                 # a failed or blocked connect: the exception's name
            "opened_here": bool,                 # opened in this row's windows (else earlier)
            "tx": int, "rx": int,                # its bytes in this row's windows
-           "wire_tx": int, "wire_rx": int,      # its TCP stream bytes then (0 where unknown)
-           "tls_overhead": int,
+           "wire_tx": int | null, "wire_rx": int | null,  # its TCP stream bytes then (null where
+                                                # the kernel does not tell: UDP, Unix, not Linux)
+           "tls_overhead": int | null,
            "origin": str | null, "caller": str | null}]}]}
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from netstats import Capture
 from netstats._errors import NetstatsBlocked
+from netstats._format import NOT_APPLICABLE, size
 from netstats._ledger import AllowHosts, Budget, Ledger, Window, merge_rows, totals
 
 __all__ = ["AllowHosts", "Budget", "NetstatsBlocked", "NetstatsPlugin"]
@@ -65,7 +74,7 @@ __all__ = ["AllowHosts", "Budget", "NetstatsBlocked", "NetstatsPlugin"]
 MARKER = (
     "netstats(max_tx=None, max_rx=None, max_connections=None, allow_hosts=None): fail the test if it "
     "moves more bytes or opens more connections than given, or reaches a host not in allow_hosts "
-    "(names, addresses, CIDR ranges)."
+    "(names, addresses, CIDR ranges; localhost is also 127.0.0.1 and ::1)."
 )
 
 
@@ -89,7 +98,26 @@ def pytest_configure(config: pytest.Config) -> None:
     top = config.getoption("netstats_top")
     if top is not None and top < 1:
         raise pytest.UsageError("--netstats-top needs a number of rows >= 1")
+    if top is not None and not config.getoption("netstats"):
+        raise pytest.UsageError("--netstats-top limits the rows of --netstats's summary: add --netstats")
+    path = config.getoption("netstats_json")
+    if path is not None and not hasattr(config, "workerinput"):  # the controller writes it
+        problem = _unwritable(config.invocation_params.dir / path)
+        if problem:
+            raise pytest.UsageError(f"--netstats-json {path}: {problem}")
     config.pluginmanager.register(NetstatsPlugin(config), "netstats-plugin")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the JSON could not be written to path at the end of the run, or None: checked at
+    start-up, so that no run's data is lost to a wrong path."""
+    if path.is_dir():
+        return "is a directory"
+    if not path.parent.is_dir():
+        return f"no such directory {str(path.parent)!r}"
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        return "permission denied"
+    return None
 
 
 @pytest.fixture(name="netstats")
@@ -277,6 +305,11 @@ def _hosts(row: dict[str, Any], most: int = 3) -> str:
     return ", ".join(names[:most]) + more
 
 
+def _tls_plus(overhead: int | None, connections: list[dict[str, Any]]) -> str:
+    """The TLS overhead: "-" with no TLS connection, "?" where the kernel did not tell."""
+    return size(overhead) if any(c["tls"] for c in connections) else NOT_APPLICABLE
+
+
 def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int | None) -> None:
     tr.write_sep("=", "netstats: network use per test")
     busy = sorted((r for r in rows if r["connections"]), key=lambda r: (-(r["tx"] + r["rx"]), r["name"]))
@@ -285,14 +318,15 @@ def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int |
         return
     shown = busy[:top] if top else busy
     width = max(len(r["name"]) for r in shown)
-    tr.write_line(f"{'tx':>12} {'rx':>12} {'tls+':>8} {'conns':>5}  {'test':<{width}}  hosts")
+    tr.write_line(f"{'tx':>10} {'rx':>10} {'tls+':>10} {'conns':>5}  {'test':<{width}}  hosts")
     for r in shown:
-        tls = f"{r['tls_overhead']:>8,}" if r["tls_overhead"] else f"{'-':>8}"
-        line = f"{r['tx']:>12,} {r['rx']:>12,} {tls} {len(r['connections']):>5}  {r['name']:<{width}}"
+        tls = _tls_plus(r["tls_overhead"], r["connections"])
+        figures = f"{size(r['tx']):>10} {size(r['rx']):>10} {tls:>10} {len(r['connections']):>5}"
+        line = f"{figures}  {r['name']:<{width}}"
         tr.write_line(f"{line}  {_hosts(r)}".rstrip())
     if len(busy) > len(shown):
         tr.write_line(f"... {len(busy) - len(shown)} more row(s) not shown (--netstats-top {top})")
     t = totals(rows)
     used = f"{sum(1 for r in busy if r['kind'] == 'test')} of {t['tests']} tests used the network"
-    tls = f"{t['tls_overhead']:>8,}" if t["tls_overhead"] else f"{'-':>8}"
-    tr.write_line(f"{t['tx']:>12,} {t['rx']:>12,} {tls} {t['connections']:>5}  total ({used})")
+    tls = _tls_plus(t["tls_overhead"], [c for r in rows for c in r["connections"]])
+    tr.write_line(f"{size(t['tx']):>10} {size(t['rx']):>10} {tls:>10} {t['connections']:>5}  total ({used})")
