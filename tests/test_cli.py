@@ -929,3 +929,45 @@ def test_version_and_the_help_of_report_and_demo(tmp_path):
     assert "examples:" in report and "netstats report run.json --by host" in report
     demo = netstats("demo", "--help", cwd=tmp_path).stdout
     assert "loopback HTTP and an HTTPS server" in re.sub(r"\s+", " ", demo)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix addresses are Linux's")
+def test_a_unix_socket_with_an_abstract_address_is_saved_and_shown(tmp_path):
+    program(
+        tmp_path,
+        "abstract.py",
+        """\
+        import os, socket, threading
+
+        name = f"\\0netstats-test-{os.getpid()}".encode()
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(name)
+        server.listen()
+
+        def serve():
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(conn.recv(100) * 2)
+
+        threading.Thread(target=serve).start()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(name)
+            s.sendall(b"hello")
+            assert s.recv(100) == b"hellohello"
+        print(os.getpid())
+        """,
+        talk=False,
+    )
+    saved = tmp_path / "run.json"
+    result = netstats("run", "--format", "json", "-o", str(saved), "abstract.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pid = result.stdout.strip()
+    (conn,) = load(saved)["connections"]
+    assert (conn["transport"], conn["remote"], conn["tx"], conn["rx"]) == (
+        "unix",
+        f"\0netstats-test-{pid}",
+        5,
+        10,
+    )
+    text = netstats("report", str(saved), cwd=tmp_path).stdout
+    assert table_rows(text)[0][1:5] == ["unix", f"@netstats-test-{pid}", "5 B", "10 B"]

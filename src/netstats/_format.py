@@ -105,10 +105,14 @@ def short_frame(frame: str | None, cwd: str | None = None) -> str:
 
 def address(remote: Any) -> str:
     """An (address, port) pair as people write it: 127.0.0.1:80, [::1]:80; a Unix path as it
-    is; "-" for none (no peer)."""
+    is, an abstract one as @name; "-" for none (no peer)."""
     if isinstance(remote, (list, tuple)) and len(remote) >= 2:
         host, port = remote[0], remote[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(remote, bytes):
+        remote = remote.decode("utf-8", "backslashreplace")
+    if isinstance(remote, str) and remote.startswith("\0"):
+        return "@" + remote[1:]  # a Unix socket's abstract address, as ss(8) writes it
     return str(remote) if remote else NOT_APPLICABLE
 
 
