@@ -971,3 +971,5 @@ def test_a_unix_socket_with_an_abstract_address_is_saved_and_shown(tmp_path):
     )
     text = netstats("report", str(saved), cwd=tmp_path).stdout
     assert table_rows(text)[0][1:5] == ["unix", f"@netstats-test-{pid}", "5 B", "10 B"]
+    wide = netstats("report", str(saved), "--wide", cwd=tmp_path).stdout
+    assert table_rows(wide)[0][6:9] == ["-", "-", "-"]  # wire bytes and TLS+: not a TCP stream, not TLS

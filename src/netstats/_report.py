@@ -261,7 +261,7 @@ def _summary(run: Run) -> list[str]:
         f"tx {size_total((c.get('tx') for c in conns), size(0))}",
         f"rx {size_total((c.get('rx') for c in conns), size(0))}",
     ]
-    wire = [(c.get("wire_tx"), c.get("wire_rx")) for c in conns]
+    wire = [(c.get("wire_tx"), c.get("wire_rx")) for c in conns if _has(c, "wire_tx")]
     if any(w != (None, None) for w in wire):
         parts.append(f"wire tx {size_total(w[0] for w in wire)} rx {size_total(w[1] for w in wire)}")
     parts.append(duration(run.finished - run.started))
@@ -292,61 +292,66 @@ def render_text(
     return "\n".join([*lines, "", *table]) + "\n"
 
 
+@dataclass(frozen=True)
+class _Column:
+    """A column of the per-connection table: its cell for a connection and on the total line."""
+
+    name: str
+    cell: Callable[[dict[str, Any]], str]
+    total: Callable[[list[dict[str, Any]]], str] = lambda conns: ""
+    right: bool = False  # aligned right (figures)
+    wide: bool = False  # shown with --wide only
+
+
+def _proto(c: dict[str, Any]) -> str:
+    tls = f"+{c['tls']}" if c.get("tls") else ""
+    return f"{c['transport']}{tls}{' (in)' if c.get('side') == 'server' else ''}"
+
+
+def _caller(c: dict[str, Any]) -> str:
+    caller = short_frame(c.get("caller"))
+    return f"{caller} ! {c['error']}" if c.get("error") else caller
+
+
+def _has(c: dict[str, Any], name: str) -> bool:
+    """Whether a connection has such a figure at all: wire bytes are a TCP stream's."""
+    return c["transport"] == "tcp" or not name.startswith("wire_")
+
+
+def _figure(name: str) -> Callable[[dict[str, Any]], str]:
+    return lambda c: size(c.get(name)) if _has(c, name) else NOT_APPLICABLE
+
+
+def _summed(name: str) -> Callable[[list[dict[str, Any]]], str]:
+    return lambda conns: size_total(c.get(name) for c in conns if _has(c, name))
+
+
+COLUMNS = (
+    _Column("PID", lambda c: str(c["pid"]), right=True),
+    _Column("PROTO", _proto, lambda conns: "total"),
+    _Column("PEER", lambda c: peer(c.get("host"), c.get("remote")), lambda conns: f"{len(conns)} conn."),
+    _Column("REMOTE", lambda c: address(c.get("remote")), wide=True),
+    _Column("TX", _figure("tx"), _summed("tx"), right=True),
+    _Column("RX", _figure("rx"), _summed("rx"), right=True),
+    _Column("WIRE TX", _figure("wire_tx"), _summed("wire_tx"), right=True, wide=True),
+    _Column("WIRE RX", _figure("wire_rx"), _summed("wire_rx"), right=True, wide=True),
+    _Column("TLS+", lambda c: size(overhead(c)) if c.get("tls") else NOT_APPLICABLE, _tls_plus, right=True),
+    _Column("TIME", lambda c: duration(c.get("duration")), right=True),
+    _Column("CALLER", _caller),
+    _Column("ORIGIN", lambda c: short_frame(c.get("origin")), wide=True),  # usually a library
+)
+
+
 def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
     conns = order(run.connections, sort)
     shown = conns[:top] if top else conns
-    header = ["PID", "PROTO", "PEER", "TX", "RX", "TLS+", "TIME", "CALLER", "ORIGIN"]
-    if wide:
-        header[3:3] = ["REMOTE"]
-        header[6:6] = ["WIRE TX", "WIRE RX"]
-    else:  # the origin (usually a library) is in --wide and --by origin
-        header.pop()
-    rows = []
-    for c in shown:
-        proto = c["transport"] + (f"+{c['tls']}" if c.get("tls") else "")
-        if c.get("side") == "server":
-            proto += " (in)"
-        tls = size(overhead(c)) if c.get("tls") else NOT_APPLICABLE
-        caller = short_frame(c.get("caller"))
-        row = [
-            str(c["pid"]),
-            proto,
-            peer(c.get("host"), c.get("remote")),
-            size(c.get("tx")),
-            size(c.get("rx")),
-            tls,
-            duration(c.get("duration")),
-            caller if not c.get("error") else f"{caller} ! {c['error']}",
-        ]
-        if wide:
-            row[3:3] = [address(c.get("remote"))]
-            row[6:6] = [size(c.get("wire_tx")), size(c.get("wire_rx"))]
-            row.append(short_frame(c.get("origin")))
-        rows.append(row)
-    everything = run.connections
-    totals = [
-        "",
-        "total",
-        f"{len(everything)} conn.",
-        size_total(c.get("tx") for c in everything),
-        size_total(c.get("rx") for c in everything),
-        _tls_plus(everything),
-        "",
-        "",
-    ]
-    if wide:
-        totals.append("")
-        totals[3:3] = [""]
-        totals[6:6] = [size_total(c.get("wire_tx") for c in everything)]
-        totals[7:7] = [size_total(c.get("wire_rx") for c in everything)]
-    numbers = {
-        i
-        for i, name in enumerate(header)
-        if name in ("PID", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME")
-    }
+    columns = [col for col in COLUMNS if wide or not col.wide]
+    header = [col.name for col in columns]
+    rows = [[col.cell(c) for col in columns] for c in shown]
+    totals = [col.total(run.connections) for col in columns]
     if not wide:
-        _fit([*rows, totals], header, [2, 7], WIDTH)
-    lines = _table(header, [*rows, totals], numbers)
+        _fit([*rows, totals], header, [header.index("PEER"), header.index("CALLER")], WIDTH)
+    lines = _table(header, [*rows, totals], {i for i, col in enumerate(columns) if col.right})
     if len(shown) < len(conns):
         lines.insert(-1, f"... {len(conns) - len(shown)} more connection(s) not shown (--top {top})")
     return lines + _legend([*rows, totals])
@@ -379,7 +384,7 @@ def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
         g: dict[str, Any] = {by: key, "connections": len(conns)}
         incomplete = []
         for name in _SUMMED:
-            g[name], unknown = total(c.get(name) for c in conns)
+            g[name], unknown = total(c.get(name) for c in conns if _has(c, name))
             if unknown:
                 incomplete.append(name)
         tls = [overhead(c) for c in conns if c.get("tls")]
@@ -399,11 +404,8 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
 
     def figure(g: dict[str, Any], name: str, fmt: Callable[[Any], str]) -> str:
         if g[name] is None:
-            return (
-                NOT_APPLICABLE
-                if name == "tls_overhead" and "tls_overhead" not in g["incomplete"]
-                else UNKNOWN
-            )
+            # nothing to add up (no TCP, no TLS connection in the group), or an unknown part
+            return UNKNOWN if name in g["incomplete"] else NOT_APPLICABLE
         return fmt(g[name]) + ("+?" if name in g["incomplete"] else "")
 
     rows = [
@@ -419,7 +421,7 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
     totals = [
         "total",
         str(len(conns)),
-        *(size_total(c.get(name) for c in conns) for name in ("tx", "rx", "wire_tx", "wire_rx")),
+        *(_summed(name)(conns) for name in ("tx", "rx", "wire_tx", "wire_rx")),
         _tls_plus(conns),
         duration_total(c.get("duration") for c in conns),
     ]
