@@ -66,7 +66,7 @@ import pytest
 
 from netstats import Capture
 from netstats._errors import NetstatsBlocked
-from netstats._format import NOT_APPLICABLE, size
+from netstats._format import NOT_APPLICABLE, peer, size
 from netstats._ledger import AllowHosts, Budget, Ledger, Window, merge_rows, totals
 
 __all__ = ["AllowHosts", "Budget", "NetstatsBlocked", "NetstatsPlugin"]
@@ -295,10 +295,7 @@ class NetstatsPlugin:
 
 def _hosts(row: dict[str, Any], most: int = 3) -> str:
     def label(c: dict[str, Any]) -> str:
-        remote = c["remote"]
-        if isinstance(remote, list):
-            return f"{c['host'] or remote[0]}:{remote[1]}"
-        return str(remote if remote is not None else c["host"] or c["transport"])
+        return peer(c["host"], c["remote"]) if c["remote"] or c["host"] else c["transport"]
 
     names = sorted({label(c) for c in row["connections"]})
     more = f" (+{len(names) - most})" if len(names) > most else ""
