@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import importlib.machinery
 import importlib.util
 import marshal
 import os
@@ -167,9 +168,12 @@ def _run_path(target: str) -> None:
         return
     with open(path, "rb") as f:
         source = f.read()
-    code = marshal.loads(source[16:]) if path.endswith(".pyc") else compile(source, path, "exec")
+    compiled = path.endswith(".pyc")
+    code = marshal.loads(source[16:]) if compiled else compile(source, path, "exec")
     main = types.ModuleType("__main__")
-    main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins)
+    kind = importlib.machinery.SourcelessFileLoader if compiled else importlib.machinery.SourceFileLoader
+    loader = kind("__main__", path)
+    main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins, __loader__=loader)
     saved = sys.modules.get("__main__")
     sys.modules["__main__"] = main
     try:
