@@ -371,9 +371,10 @@ _SUMMED = ("tx", "rx", "wire_tx", "wire_rx", "duration")
 def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
     """Rows of totals per host (host:port), origin, caller or pid, largest first.
 
-    Each summed figure is the sum of its known parts (None if no part is known); `incomplete`
-    names the figures with an unknown part. `tls_overhead` is over the group's TLS connections
-    (None if it has none)."""
+    Each summed figure is the sum of its known parts; `incomplete` names the figures with an
+    unknown part. A figure is None when no part is known (it is then in `incomplete`) or when
+    there is nothing to add up: wire bytes of a group with no TCP connection, `tls_overhead`
+    (over the group's TLS connections) of one with no TLS connection."""
     if by not in GROUPS:
         raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
     members: dict[str, list[dict[str, Any]]] = {}
@@ -433,10 +434,10 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
     return lines + _legend([*rows, totals])
 
 
-def render_json(run: Run, by: str | None = None, **_: Any) -> str:
+def render_json(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any) -> str:
     data = run.to_json()
     if by:
-        data["groups"] = {"by": by, "rows": groups(run, by)}
+        data["groups"] = {"by": by, "rows": groups(run, by, sort)}
     return json.dumps(data, indent=2) + "\n"
 
 
