@@ -689,6 +689,13 @@ def test_sigterm_writes_the_report_then_ends_the_run_as_killed_by_sigterm(tmp_pa
     # netstats' launcher (the console script).
     for where in (conn["origin"], conn["caller"]):
         assert Path(where.split(":")[0]).parts[-2:] == ("http", "server.py"), where
+    # Grouped by host, accepted connections go by the address that accepted them.
+    by_host = netstats("report", str(tmp_path / "run.json"), "--by", "host", cwd=tmp_path).stdout
+    assert table(by_host)[f"127.0.0.1:{served.port} (in)"][:3] == [
+        "1",
+        f"{received / 1024:.1f} KiB",
+        f"{sent} B",
+    ]
 
 
 def test_without_servers_the_report_says_accepted_connections_were_left_out(tmp_path):

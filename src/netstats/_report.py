@@ -358,6 +358,9 @@ def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
 
 
 def _group_key(conn: dict[str, Any], by: str) -> str:
+    if by == "host" and conn.get("side") == "server":
+        # Accepted connections come from ephemeral ports: they group by the address accepting them.
+        return f"{address(conn.get('local'))} (in)"
     if by == "host":
         return peer(conn.get("host"), conn.get("remote"))
     if by in ("origin", "caller"):
@@ -369,7 +372,8 @@ _SUMMED = ("tx", "rx", "wire_tx", "wire_rx", "duration")
 
 
 def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
-    """Rows of totals per host (host:port), origin, caller or pid, largest first.
+    """Rows of totals per host (host:port; "address:port (in)" for accepted connections, by the
+    address that accepted them), origin, caller or pid, largest first.
 
     Each summed figure is the sum of its known parts; `incomplete` names the figures with an
     unknown part. A figure is None when no part is known (it is then in `incomplete`) or when
