@@ -188,6 +188,7 @@ def test_summary_lists_tests_that_touched_the_network_busiest_first_with_totals(
             "*7.8 KiB*7.8 KiB*-*2*test_a.py::test_big*127.0.0.1:*",
             "*100 B*100 B*-*1*test_a.py::test_small*127.0.0.1:*",
             "*7.9 KiB*7.9 KiB*-*3*total (2 of 3 tests used the network)",
+            "(? unknown, - not applicable)",
         ]
     )
     assert "8,000" not in result.stdout.str()

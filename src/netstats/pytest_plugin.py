@@ -66,7 +66,7 @@ import pytest
 
 from netstats import Capture
 from netstats._errors import NetstatsBlocked
-from netstats._format import NOT_APPLICABLE, peer, size
+from netstats._format import LEGEND, NOT_APPLICABLE, UNKNOWN, peer, size
 from netstats._ledger import AllowHosts, Budget, Ledger, Window, merge_rows, totals
 
 __all__ = ["AllowHosts", "Budget", "NetstatsBlocked", "NetstatsPlugin"]
@@ -327,3 +327,6 @@ def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int |
     used = f"{sum(1 for r in busy if r['kind'] == 'test')} of {t['tests']} tests used the network"
     tls = _tls_plus(t["tls_overhead"], [c for r in rows for c in r["connections"]])
     tr.write_line(f"{size(t['tx']):>10} {size(t['rx']):>10} {tls:>10} {t['connections']:>5}  total ({used})")
+    shown_tls = [_tls_plus(r["tls_overhead"], r["connections"]) for r in shown] + [tls]
+    if any(cell in (NOT_APPLICABLE, UNKNOWN) for cell in shown_tls):
+        tr.write_line(f"({LEGEND})")
