@@ -76,7 +76,7 @@ def echo():
         out.write(f"{server.received}\\n")
 """
 
-SIZE = r"\d+ B|\d+\.\d (?:KiB|MiB|GiB)"  # as every netstats report shows a size
+SIZE = r"(?:\d+ B|\d+\.\d (?:KiB|MiB|GiB))(?:\+\?)?"  # as every netstats report shows a size
 ROW = re.compile(rf"^\s*({SIZE})\s+({SIZE})\s+(?:{SIZE}|-|\?)\s+(\d+)  (.+?)(?:  |$)")
 
 

@@ -152,27 +152,16 @@ class Share:
     conn: Connection
     tx: int = 0
     rx: int = 0
-    wire_tx: int | None = None  # TCP stream bytes, where the kernel tells (Linux); else None
-    wire_rx: int | None = None
+    wire_tx: int = 0  # TCP stream bytes, where the kernel tells (Linux)
+    wire_rx: int = 0
     opened_here: bool = False
 
-    def wire(self) -> tuple[int | None, int | None]:
-        """(wire_tx, wire_rx) in these windows: None where the kernel does not tell (UDP, Unix
-        sockets, other platforms); 0 where it does and none moved in them."""
-        if self.wire_tx is None and self.conn.transport == "tcp" and self.conn.tcp_info() is not None:
-            return 0, 0
-        return self.wire_tx, self.wire_rx
-
     @property
-    def tls_overhead(self) -> int | None:
-        """TLS records and handshake: wire bytes beyond the application's, in these windows;
-        0 for a plain connection, None for a TLS one whose wire bytes are unknown."""
-        if not self.conn.tls:
+    def tls_overhead(self) -> int:
+        """TLS records and handshake: wire bytes beyond the application's, in these windows."""
+        if not self.conn.tls or not (self.wire_tx or self.wire_rx):
             return 0
-        wire_tx, wire_rx = self.wire()
-        if wire_tx is None or wire_rx is None:
-            return None
-        return wire_tx + wire_rx - self.tx - self.rx
+        return self.wire_tx + self.wire_rx - self.tx - self.rx
 
     def describe(self) -> str:
         error = f" ({self.conn.error})" if self.conn.error else ""
@@ -184,7 +173,7 @@ class Share:
         return dict(
             id=c.id, pid=c.pid, transport=c.transport, host=c.host, remote=remote, tls=c.tls,
             error=c.error, opened_here=self.opened_here, tx=self.tx, rx=self.rx,
-            wire_tx=self.wire()[0], wire_rx=self.wire()[1], tls_overhead=self.tls_overhead,
+            wire_tx=self.wire_tx, wire_rx=self.wire_rx, tls_overhead=self.tls_overhead,
             origin=c.origin, caller=c.caller,
         )  # fmt: skip
 
@@ -248,7 +237,7 @@ class Ledger:
 
     def _opened(self, event: str, conn: Connection, nbytes: int | None) -> None:
         with self._lock:
-            self._seen[conn.id] = [conn, 0, 0, None, None]  # wire bytes: None until the kernel tells
+            self._seen[conn.id] = [conn, 0, 0, 0, 0]
             self._share(self._stack[-1].owner, conn).opened_here = True
 
     def _read(self) -> None:
@@ -264,9 +253,8 @@ class Ledger:
                 share = self._share(owner, conn)
                 share.rx += rx - seen[1]
                 share.tx += tx - seen[2]
-                if wire_rx is not None and wire_tx is not None:
-                    share.wire_rx = (share.wire_rx or 0) + wire_rx - (seen[3] or 0)
-                    share.wire_tx = (share.wire_tx or 0) + wire_tx - (seen[4] or 0)
+                share.wire_rx += wire_rx - seen[3]
+                share.wire_tx += wire_tx - seen[4]
                 seen[1:] = rx, tx, wire_rx, wire_tx
             if closed:
                 del self._seen[conn_id]
@@ -286,19 +274,9 @@ def _kind(owner: str) -> str:
     return "outside" if owner == OUTSIDE else "fixtures" if owner.startswith("<") else "test"
 
 
-def _add(values: Iterable[int | None]) -> int | None:
-    """A sum that is unknown (None) if any part is: never a silent zero."""
-    out = 0
-    for v in values:
-        if v is None:
-            return None
-        out += v
-    return out
-
-
 def _row(owner: str, shares: list[Share]) -> dict[str, Any]:
     tx, rx = sum(s.tx for s in shares), sum(s.rx for s in shares)
-    overhead = _add(s.tls_overhead for s in shares)
+    overhead = sum(s.tls_overhead for s in shares)
     connections = [s.as_dict() for s in shares]
     return dict(name=owner, kind=_kind(owner), tx=tx, rx=rx, tls_overhead=overhead, connections=connections)
 
@@ -310,16 +288,16 @@ def merge_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         into = merged.setdefault(row["name"], {**row, "tx": 0, "rx": 0, "tls_overhead": 0, "connections": []})
         into["tx"] += row["tx"]
         into["rx"] += row["rx"]
-        into["tls_overhead"] = _add((into["tls_overhead"], row["tls_overhead"]))
+        into["tls_overhead"] += row["tls_overhead"]
         into["connections"] += row["connections"]
     return [merged[name] for name in sorted(merged)]
 
 
-def totals(rows: list[dict[str, Any]]) -> dict[str, int | None]:
+def totals(rows: list[dict[str, Any]]) -> dict[str, int]:
     return dict(
         tx=sum(r["tx"] for r in rows),
         rx=sum(r["rx"] for r in rows),
-        tls_overhead=_add(r["tls_overhead"] for r in rows),
+        tls_overhead=sum(r["tls_overhead"] for r in rows),
         connections=sum(len(r["connections"]) for r in rows),
         tests=sum(1 for r in rows if r["kind"] == "test"),
     )

@@ -305,6 +305,8 @@ class _Column:
 
 def _proto(c: dict[str, Any]) -> str:
     tls = f"+{c['tls']}" if c.get("tls") else ""
+    if c.get("source") == "kernel":
+        tls = "+? (C)"  # found by the kernel census: made by C code, TLS or not is not known
     return f"{c['transport']}{tls}{' (in)' if c.get('side') == 'server' else ''}"
 
 

@@ -34,22 +34,20 @@ shares), prints the summary and writes the JSON. Verdicts are given in the worke
 JSON (``--netstats-json``)::
 
     {"version": 1,
-     "totals": {"tx": int, "rx": int, "tls_overhead": int | null, "connections": int, "tests": int},
+     "totals": {"tx": int, "rx": int, "tls_overhead": int, "connections": int, "tests": int},
      "rows": [                                  # every test run, network or not, by name
        {"name": "test_x.py::test_y",            # a nodeid, or "<... fixtures ...>", "<outside tests>"
         "kind": "test" | "fixtures" | "outside",
         "tx": int, "rx": int,                   # application bytes moved in this row's windows
-        "tls_overhead": int | null,             # TLS bytes on the wire beyond them (Linux; null
-                                                # where unknown, 0 for plain connections)
+        "tls_overhead": int,                    # TLS bytes on the wire beyond them (Linux)
         "connections": [
           {"id": int, "pid": int, "transport": "tcp" | "udp" | "unix",
            "host": str | null, "remote": [address, port] | str | null, "tls": str | null,
            "error": str | null,                 # a failed or blocked connect: the exception's name
            "opened_here": bool,                 # opened in this row's windows (else earlier)
            "tx": int, "rx": int,                # its bytes in this row's windows
-           "wire_tx": int | null, "wire_rx": int | null,  # its TCP stream bytes then (null where
-                                                # the kernel does not tell: UDP, Unix, not Linux)
-           "tls_overhead": int | null,
+           "wire_tx": int, "wire_rx": int,      # its TCP stream bytes then (0 where unknown)
+           "tls_overhead": int,
            "origin": str | null, "caller": str | null}]}]}
 """
 
@@ -307,6 +305,12 @@ def _tls_plus(overhead: int | None, connections: list[dict[str, Any]]) -> str:
     return size(overhead) if any(c["tls"] for c in connections) else NOT_APPLICABLE
 
 
+def _bytes(count: int, row: dict[str, Any]) -> str:
+    """A size, "+?" after it when connections whose application bytes are not known (made by C
+    code, found by the kernel census: the row's "unknown") add to it."""
+    return size(count) + ("+?" if row.get("unknown") else "")
+
+
 def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int | None) -> None:
     tr.write_sep("=", "netstats: network use per test")
     busy = sorted((r for r in rows if r["connections"]), key=lambda r: (-(r["tx"] + r["rx"]), r["name"]))
@@ -315,18 +319,28 @@ def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int |
         return
     shown = busy[:top] if top else busy
     width = max(len(r["name"]) for r in shown)
-    tr.write_line(f"{'tx':>10} {'rx':>10} {'tls+':>10} {'conns':>5}  {'test':<{width}}  hosts")
+    cells: list[str] = []
+
+    def line(row: dict[str, Any], tls: str, conns: int, name: str) -> str:
+        figures = [_bytes(row["tx"], row), _bytes(row["rx"], row), tls]
+        cells.extend(figures)
+        return f"{figures[0]:>11} {figures[1]:>11} {tls:>10} {conns:>5}  {name}"
+
+    tr.write_line(f"{'tx':>11} {'rx':>11} {'tls+':>10} {'conns':>5}  {'test':<{width}}  hosts")
     for r in shown:
         tls = _tls_plus(r["tls_overhead"], r["connections"])
-        figures = f"{size(r['tx']):>10} {size(r['rx']):>10} {tls:>10} {len(r['connections']):>5}"
-        line = f"{figures}  {r['name']:<{width}}"
-        tr.write_line(f"{line}  {_hosts(r)}".rstrip())
+        name = r["name"].ljust(width)
+        tr.write_line(f"{line(r, tls, len(r['connections']), name)}  {_hosts(r)}".rstrip())
     if len(busy) > len(shown):
         tr.write_line(f"... {len(busy) - len(shown)} more row(s) not shown (--netstats-top {top})")
     t = totals(rows)
     used = f"{sum(1 for r in busy if r['kind'] == 'test')} of {t['tests']} tests used the network"
     tls = _tls_plus(t["tls_overhead"], [c for r in rows for c in r["connections"]])
-    tr.write_line(f"{size(t['tx']):>10} {size(t['rx']):>10} {tls:>10} {t['connections']:>5}  total ({used})")
-    shown_tls = [_tls_plus(r["tls_overhead"], r["connections"]) for r in shown] + [tls]
-    if any(cell in (NOT_APPLICABLE, UNKNOWN) for cell in shown_tls):
+    tr.write_line(line(t, tls, t["connections"], f"total ({used})"))
+    if t.get("unknown"):
+        tr.write_line(
+            f"+? : {t['unknown']} connection(s) made by C code (source kernel): their application bytes "
+            "are not known, only their wire bytes (in --netstats-json)"
+        )
+    if any(cell in (NOT_APPLICABLE, UNKNOWN) or cell.endswith("+?") for cell in cells):
         tr.write_line(f"({LEGEND})")
