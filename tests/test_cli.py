@@ -808,6 +808,21 @@ def test_unknown_figures_are_shown_as_question_marks_and_sums_say_they_have_an_u
     assert totals_row(grouped) == ["total", "2", "1000 B+?", "?", "?", "?", "-", "0.750s"]
 
 
+def test_a_connection_made_by_c_code_shows_what_is_not_known(tmp_path):
+    # As the kernel census records one: wire bytes only; TLS or not, and the application's bytes,
+    # are not known.
+    kernel = conn_record(2, tx=None, rx=None, duration=0.5, source="kernel", wire_tx=700, wire_rx=9000)
+    path = saved_run(
+        tmp_path, [conn_record(1, tx=100, rx=200, duration=0.25, wire_tx=100, wire_rx=200), kernel]
+    )
+    text = netstats("report", str(path), "--wide", cwd=tmp_path).stdout
+    rows = {row[2]: row for row in table_rows(text)}
+    assert rows["127.0.0.1:8002"][1] == "tcp+? (C)"
+    assert rows["127.0.0.1:8002"][4:9] == ["?", "?", "700 B", "8.8 KiB", "?"]  # TX RX WIRE TX WIRE RX TLS+
+    assert rows["127.0.0.1:8001"][4:9] == ["100 B", "200 B", "100 B", "200 B", "-"]
+    assert totals_row(text)[2:7] == ["100 B+?", "200 B+?", "800 B", "9.0 KiB", "?"]
+
+
 def test_grouped_views_have_tls_time_and_a_total_line(tmp_path):
     tls = {"tls": "TLSv1.3", "host": "api.example.org"}
     path = saved_run(

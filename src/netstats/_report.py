@@ -207,9 +207,15 @@ def order(conns: list[dict[str, Any]], sort: str = "bytes") -> list[dict[str, An
     return sorted(conns, key=rank)
 
 
+def _maybe_tls(conn: dict[str, Any]) -> bool:
+    """TLS, or not known to be plain: a connection the kernel census found (made by C code)."""
+    return bool(conn.get("tls")) or conn.get("source") == "kernel"
+
+
 def _tls_plus(conns: list[dict[str, Any]]) -> str:
-    """Summed TLS overhead of the TLS connections among conns; "-" when none is TLS."""
-    return size_total(overhead(c) for c in conns if c.get("tls"))
+    """Summed TLS overhead of the TLS connections among conns ("+?" with one whose TLS is not
+    known); "-" when none is or may be TLS."""
+    return size_total(overhead(c) for c in conns if _maybe_tls(c))
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -337,7 +343,7 @@ COLUMNS = (
     _Column("RX", _figure("rx"), _summed("rx"), right=True),
     _Column("WIRE TX", _figure("wire_tx"), _summed("wire_tx"), right=True, wide=True),
     _Column("WIRE RX", _figure("wire_rx"), _summed("wire_rx"), right=True, wide=True),
-    _Column("TLS+", lambda c: size(overhead(c)) if c.get("tls") else NOT_APPLICABLE, _tls_plus, right=True),
+    _Column("TLS+", lambda c: size(overhead(c)) if _maybe_tls(c) else NOT_APPLICABLE, _tls_plus, right=True),
     _Column("TIME", lambda c: duration(c.get("duration")), right=True),
     _Column("CALLER", _caller),
     _Column("ORIGIN", lambda c: short_frame(c.get("origin")), wide=True),  # usually a library
@@ -394,7 +400,7 @@ def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
             g[name], unknown = total(c.get(name) for c in conns if _has(c, name))
             if unknown:
                 incomplete.append(name)
-        tls = [overhead(c) for c in conns if c.get("tls")]
+        tls = [overhead(c) for c in conns if _maybe_tls(c)]
         g["tls_overhead"], unknown = total(tls)
         if unknown:
             incomplete.append("tls_overhead")
