@@ -551,6 +551,30 @@ def test_report_of_a_missing_file_says_so_in_one_line_and_exits_2(tmp_path):
     assert "nowhere.json" in one_line(result.stderr)
 
 
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_an_output_file_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path, command):
+    program(tmp_path, "mark.py", "open('ran.txt', 'w').close()\n", talk=False)
+    saved = saved_run(tmp_path, [conn_record(1, tx=1, rx=1, duration=0.1)])
+    target = ["mark.py"] if command == "run" else [str(saved)]
+    result = netstats(command, "-o", "nowhere/report.txt", *target, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert (
+        line.startswith(f"netstats {command}: ")
+        and "cannot write nowhere/report.txt: no such directory" in line
+    )
+    assert not (tmp_path / "ran.txt").exists()
+
+
+def test_the_report_goes_where_o_said_even_if_the_program_changes_directory(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    program(tmp_path, "move.py", "import os\nos.chdir('elsewhere')\n", talk=False)
+    result = netstats("run", "-o", "report.txt", "move.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "report.txt").read_text().startswith("netstats: 0 connections")
+    assert not (tmp_path / "elsewhere" / "report.txt").exists()
+
+
 # ---- usage ---------------------------------------------------------------------------------
 
 

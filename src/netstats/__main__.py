@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import NoReturn
 
-from ._report import FORMATS, GROUPS, SORTS, BadRun, Run, render, write
+from ._report import FORMATS, GROUPS, SORTS, BadRun, Run, render, unwritable, write
 from ._version import __version__
 
 EXAMPLES = """\
@@ -121,6 +122,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     else:
         parser.exit(2, "netstats run: error: give a script or -m module (see netstats run --help)\n")
 
+    if args.output:  # checked before the program runs (no run lost to a typo), and kept absolute
+        if unwritable(args.output):  # for a program that changes directory
+            parser.exit(2, f"netstats run: error: cannot write {args.output}: {unwritable(args.output)}\n")
+        args.output = os.path.abspath(args.output)
+
     def report(result: Run) -> None:
         write(_render(result, args), args.output)
 
@@ -149,6 +155,9 @@ def _report(args: argparse.Namespace) -> int:
         print(
             f"netstats report: {args.file}: {what.splitlines()[0] if what else 'malformed'}", file=sys.stderr
         )
+        return 2
+    if args.output and unwritable(args.output):
+        print(f"netstats report: cannot write {args.output}: {unwritable(args.output)}", file=sys.stderr)
         return 2
     write(_render(run, args), args.output, sys.stdout)
     return 0

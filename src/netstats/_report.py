@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -496,6 +497,20 @@ def render(
     if fmt == "text":
         return render_text(run, by, top=top, sort=sort, wide=wide)
     return RENDERERS[fmt](run, by, sort=sort)
+
+
+def unwritable(path: str | os.PathLike[str]) -> str | None:
+    """Why a report could not be written to path, or None: checked before a run, so that a wrong
+    path costs no run."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return "is a directory"
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        return f"no such directory {folder!r}"
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        return "permission denied"
+    return None
 
 
 def write(text: str, path: str | None, stream: Any = None) -> None:

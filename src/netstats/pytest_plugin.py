@@ -54,10 +54,8 @@ JSON (``--netstats-json``)::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,6 +64,7 @@ from netstats import Capture
 from netstats._errors import NetstatsBlocked
 from netstats._format import LEGEND, NOT_APPLICABLE, UNKNOWN, peer, size
 from netstats._ledger import AllowHosts, Budget, Ledger, Window, merge_rows, totals
+from netstats._report import unwritable
 
 __all__ = ["AllowHosts", "Budget", "NetstatsBlocked", "NetstatsPlugin"]
 
@@ -100,22 +99,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--netstats-top limits the rows of --netstats's summary: add --netstats")
     path = config.getoption("netstats_json")
     if path is not None and not hasattr(config, "workerinput"):  # the controller writes it
-        problem = _unwritable(config.invocation_params.dir / path)
+        problem = unwritable(config.invocation_params.dir / path)  # not after the run: no data lost
         if problem:
             raise pytest.UsageError(f"--netstats-json {path}: {problem}")
     config.pluginmanager.register(NetstatsPlugin(config), "netstats-plugin")
-
-
-def _unwritable(path: Path) -> str | None:
-    """Why the JSON could not be written to path at the end of the run, or None: checked at
-    start-up, so that no run's data is lost to a wrong path."""
-    if path.is_dir():
-        return "is a directory"
-    if not path.parent.is_dir():
-        return f"no such directory {str(path.parent)!r}"
-    if not os.access(path if path.exists() else path.parent, os.W_OK):
-        return "permission denied"
-    return None
 
 
 @pytest.fixture(name="netstats")
