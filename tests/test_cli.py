@@ -682,7 +682,9 @@ class Served:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: lines.put(self.process.stdout.readline()), daemon=True).start()  # type: ignore[union-attr]
         first = lines.get(timeout=TIMEOUT)  # "Serving HTTP on 127.0.0.1 port N (...) ..."
-        self.port = int(re.search(r" port (\d+) ", first).group(1))  # type: ignore[union-attr]
+        found = re.search(r" port (\d+) ", first)
+        assert found, f"http.server did not start: {first!r}"
+        self.port = int(found.group(1))
 
     def fetch(self) -> tuple[int, int]:
         """GET the file; (bytes sent, bytes received) as this client counted them."""
@@ -701,8 +703,24 @@ class Served:
         return self.process.returncode, err
 
 
-def test_sigterm_writes_the_report_then_ends_the_run_as_killed_by_sigterm(tmp_path):
-    served = Served(tmp_path, "--servers", "--format", "json", "-o", str(tmp_path / "run.json"))
+@pytest.fixture
+def serve(tmp_path):
+    """Served(tmp_path, *options); whatever a failed test left running is killed."""
+    started: list[Served] = []
+
+    def start(*options: str) -> Served:
+        started.append(Served(tmp_path, *options))
+        return started[-1]
+
+    yield start
+    for served in started:
+        if served.process.poll() is None:
+            served.process.kill()
+            served.process.communicate(timeout=TIMEOUT)
+
+
+def test_sigterm_writes_the_report_then_ends_the_run_as_killed_by_sigterm(tmp_path, serve):
+    served = serve("--servers", "--format", "json", "-o", str(tmp_path / "run.json"))
     sent, received = served.fetch()
     code, err = served.terminate()
     assert code == -signal.SIGTERM, err  # killed by the signal, as python would have been
@@ -722,8 +740,8 @@ def test_sigterm_writes_the_report_then_ends_the_run_as_killed_by_sigterm(tmp_pa
     ]
 
 
-def test_without_servers_the_report_says_accepted_connections_were_left_out(tmp_path):
-    served = Served(tmp_path)
+def test_without_servers_the_report_says_accepted_connections_were_left_out(serve):
+    served = serve()
     served.fetch()
     served.fetch()
     code, err = served.terminate()
