@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netstats.__main__ import main
-from netstats._report import GROUPS
+from netstats._report import GROUPS, SORTS
 from netstats._version import __version__ as netstats_version
 
 TIMEOUT = 60
@@ -965,15 +965,23 @@ def malformed(draw: st.DrawFn) -> Any:
 
 
 @settings(max_examples=300, deadline=None)
-@given(doc=malformed(), fmt=st.sampled_from(["text", "json", "csv"]), by=st.sampled_from([None, *GROUPS]))
-def test_report_of_any_document_renders_or_says_in_one_line_what_is_wrong(doc, fmt, by):
+@given(
+    doc=malformed(),
+    fmt=st.sampled_from(["text", "json", "csv"]),
+    by=st.sampled_from([None, *GROUPS]),
+    layout=st.sampled_from([[], ["--wide"], ["--top", "1"]]),
+    sort=st.sampled_from(SORTS),
+)
+def test_report_of_any_document_renders_or_says_in_one_line_what_is_wrong(doc, fmt, by, layout, sort):
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "doc.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(doc, f)
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["report", path, "--format", fmt, *(["--by", by] if by else [])])
+            code = main(
+                ["report", path, "--format", fmt, "--sort", sort, *layout, *(["--by", by] if by else [])]
+            )
     if code == 0:
         assert out.getvalue() and not err.getvalue()
     else:
