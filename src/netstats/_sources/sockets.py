@@ -88,9 +88,8 @@ class _Lifecycle:
 
     def accept(self) -> tuple[Any, Any]:
         sock, address = _stock_accept(self)  # type: ignore[arg-type]
-        _state.count_accept()
-        if _state.serving and isinstance(sock, _Lifecycle):
-            _engine.accepted(sock)
+        if isinstance(sock, _Lifecycle):
+            _engine.accepted(sock)  # recorded if a capture wants accepted connections, else counted
         return sock, address
 
     def detach(self) -> int:
