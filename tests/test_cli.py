@@ -383,6 +383,52 @@ def test_children_are_reported_with_their_own_pids_and_the_peers_counts(tmp_path
     assert [record["rx"] for record in counts] == [100, 200, 300, 400]
 
 
+def test_children_ended_by_sigterm_are_reported_too(tmp_path, peer):
+    echo = peer("echo")
+    program(
+        tmp_path,
+        "workers.py",
+        """\
+        import json, multiprocessing, sys, time
+
+
+        def work(port, n, done):
+            talk(port, n)
+            done.set()
+            time.sleep(60)  # until terminated
+
+
+        if __name__ == "__main__":
+            port = int(sys.argv[1])
+            pids = {}
+            for method, n in (("fork", 300), ("spawn", 400)):
+                context = multiprocessing.get_context(method)
+                done = context.Event()
+                process = context.Process(target=work, args=(port, n, done))
+                process.start()
+                assert done.wait(30), method
+                process.terminate()  # SIGTERM
+                process.join(30)
+                assert process.exitcode == -15, (method, process.exitcode)  # killed by it, as ever
+                pids[method] = process.pid
+            print(json.dumps(pids))
+        """,
+    )
+    report = tmp_path / "run.json"
+    result = netstats(
+        "run", "--format", "json", "-o", str(report), "workers.py", str(echo.port), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    pids = json.loads(result.stdout)
+    counts = echo.wait_closed(2)
+    conns = by_port(load(report), echo.port)
+    assert [(c["pid"], c["tx"], c["rx"]) for c in conns] == [
+        (pids["fork"], counts[0]["rx"], counts[0]["tx"]),
+        (pids["spawn"], counts[1]["rx"], counts[1]["tx"]),
+    ]
+    assert [record["rx"] for record in counts] == [300, 400]
+
+
 # ---- groupings and CSV ----------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 Children find us through the environment: NETSTATS_RUN_DIR names the folder, and the folder
 `_boot/` (on PYTHONPATH) holds a sitecustomize that calls `start_from_environment()` at start-up.
 Forked children (os.fork, multiprocessing's fork) start a fresh capture of their own; they
-dump through multiprocessing's exit hook, since they end with os._exit.
+dump through multiprocessing's exit hook, since they end with os._exit. A child ended by SIGTERM
+(multiprocessing's terminate()) dumps first, then ends as the signal would have ended it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from . import _state
@@ -29,7 +34,30 @@ def start_from_environment() -> None:
     if os.environ.get(ENV_DIR) and _capture is None:
         _begin()
         atexit.register(dump)
+        on_sigterm(dump)
         follow_forks()
+
+
+def on_sigterm(report: Callable[[], None]) -> Any:
+    """On SIGTERM, call report(), then end the process as the signal would have (killed by
+    SIGTERM). Installed only from the main thread, over the default disposition or netstats' own
+    handler (a program's own is kept). Returns the handler replaced, or None if not installed."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if previous is not signal.SIG_DFL and not getattr(previous, "netstats", False):
+        return None
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        try:
+            report()
+        finally:
+            os.kill(os.getpid(), signum)
+
+    terminated.netstats = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, terminated)
+    return previous
 
 
 def _begin() -> None:
@@ -68,6 +96,7 @@ def _after_fork() -> None:
     _state.reset_after_fork()
     if os.environ.get(ENV_DIR):
         _begin()
+        on_sigterm(dump)  # over the parent's, inherited: Process.terminate() ends workers so
 
 
 def dump() -> None:

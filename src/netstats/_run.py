@@ -12,13 +12,11 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import types
 import zipfile
 from collections.abc import Callable
-from types import FrameType
 
 from . import _child, _state
 from ._capture import Capture
@@ -108,22 +106,15 @@ def run_program(
             accepts_left_out=accepts,
         )
 
-    def terminated(signum: int, frame: FrameType | None) -> None:
-        # Report, then end as the signal would have: no exception into the program.
-        signal.signal(signum, signal.SIG_DFL)
-        if os.getpid() != pid:  # a forked child inherited this handler: the parent reports
-            os.kill(os.getpid(), signum)
+    def terminated() -> None:
+        if os.getpid() != pid:  # a forked child that kept this handler: the parent reports
             return
-        try:
-            cap.stop()
-            if on_signal is not None:
-                on_signal(result(128 + signum))
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.kill(os.getpid(), signum)
+        cap.stop()
+        if on_signal is not None:
+            on_signal(result(128 + signal.SIGTERM))
+        shutil.rmtree(folder, ignore_errors=True)
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminated) if on_signal and in_main_thread else None
+    previous = _child.on_sigterm(terminated) if on_signal is not None else None
     exit_code = 0
     try:
         sys.argv = [target, *args]
@@ -148,7 +139,7 @@ def run_program(
             _child.dump_fork_child(cap)
             raise SystemExit(exit_code)
         cap.stop()
-        if previous is not None and signal.getsignal(signal.SIGTERM) is terminated:
+        if previous is not None and getattr(signal.getsignal(signal.SIGTERM), "netstats", False):
             signal.signal(signal.SIGTERM, previous)
         sys.argv = saved_argv
         _restore_path(saved_path0)
