@@ -7,7 +7,7 @@ import ssl
 import time
 from typing import Any
 
-from . import _engine, _state
+from . import _engine, _patch, _state
 from ._capture import Callback, Capture, _ignore
 from ._errors import NotCaptured
 from ._record import FIELDS, Connection
@@ -75,7 +75,7 @@ def _adopt_class(sock: Any) -> None:
         return
     if cls is sockets._StockSocket:
         sock.__class__ = sockets.RegisteredSocket
-    elif cls is ssl.SSLSocket:
+    elif cls is ssl.SSLSocket and not _patch.tls_socket_lacks():
         sock.__class__ = tls.CountingSSLSocket
     else:
         raise TypeError(f"register() cannot adopt sockets of class {cls.__module__}.{cls.__qualname__}")

@@ -23,7 +23,8 @@ _recvmsg_into: Any = getattr(_C, "recvmsg_into", None)
 _connect, _connect_ex, _getsockopt = _C.connect, _C.connect_ex, _C.getsockopt
 stock_del = _C.__del__
 _stock: Any = _StockSocket
-_stock_accept, _stock_detach, _stock_real_close = _stock.accept, _stock.detach, _stock._real_close
+_stock_accept, _stock_detach = _stock.accept, _stock.detach
+_stock_real_close: Any = getattr(_stock, "_real_close", None)  # a Python without it: see _patch.py
 _SOL_SOCKET, _SO_ERROR = _socketmod.SOL_SOCKET, _socketmod.SO_ERROR
 _len = len
 

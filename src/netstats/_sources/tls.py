@@ -174,7 +174,7 @@ class CountingSSLObject(_Plaintext, _sslmod.SSLObject):
     """SSLContext.sslobject_class while capturing (asyncio TLS, anyio): counts the plaintext."""
 
     def do_handshake(self) -> None:
-        outgoing = self.__dict__.get("_outgoing")
+        outgoing = self.__dict__.get("_netstats_outgoing")
         before = outgoing.pending if outgoing is not None else 0
         try:
             super().do_handshake()
@@ -197,7 +197,7 @@ class CountingSSLObject(_Plaintext, _sslmod.SSLObject):
     @classmethod
     def _create(cls, incoming: Any, outgoing: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         self = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
-        self._outgoing = outgoing  # to see the size of the first handshake flight
+        self._netstats_outgoing = outgoing  # to see the size of the first handshake flight
         return self
 
 
