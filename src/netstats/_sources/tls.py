@@ -8,7 +8,9 @@
   protocol, or by matching its first handshake flight: see _handshakes.py).
 - `connection_made`: asyncio's SSLProtocol, wrapped to link its TLS object to the socket.
 
-The per-call wrappers here keep the contract in __init__.py.
+The per-call wrappers here keep the contract in __init__.py. The stock internals they rely on
+(SSLSocket._create setting _sslobj and _connected, SSLObject._create, asyncio's
+SSLProtocol._sslobj) are checked by _patch.py before either class is put in place.
 """
 
 from __future__ import annotations
