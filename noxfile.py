@@ -5,7 +5,7 @@ Python; `make test-others` (nox -s others) on every other supported one, `make t
 Each session installs the project from its own files (a wheel built from pyproject.toml, with
 the `test` extra) into a fresh environment under .nox/, then runs pytest from the checkout.
 Interpreters are found on PATH as pythonX.Y, and in pyenv's versions folder where there is one;
-nothing is downloaded.
+nothing is downloaded, and a version the machine does not have is skipped (nox says which).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ THIS = f"{sys.version_info.major}.{sys.version_info.minor}"  # .venv's, which ru
 
 nox.options.default_venv_backend = "venv"
 nox.options.download_python = "never"
-nox.options.error_on_missing_interpreters = True
+nox.options.error_on_missing_interpreters = False  # every supported one the machine has; nox names the rest
 nox.options.sessions = ["tests"]
 
 

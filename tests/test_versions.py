@@ -121,7 +121,18 @@ for _ in range(2):
             exchange(s)
         asyncio.run(exchange_asyncio())
     seen.append([[c.transport, c.tls, c.tx, c.rx] for c in cap.connections])
-print(json.dumps({"warnings": warnings, "seen": seen}))
+raw = socket.create_connection(("127.0.0.1", int(tls_port)))
+with context.wrap_socket(raw, server_hostname="localhost") as s:
+    try:
+        conn = netstats.register(s, callback)
+    except TypeError as exc:
+        registered = str(exc)
+    else:
+        registered = None
+    exchange(s)
+if registered is None:
+    registered = [conn.tls, conn.tx, conn.rx]
+print(json.dumps({"warnings": warnings, "seen": seen, "registered": registered}))
 """
 
 # Which of each capture's three connections netstats still counts exactly once the piece is gone.
@@ -163,7 +174,7 @@ def test_a_python_without_an_internal_runs_the_program_counts_the_rest_and_says_
         owner, name = lose.split(".")
         assert f"{owner}." in warning and name in warning and sys.version.split()[0] in warning
     plain_peer = plain.wait_closed(2)
-    tls_peer = tls.wait_closed(4)
+    tls_peer = tls.wait_closed(5)
     for i, conns in enumerate(result["seen"]):
         by_kind = {"plain": plain_peer[i], "tls": tls_peer[2 * i], "asyncio": tls_peer[2 * i + 1]}
         counted = COUNTED[lose]
@@ -176,6 +187,11 @@ def test_a_python_without_an_internal_runs_the_program_counts_the_rest_and_says_
             if kind in counted:
                 assert (tx, rx) == (by_kind[kind]["rx"], by_kind[kind]["tx"]), kind
                 assert (version is not None) == (kind != "plain"), kind
+    if lose.startswith("SSLSocket."):  # register() makes an SSLSocket a CountingSSLSocket
+        assert result["registered"].startswith("register() cannot count an ssl.SSLSocket on this Python")
+    else:
+        version, tx, rx = result["registered"]
+        assert version is not None and (tx, rx) == (tls_peer[4]["rx"], tls_peer[4]["tx"])
 
 
 def test_every_internal_netstats_relies_on_is_there_on_this_python():

@@ -75,7 +75,10 @@ def _adopt_class(sock: Any) -> None:
         return
     if cls is sockets._StockSocket:
         sock.__class__ = sockets.RegisteredSocket
-    elif cls is ssl.SSLSocket and not _patch.tls_socket_lacks():
+    elif cls is ssl.SSLSocket:
+        lacking = _patch.tls_socket_lacks()
+        if lacking:
+            raise TypeError(f"register() cannot count an ssl.SSLSocket on this Python: {'; '.join(lacking)}")
         sock.__class__ = tls.CountingSSLSocket
     else:
         raise TypeError(f"register() cannot adopt sockets of class {cls.__module__}.{cls.__qualname__}")
