@@ -113,7 +113,7 @@ def _patches() -> list[Patch]:
             "socket",
             lambda _orig: sockets.CountingSocket,
             lost_sockets,
-            "no socket is counted",
+            "no socket is captured",
         ),
         Patch(socket, "getaddrinfo", functions.getaddrinfo),
         Patch(
@@ -121,7 +121,8 @@ def _patches() -> list[Patch]:
             "sslsocket_class",
             lambda _orig: tls.CountingSSLSocket,
             tls_socket_lacks(),
-            "a TLS socket (ssl.wrap_socket: http.client, urllib, requests) is not counted once TLS starts",
+            "a TLS socket (SSLContext.wrap_socket: http.client, urllib, requests) is not counted "
+            "once TLS starts",
         ),
         Patch(ssl.SSLContext, "sslobject_class", lambda _orig: tls.CountingSSLObject),
     ]
