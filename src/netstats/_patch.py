@@ -185,12 +185,7 @@ _forks_followed = False
 
 
 def install() -> None:
-    """Put every patch in place (idempotent; call with _state.lock held).
-
-    A patch whose stock internals this Python lacks is left out, and what it would have
-    counted is said once on the "netstats" logger. A patch that fails half-way takes every
-    patch already made back out with it: nothing is then captured, and that is said once too.
-    """
+    """Put every patch in place (idempotent; call with _state.lock held)."""
     global _forks_followed
     if _installed:
         return
@@ -200,6 +195,16 @@ def install() -> None:
     if not _forks_followed and hasattr(os, "register_at_fork"):
         _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
         os.register_at_fork(before=_engine.before_sharing)
+    _install_patches()
+
+
+def _install_patches() -> None:
+    """Each patch this Python has what it needs for; all or none of those, never half.
+
+    A patch whose stock internals this Python lacks is left out, and what it would have
+    counted is said once on the "netstats" logger. A patch that fails half-way takes every
+    patch already made back out with it: nothing is then captured, and that is said once too.
+    """
     python = platform.python_version()
     try:
         patches, blind = _patches(), _partly_blind()
