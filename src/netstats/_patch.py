@@ -8,12 +8,14 @@ While at least one capture is active:
 - `asyncio.sslproto.SSLProtocol.connection_made` links its TLS object to the socket;
 - `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile).
 When the last capture stops, each of these is the stock object again (the same object).
-Some rely on private internals of the standard library, checked by name before installing: on a
-Python that lacks one, that patch is left out and the "netstats" logger says once what goes
-uncounted. A patch that fails half-way takes every other back out (nothing is captured, said once).
 Once per process, and harmless while nothing is captured: multiprocessing pickles our socket
 classes like the stock one, and a fork first hands kernel-counted sockets back to the wrappers.
 Install and uninstall with `_state.lock` held.
+
+Some patches rely on private internals of the standard library, checked by name before
+installing: on a Python that lacks one, that patch is left out and the "netstats" logger says
+once what goes uncounted. A patch that fails half-way takes every other back out (nothing is
+captured, said once).
 """
 
 from __future__ import annotations
