@@ -25,6 +25,7 @@ import trustme
 import netstats
 from netstats._sources import census
 
+pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(not census.supported, reason="the kernel census needs Linux")
 
 FOUND_WITHIN = 2.0  # seconds: a sweep is every census.INTERVAL; generous for a loaded machine
