@@ -6,12 +6,16 @@ While at least one capture is active:
 - `socket.getaddrinfo` remembers which name resolved to which address (for `host`);
 - `ssl.SSLContext.sslsocket_class` / `sslobject_class` count TLS plaintext;
 - `asyncio.sslproto.SSLProtocol.connection_made` links its TLS object to the socket;
-- `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile).
+- `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile);
+- if trio is imported: its socket methods call the socket's own, its sockets take netstats'
+  classes, and its SSLStream links its TLS object to the socket (_sources/trio.py).
 When the last capture stops, each of these is the stock object again (the same object).
 Meanwhile the kernel census (_sources/census.py) sweeps the process's descriptors on a thread
 of its own, for the TCP connections that C code makes.
 Once per process, and harmless while nothing is captured: multiprocessing pickles our socket
-classes like the stock one, and a fork first hands kernel-counted sockets back to the wrappers.
+classes like the stock one, a fork first hands kernel-counted sockets back to the wrappers, and
+the stock socket class reads `_netstats_counts` as None, so a wrapper that outlives its capture
+(bound by a library imported during it, like trio) behaves as the stock method on any socket.
 Install and uninstall with `_state.lock` held.
 """
 
@@ -20,10 +24,12 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import sys
 from typing import Any
 
-from . import _engine
+from . import _engine, _state
 from ._sources import census, functions, sockets, tls
+from ._sources import trio as trio_source
 
 
 class Patch:
@@ -35,9 +41,13 @@ class Patch:
         self.installed = False
 
     def install(self) -> None:
-        self.original = (
-            self.owner.__dict__[self.name] if isinstance(self.owner, type) else getattr(self.owner, self.name)
-        )
+        if isinstance(self.owner, type):
+            # The class that defines it: a subclass standing in for the stock one (gevent's
+            # SSLContext) inherits it.
+            self.owner = next(k for k in self.owner.__mro__ if self.name in k.__dict__)
+            self.original = self.owner.__dict__[self.name]
+        else:
+            self.original = getattr(self.owner, self.name)
         setattr(self.owner, self.name, self.make(self.original))
         self.installed = True
 
@@ -63,10 +73,66 @@ def _patches() -> list[Patch]:
     else:
         if "connection_made" in sslproto.SSLProtocol.__dict__:
             patches.append(Patch(sslproto.SSLProtocol, "connection_made", tls.connection_made))
+    patches += _trio_patches()
+    return patches
+
+
+def _trio_patches() -> list[Patch]:
+    patches = []
+    trio_socket = trio_source.socket_class()
+    if trio_socket is not None:
+        patches.append(Patch(trio_socket, "__init__", trio_source.socket_init))
+        for method in trio_source.METHODS:
+            if method in trio_socket.__dict__:
+                patches.append(Patch(trio_socket, method, trio_source.calling_own(method)))
+    ssl_stream = trio_source.ssl_stream_class()
+    if ssl_stream is not None:
+        patches.append(Patch(ssl_stream, "__init__", trio_source.ssl_stream_init))
     return patches
 
 
 _installed: list[Patch] = []
+
+
+class _LateImports:
+    """On sys.meta_path while capturing: a package with patches of its own (trio), imported
+    now, gets them as soon as it has run, as if it had been imported before the capture."""
+
+    PATCHES = {"trio": _trio_patches}
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in self.PATCHES:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None) if finder is not self else None
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_then_patch(module: Any) -> None:
+            exec_module(module)
+            _late(self.PATCHES[name])
+
+        loader.exec_module = exec_then_patch  # this spec's own loader object
+        return spec
+
+
+@_engine.guarded
+def _late(patches: Any) -> None:
+    with _state.lock:
+        if _installed and _late_imports in sys.meta_path:
+            for patch in patches():
+                patch.install()
+                _installed.append(patch)
+
+
+_late_imports = _LateImports()
 
 
 def _register_reducers() -> None:
@@ -98,14 +164,18 @@ def install() -> None:
     if not _forks_followed and hasattr(os, "register_at_fork"):
         _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
         os.register_at_fork(before=_engine.before_sharing)
+    sockets.count_nothing_on_stock_sockets()
     for patch in _patches():
         patch.install()
         _installed.append(patch)
+    sys.meta_path.insert(0, _late_imports)
     census.start()
 
 
 def uninstall() -> None:
     """Restore every original, in reverse order (call with _state.lock held)."""
     census.stop()
+    while _late_imports in sys.meta_path:
+        sys.meta_path.remove(_late_imports)
     while _installed:
         _installed.pop().remove()
