@@ -21,6 +21,7 @@ Install and uninstall with `_state.lock` held.
 
 from __future__ import annotations
 
+import _socket
 import os
 import socket
 import ssl
@@ -41,13 +42,9 @@ class Patch:
         self.installed = False
 
     def install(self) -> None:
-        if isinstance(self.owner, type):
-            # The class that defines it: a subclass standing in for the stock one (gevent's
-            # SSLContext) inherits it.
-            self.owner = next(k for k in self.owner.__mro__ if self.name in k.__dict__)
-            self.original = self.owner.__dict__[self.name]
-        else:
-            self.original = getattr(self.owner, self.name)
+        self.original = (
+            self.owner.__dict__[self.name] if isinstance(self.owner, type) else getattr(self.owner, self.name)
+        )
         setattr(self.owner, self.name, self.make(self.original))
         self.installed = True
 
@@ -57,13 +54,30 @@ class Patch:
             self.installed = False
 
 
+def _stdlib_class(cls: type, module: str) -> type:
+    """The standard library's class where a monkey-patcher's subclass stands in for it (gevent)."""
+    return next(k for k in cls.__mro__ if k.__module__ == module)
+
+
 def _patches() -> list[Patch]:
+    context = _stdlib_class(ssl.SSLContext, "ssl")
     patches = [
-        Patch(socket, "socket", lambda _orig: sockets.CountingSocket),
         Patch(socket, "getaddrinfo", functions.getaddrinfo),
-        Patch(ssl.SSLContext, "sslsocket_class", lambda _orig: tls.CountingSSLSocket),
-        Patch(ssl.SSLContext, "sslobject_class", lambda _orig: tls.CountingSSLObject),
+        Patch(context, "sslobject_class", lambda _orig: tls.CountingSSLObject),
     ]
+    if issubclass(socket.socket, _socket.socket) and issubclass(sockets.CountingSocket, _socket.socket):
+        patches.append(Patch(socket, "socket", lambda _orig: sockets.CountingSocket))
+        patches.append(Patch(context, "sslsocket_class", lambda _orig: tls.CountingSSLSocket))
+    else:
+        # Another library's socket class (gevent's monkey patching: cooperative I/O over a
+        # wrapped C socket) stands there; ours would take its I/O away. Its TCP connections are
+        # left to the kernel census: wire bytes, application bytes unknown (None).
+        _engine.log.warning(
+            "netstats: socket.socket is %s.%s, not the standard library's: its TCP connections are "
+            "recorded by the kernel census (wire bytes; rx/tx unknown)",
+            socket.socket.__module__,
+            socket.socket.__qualname__,
+        )
     if hasattr(os, "sendfile"):
         patches.append(Patch(os, "sendfile", functions.sendfile))
     try:
