@@ -7,18 +7,31 @@ or saved against the peers' own counts.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import queue
 import re
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netstats.__main__ import main
+from netstats._report import GROUPS, SORTS
+from netstats._version import __version__ as netstats_version
 
 TIMEOUT = 60
 
@@ -84,6 +97,24 @@ def cells(line: str) -> list[str]:
 def totals_row(text: str) -> list[str]:
     (line,) = [line for line in text.splitlines() if cells(line)[0] == "total"]
     return cells(line)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The rows of a text report's table (their cells): between the header and the total."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("netstats: ")) + 1
+    start = next(i for i in range(start, len(lines)) if lines[i].strip() == "") + 2  # after the header
+    rows = []
+    for line in lines[start:]:
+        if cells(line)[0] == "total" or line.startswith(("...", "(")):
+            break
+        rows.append(cells(line))
+    return rows
+
+
+def table(text: str) -> dict[str, list[str]]:
+    """The rows of a text report's table by their first cell."""
+    return {row[0]: row[1:] for row in table_rows(text)}
 
 
 def one_line(stderr: str) -> str:
@@ -352,6 +383,52 @@ def test_children_are_reported_with_their_own_pids_and_the_peers_counts(tmp_path
     assert [record["rx"] for record in counts] == [100, 200, 300, 400]
 
 
+def test_children_ended_by_sigterm_are_reported_too(tmp_path, peer):
+    echo = peer("echo")
+    program(
+        tmp_path,
+        "workers.py",
+        """\
+        import json, multiprocessing, sys, time
+
+
+        def work(port, n, done):
+            talk(port, n)
+            done.set()
+            time.sleep(60)  # until terminated
+
+
+        if __name__ == "__main__":
+            port = int(sys.argv[1])
+            pids = {}
+            for method, n in (("fork", 300), ("spawn", 400)):
+                context = multiprocessing.get_context(method)
+                done = context.Event()
+                process = context.Process(target=work, args=(port, n, done))
+                process.start()
+                assert done.wait(30), method
+                process.terminate()  # SIGTERM
+                process.join(30)
+                assert process.exitcode == -15, (method, process.exitcode)  # killed by it, as ever
+                pids[method] = process.pid
+            print(json.dumps(pids))
+        """,
+    )
+    report = tmp_path / "run.json"
+    result = netstats(
+        "run", "--format", "json", "-o", str(report), "workers.py", str(echo.port), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    pids = json.loads(result.stdout)
+    counts = echo.wait_closed(2)
+    conns = by_port(load(report), echo.port)
+    assert [(c["pid"], c["tx"], c["rx"]) for c in conns] == [
+        (pids["fork"], counts[0]["rx"], counts[0]["tx"]),
+        (pids["spawn"], counts[1]["rx"], counts[1]["tx"]),
+    ]
+    assert [record["rx"] for record in counts] == [300, 400]
+
+
 # ---- groupings and CSV ----------------------------------------------------------------------
 
 
@@ -419,7 +496,7 @@ def test_csv_by_host_has_one_row_per_host_with_its_totals(two_processes):
     got = {row["host"]: (int(row["connections"]), int(row["tx"]), int(row["rx"])) for row in rows}
     assert got == {
         f"127.0.0.1:{expected['port']}": (1, *expected["parent"]),
-        "localhost": (1, *expected["child"]),
+        f"localhost:{expected['port']}": (1, *expected["child"]),  # host and port, as for every row
     }
 
 
@@ -437,20 +514,26 @@ def test_text_by_host_has_a_row_per_host_with_its_sizes(two_processes):
     lines = result.stderr.splitlines()
     assert lines[0].startswith("netstats: 2 connections, ")
     assert "2 processes" in lines[0]
-    assert cells(lines[2])[:4] == ["HOST", "CONNS", "TX", "RX"]
-    rows = {cells(line)[0]: cells(line)[1:4] for line in lines[3:]}
+    assert cells(lines[2]) == ["HOST", "CONNS", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME"]
+    rows = {host: row[:3] for host, row in table(result.stderr).items()}
     (ptx, prx), (ctx, crx) = expected["parent"], expected["child"]
     assert rows == {
         f"127.0.0.1:{expected['port']}": ["1", f"{ptx} B", f"{prx} B"],
-        "localhost": ["1", f"{ctx / 1024:.1f} KiB", f"{crx / 1024:.1f} KiB"],
+        f"localhost:{expected['port']}": ["1", f"{ctx / 1024:.1f} KiB", f"{crx / 1024:.1f} KiB"],
     }
+    assert totals_row(result.stderr)[:4] == [
+        "total",
+        "2",
+        f"{(ptx + ctx) / 1024:.1f} KiB",
+        f"{(prx + crx) / 1024:.1f} KiB",
+    ]
 
 
 def test_text_by_pid_has_a_row_per_process(two_processes):
     result, expected = two_processes("--by", "pid")
     lines = result.stderr.splitlines()
     assert cells(lines[2])[:2] == ["PID", "CONNS"]
-    rows = {cells(line)[0]: cells(line)[1] for line in lines[3:]}
+    rows = {pid: row[0] for pid, row in table(result.stderr).items()}
     pids = expected["pids"]
     assert rows == {str(pids["parent"]): "1", str(pids["child"]): "1"}
 
@@ -464,13 +547,13 @@ def test_report_re_renders_a_saved_run_by_host(two_processes, tmp_path):
     result = netstats("report", str(report), "--by", "host", "--format", "text", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = result.stdout + result.stderr
-    lines = text.splitlines()
-    assert lines[0].startswith("netstats: 2 connections, ")
-    rows = {cells(line)[0]: cells(line)[1:4] for line in lines[3:]}
+    assert result.stdout and not result.stderr  # `report` writes to stdout
+    assert text.startswith("netstats: 2 connections, ")
+    rows = {host: row[:3] for host, row in table(text).items()}
     (ptx, prx), (ctx, crx) = expected["parent"], expected["child"]
     assert rows == {
         f"127.0.0.1:{expected['port']}": ["1", f"{ptx} B", f"{prx} B"],
-        "localhost": ["1", f"{ctx / 1024:.1f} KiB", f"{crx / 1024:.1f} KiB"],
+        f"localhost:{expected['port']}": ["1", f"{ctx / 1024:.1f} KiB", f"{crx / 1024:.1f} KiB"],
     }
 
 
@@ -512,6 +595,30 @@ def test_report_of_a_missing_file_says_so_in_one_line_and_exits_2(tmp_path):
     result = netstats("report", "nowhere.json", cwd=tmp_path)
     assert result.returncode == 2
     assert "nowhere.json" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_an_output_file_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path, command):
+    program(tmp_path, "mark.py", "open('ran.txt', 'w').close()\n", talk=False)
+    saved = saved_run(tmp_path, [conn_record(1, tx=1, rx=1, duration=0.1)])
+    target = ["mark.py"] if command == "run" else [str(saved)]
+    result = netstats(command, "-o", "nowhere/report.txt", *target, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert (
+        line.startswith(f"netstats {command}: ")
+        and "cannot write nowhere/report.txt: no such directory" in line
+    )
+    assert not (tmp_path / "ran.txt").exists()
+
+
+def test_the_report_goes_where_o_said_even_if_the_program_changes_directory(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    program(tmp_path, "move.py", "import os\nos.chdir('elsewhere')\n", talk=False)
+    result = netstats("run", "-o", "report.txt", "move.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "report.txt").read_text().startswith("netstats: 0 connections")
+    assert not (tmp_path / "elsewhere" / "report.txt").exists()
 
 
 # ---- usage ---------------------------------------------------------------------------------
@@ -559,3 +666,428 @@ def test_demo_runs_offline_in_seconds_and_shows_tls_marks_and_totals(tmp_path):
     assert re.search(r"^netstats: \d+ connections, tx \d+ B, rx [\d.]+ KiB", out, re.MULTILINE)
     total = totals_row(out)
     assert total[0] == "total" and re.fullmatch(r"\d+ conn\.", total[1])
+
+
+# ---- as python runs programs: paths, folders, the console script ----------------------------
+
+SCRIPT = Path(sys.executable).with_name("netstats")  # the console script, as users run it
+
+
+def console(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def test_run_m_finds_a_module_in_the_current_directory_from_the_console_script(tmp_path):
+    program(tmp_path, "mymod.py", "import os\nprint(__name__, os.path.basename(__file__))\n", talk=False)
+    python = subprocess.run([sys.executable, "-m", "mymod"], cwd=tmp_path, capture_output=True, text=True)
+    result = console("run", "-m", "mymod", cwd=tmp_path)
+    assert result.returncode == python.returncode == 0, result.stderr
+    assert result.stdout == python.stdout == "__main__ mymod.py\n"
+
+
+def test_run_gives_an_absolute_file_and_argv0_as_given_as_python_does(tmp_path):
+    program(tmp_path, "info.py", "import json, sys\nprint(json.dumps([__file__, sys.argv[0]]))\n", talk=False)
+    python = subprocess.run([sys.executable, "info.py"], cwd=tmp_path, capture_output=True, text=True)
+    result = netstats("run", "info.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == json.loads(python.stdout)
+    file, argv0 = json.loads(result.stdout)
+    assert Path(file).is_absolute() and Path(file).name == "info.py" and argv0 == "info.py"
+
+
+def test_run_of_a_folder_runs_its_main_or_says_in_one_line_that_it_has_none(tmp_path):
+    (tmp_path / "app").mkdir()
+    result = netstats("run", "app", cwd=tmp_path)
+    python = subprocess.run([sys.executable, "app"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == python.returncode == 1
+    line = one_line(result.stderr)
+    assert "can't find '__main__' module" in line and "app" in line
+    (tmp_path / "app" / "__main__.py").write_text("print('app ran', __name__)\n", encoding="utf-8")
+    result = netstats("run", "app", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "app ran __main__\n"), result.stderr
+
+
+# ---- a server run under netstats, ended by SIGTERM ------------------------------------------
+
+
+class Served:
+    """`netstats run [--servers] -m http.server` on 127.0.0.1, serving a file of known size."""
+
+    def __init__(self, folder: Path, *options: str) -> None:
+        (folder / "file.bin").write_bytes(b"f" * 5000)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        args = [*options, "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(folder)]
+        self.process = subprocess.Popen(
+            [str(SCRIPT), "run", *args],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: lines.put(self.process.stdout.readline()), daemon=True).start()  # type: ignore[union-attr]
+        first = lines.get(timeout=TIMEOUT)  # "Serving HTTP on 127.0.0.1 port N (...) ..."
+        found = re.search(r" port (\d+) ", first)
+        assert found, f"http.server did not start: {first!r}"
+        self.port = int(found.group(1))
+
+    def fetch(self) -> tuple[int, int]:
+        """GET the file; (bytes sent, bytes received) as this client counted them."""
+        request = b"GET /file.bin HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+        received = 0
+        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as s:
+            s.sendall(request)
+            while chunk := s.recv(65536):
+                received += len(chunk)
+        assert received > 5000
+        return len(request), received
+
+    def terminate(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=TIMEOUT)
+        return self.process.returncode, err
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Served(tmp_path, *options); whatever a failed test left running is killed."""
+    started: list[Served] = []
+
+    def start(*options: str) -> Served:
+        started.append(Served(tmp_path, *options))
+        return started[-1]
+
+    yield start
+    for served in started:
+        if served.process.poll() is None:
+            served.process.kill()
+            served.process.communicate(timeout=TIMEOUT)
+
+
+def test_sigterm_writes_the_report_then_ends_the_run_as_killed_by_sigterm(tmp_path, serve):
+    served = serve("--servers", "--format", "json", "-o", str(tmp_path / "run.json"))
+    sent, received = served.fetch()
+    code, err = served.terminate()
+    assert code == -signal.SIGTERM, err  # killed by the signal, as python would have been
+    run = load(tmp_path / "run.json")
+    (conn,) = [c for c in run["connections"] if c["side"] == "server"]
+    assert (conn["rx"], conn["tx"]) == (sent, received)
+    # Where it was accepted: the program's own module (http.server run as __main__), never
+    # netstats' launcher (the console script).
+    for where in (conn["origin"], conn["caller"]):
+        assert Path(where.split(":")[0]).parts[-2:] == ("http", "server.py"), where
+    # Grouped by host, accepted connections go by the address that accepted them.
+    by_host = netstats("report", str(tmp_path / "run.json"), "--by", "host", cwd=tmp_path).stdout
+    assert table(by_host)[f"127.0.0.1:{served.port} (in)"][:3] == [
+        "1",
+        f"{received / 1024:.1f} KiB",
+        f"{sent} B",
+    ]
+
+
+def test_without_servers_the_report_says_accepted_connections_were_left_out(serve):
+    served = serve()
+    served.fetch()
+    served.fetch()
+    code, err = served.terminate()
+    assert code == -signal.SIGTERM
+    report = err[err.index("netstats: 0 connections") :].splitlines()
+    assert report[1] == (
+        "netstats: the program accepted 2 connections, left out of this report "
+        "(netstats run --servers reports them)"
+    )
+
+
+def test_the_demo_from_the_console_script_shows_where_it_connected_not_the_launcher(tmp_path):
+    result = console("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "bin" + os.sep + "netstats" not in result.stdout
+    rows = table_rows(result.stdout)
+    assert len(rows) == 3
+    for row in rows:
+        assert re.fullmatch(r"\S*_demo\.py:\d+ in (run|_fetch_async)", row[-1]), row
+    assert not re.search(r"\d\.\d{4,}", result.stdout)  # no figure with 17 digits
+
+
+# ---- the text layout: 120 columns, --top, --sort, --wide; unknown figures ------------------
+
+
+def saved_run(folder: Path, connections: list[dict[str, Any]], **fields: Any) -> Path:
+    """A run file as `netstats run --format json` writes it, with the connections given."""
+    base = {"local": ["127.0.0.1", 40000], "side": "client", "tls": None, "host": None, "marks": []}
+    base |= {"wire_tx": None, "wire_rx": None, "error": None, "opened": 1.0, "closed": 2.0}
+    doc = {"schema": "netstats.run/1", "program": ["app.py"], "pid": 10, "started": 1.0, "finished": 3.5}
+    doc |= {"exit_code": 0, **fields, "connections": [{**base, **c} for c in connections]}
+    path = folder / "saved.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def conn_record(i: int, tx: int | None, rx: int | None, duration: float, **more: Any) -> dict[str, Any]:
+    deep = "/home/someone/projects/a-rather-long-project-name/src/package/subpackage/module"
+    return {
+        "id": i, "pid": 10, "transport": "tcp", "remote": ["127.0.0.1", 8000 + i], "tx": tx, "rx": rx,
+        "duration": duration, "caller": f"{deep}/client_{i}.py:{i} in fetch_everything_from_the_server",
+        "origin": f"{deep}/../../../venv/lib/site-packages/urllib3/connection.py:{i} in connect", **more,
+    }  # fmt: skip
+
+
+def test_the_text_report_fits_120_columns_with_top_and_sort(tmp_path):
+    conns = [conn_record(i, tx=100 * i, rx=50_000 - 1000 * i, duration=i / 10) for i in range(1, 41)]
+    path = saved_run(tmp_path, conns)
+    result = netstats("report", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 120
+    assert len(table_rows(result.stdout)) == 40
+    assert cells(result.stdout.splitlines()[2])[:8] == [
+        "PID",
+        "PROTO",
+        "PEER",
+        "TX",
+        "RX",
+        "TLS+",
+        "TIME",
+        "CALLER",
+    ]
+    assert table_rows(result.stdout)[0][2] == "127.0.0.1:8001"  # tx + rx largest first
+
+    top = netstats("report", str(path), "--top", "3", "--sort", "time", cwd=tmp_path).stdout
+    assert [row[2] for row in table_rows(top)] == ["127.0.0.1:8040", "127.0.0.1:8039", "127.0.0.1:8038"]
+    assert "... 37 more connection(s) not shown (--top 3)" in top
+    tx_total = sum(100 * i for i in range(1, 41))
+    assert totals_row(top)[:3] == ["total", "40 conn.", f"{tx_total / 1024:.1f} KiB"]  # all 40
+
+    by_tx = netstats("report", str(path), "--top", "1", "--sort", "tx", cwd=tmp_path).stdout
+    assert table_rows(by_tx)[0][3] == "3.9 KiB"  # 4000 bytes, the largest tx
+    wide = netstats("report", str(path), "--wide", cwd=tmp_path).stdout
+    header = [
+        "PID",
+        "PROTO",
+        "PEER",
+        "REMOTE",
+        "TX",
+        "RX",
+        "WIRE TX",
+        "WIRE RX",
+        "TLS+",
+        "TIME",
+        "CALLER",
+        "ORIGIN",
+    ]
+    assert cells(wide.splitlines()[2]) == header
+    (row,) = [row for row in table_rows(wide) if row[2] == "127.0.0.1:8040"]
+    assert row[-2:] == [conns[-1]["caller"], "urllib3/connection.py:40 in connect"]  # whole, origin shown
+
+
+def test_unknown_figures_are_shown_as_question_marks_and_sums_say_they_have_an_unknown_part(tmp_path):
+    path = saved_run(
+        tmp_path,
+        [conn_record(1, tx=1000, rx=None, duration=0.5), conn_record(2, tx=None, rx=None, duration=0.25)],
+    )
+    text = netstats("report", str(path), cwd=tmp_path).stdout
+    assert text.startswith("netstats: 2 connections, tx 1000 B+?, rx ?, 2.500s")
+    rows = table_rows(text)
+    assert [row[3:5] for row in rows] == [["1000 B", "?"], ["?", "?"]]
+    assert totals_row(text)[2:4] == ["1000 B+?", "?"]
+    assert "(? unknown, - not applicable)" in text
+    grouped = netstats("report", str(path), "--by", "pid", cwd=tmp_path).stdout
+    assert table(grouped)["10"][:3] == ["2", "1000 B+?", "?"]
+    assert totals_row(grouped) == ["total", "2", "1000 B+?", "?", "?", "?", "-", "0.750s"]
+
+
+def test_a_connection_made_by_c_code_shows_what_is_not_known(tmp_path):
+    # As the kernel census records one: wire bytes only; TLS or not, and the application's bytes,
+    # are not known.
+    kernel = conn_record(2, tx=None, rx=None, duration=0.5, source="kernel", wire_tx=700, wire_rx=9000)
+    path = saved_run(
+        tmp_path, [conn_record(1, tx=100, rx=200, duration=0.25, wire_tx=100, wire_rx=200), kernel]
+    )
+    text = netstats("report", str(path), "--wide", cwd=tmp_path).stdout
+    rows = {row[2]: row for row in table_rows(text)}
+    assert rows["127.0.0.1:8002"][1] == "tcp+? (C)"
+    assert rows["127.0.0.1:8002"][4:9] == ["?", "?", "700 B", "8.8 KiB", "?"]  # TX RX WIRE TX WIRE RX TLS+
+    assert rows["127.0.0.1:8001"][4:9] == ["100 B", "200 B", "100 B", "200 B", "-"]
+    assert totals_row(text)[2:7] == ["100 B+?", "200 B+?", "800 B", "9.0 KiB", "?"]
+
+
+def test_grouped_views_have_tls_time_and_a_total_line(tmp_path):
+    tls = {"tls": "TLSv1.3", "host": "api.example.org"}
+    path = saved_run(
+        tmp_path,
+        [
+            conn_record(1, tx=1000, rx=3000, duration=0.5, wire_tx=1500, wire_rx=5000, **tls),
+            conn_record(2, tx=24, rx=76, duration=0.25, wire_tx=24, wire_rx=76),
+        ],
+    )
+    text = netstats("report", str(path), "--by", "host", cwd=tmp_path).stdout
+    assert cells(text.splitlines()[2]) == ["HOST", "CONNS", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME"]
+    assert table(text) == {
+        "api.example.org:8001": ["1", "1000 B", "2.9 KiB", "1.5 KiB", "4.9 KiB", "2.4 KiB", "0.500s"],
+        "127.0.0.1:8002": ["1", "24 B", "76 B", "24 B", "76 B", "-", "0.250s"],
+    }
+    assert totals_row(text) == ["total", "2", "1.0 KiB", "3.0 KiB", "1.5 KiB", "5.0 KiB", "2.4 KiB", "0.750s"]
+
+
+def test_csv_writes_addresses_as_host_and_port(tmp_path):
+    v6 = conn_record(2, tx=1, rx=1, duration=0.1, remote=["::1", 443, 0, 0], local=["::1", 50000, 0, 0])
+    path = saved_run(tmp_path, [conn_record(1, tx=5, rx=5, duration=0.1), v6])
+    rows = list(
+        csv.DictReader(io.StringIO(netstats("report", str(path), "--format", "csv", cwd=tmp_path).stdout))
+    )
+    assert [(r["remote"], r["local"]) for r in rows] == [
+        ("127.0.0.1:8001", "127.0.0.1:40000"),
+        ("[::1]:443", "[::1]:50000"),
+    ]
+
+
+# ---- netstats report: any malformed file is one line ----------------------------------------
+
+
+def run_doc(**changes: Any) -> dict[str, Any]:
+    conn = conn_record(1, tx=10, rx=20, duration=0.1)
+    doc = {"schema": "netstats.run/1", "program": ["app.py"], "pid": 10, "started": 1.0, "finished": 2.0}
+    return {**doc, "exit_code": 0, "connections": [conn], **changes}
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        ({k: v for k, v in run_doc().items() if k != "pid"}, "'pid' is missing"),
+        ({k: v for k, v in run_doc().items() if k != "program"}, "'program' is missing"),
+        (run_doc(connections=[{**conn_record(1, 10, 20, 0.1), "rx": "lots"}]), "connection 0: 'rx' must be"),
+        (run_doc(connections=[{"pid": 1, "transport": "tcp"}]), "connection 0: 'id' is missing"),
+        (run_doc(connections={"a": 1}), "'connections' must be a list"),
+        (run_doc(started="yesterday"), "'started' must be a number"),
+    ],
+    ids=["no-pid", "no-program", "rx-text", "no-id", "connections-object", "started-text"],
+)
+def test_report_of_a_malformed_run_names_the_file_and_the_problem_in_one_line(tmp_path, doc, problem):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    result = netstats("report", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    line = one_line(result.stderr)
+    assert line.startswith(f"netstats report: {path}: ") and problem in line, line
+
+
+def test_report_of_a_run_with_a_null_count_shows_it_unknown(tmp_path):
+    path = tmp_path / "null.json"
+    path.write_text(json.dumps(run_doc(connections=[conn_record(1, tx=None, rx=20, duration=0.1)])))
+    result = netstats("report", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert table_rows(result.stdout)[0][3:5] == ["?", "20 B"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+KEYS = st.sampled_from([*run_doc(), "anything"])
+CONN_KEYS = st.sampled_from(
+    [*conn_record(1, 1, 1, 1.0), "wire_tx", "wire_rx", "tls", "side", "marks", "local"]
+)
+
+
+@st.composite
+def malformed(draw: st.DrawFn) -> Any:
+    """A run document with one thing wrong (or several), or any JSON at all."""
+    doc = run_doc(connections=[conn_record(1, 10, 20, 0.1), conn_record(2, None, 5, 0.2)])
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(["top", "connection", "drop", "drop-in-connection"]))
+        conns = doc.get("connections")
+        conn = draw(st.sampled_from(conns)) if isinstance(conns, list) and conns else None
+        if where == "top":
+            doc[draw(KEYS)] = draw(JSON)
+        elif where == "drop":
+            doc.pop(draw(KEYS), None)
+        elif isinstance(conn, dict) and where == "connection":
+            conn[draw(CONN_KEYS)] = draw(JSON)
+        elif isinstance(conn, dict):
+            conn.pop(draw(CONN_KEYS), None)
+    return draw(st.one_of(st.just(doc), JSON))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    doc=malformed(),
+    fmt=st.sampled_from(["text", "json", "csv"]),
+    by=st.sampled_from([None, *GROUPS]),
+    layout=st.sampled_from([[], ["--wide"], ["--top", "1"]]),
+    sort=st.sampled_from(SORTS),
+)
+def test_report_of_any_document_renders_or_says_in_one_line_what_is_wrong(doc, fmt, by, layout, sort):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "doc.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(
+                ["report", path, "--format", fmt, "--sort", sort, *layout, *(["--by", by] if by else [])]
+            )
+    if code == 0:
+        assert out.getvalue() and not err.getvalue()
+    else:
+        assert code == 2 and not out.getvalue()
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"netstats report: {path}: "), lines
+
+
+# ---- help and version -----------------------------------------------------------------------
+
+
+def test_version_and_the_help_of_report_and_demo(tmp_path):
+    version = netstats("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout == f"netstats {netstats_version}\n"
+    report = netstats("report", "--help", cwd=tmp_path).stdout
+    assert "(default: stdout)" in re.sub(r"\s+", " ", report)
+    assert "examples:" in report and "netstats report run.json --by host" in report
+    demo = netstats("demo", "--help", cwd=tmp_path).stdout
+    assert "loopback HTTP and an HTTPS server" in re.sub(r"\s+", " ", demo)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix addresses are Linux's")
+def test_a_unix_socket_with_an_abstract_address_is_saved_and_shown(tmp_path):
+    program(
+        tmp_path,
+        "abstract.py",
+        """\
+        import os, socket, threading
+
+        name = f"\\0netstats-test-{os.getpid()}".encode()
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(name)
+        server.listen()
+
+        def serve():
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(conn.recv(100) * 2)
+
+        threading.Thread(target=serve).start()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(name)
+            s.sendall(b"hello")
+            assert s.recv(100) == b"hellohello"
+        print(os.getpid())
+        """,
+        talk=False,
+    )
+    saved = tmp_path / "run.json"
+    result = netstats("run", "--format", "json", "-o", str(saved), "abstract.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pid = result.stdout.strip()
+    (conn,) = load(saved)["connections"]
+    assert (conn["transport"], conn["remote"], conn["tx"], conn["rx"]) == (
+        "unix",
+        f"\0netstats-test-{pid}",
+        5,
+        10,
+    )
+    text = netstats("report", str(saved), cwd=tmp_path).stdout
+    assert table_rows(text)[0][1:5] == ["unix", f"@netstats-test-{pid}", "5 B", "10 B"]
+    wide = netstats("report", str(saved), "--wide", cwd=tmp_path).stdout
+    assert table_rows(wide)[0][6:9] == ["-", "-", "-"]  # wire bytes and TLS+: not a TCP stream, not TLS

@@ -76,7 +76,8 @@ def echo():
         out.write(f"{server.received}\\n")
 """
 
-ROW = re.compile(r"^\s*([\d,]+)\s+([\d,]+)\s+(?:[\d,]+|-)\s+(\d+)  (.+?)(?:  |$)")
+SIZE = r"(?:\d+ B|\d+\.\d (?:KiB|MiB|GiB))(?:\+\?)?"  # as every netstats report shows a size
+ROW = re.compile(rf"^\s*({SIZE})\s+({SIZE})\s+(?:{SIZE}|-|\?)\s+(\d+)  (.+?)(?:  |$)")
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
 
 
-def summary(result: pytest.RunResult) -> list[tuple[int, int, int, str]]:
+def summary(result: pytest.RunResult) -> list[tuple[str, str, int, str]]:
     """The rows of the netstats section, as (tx, rx, connections, name), in printed order."""
     lines = result.stdout.lines
     start = next(i for i, line in enumerate(lines) if "netstats: network use per test" in line)
@@ -101,7 +102,7 @@ def summary(result: pytest.RunResult) -> list[tuple[int, int, int, str]]:
         tx, rx, conns, name = m.groups()
         if name.startswith("total ("):
             break
-        rows.append((int(tx.replace(",", "")), int(rx.replace(",", "")), int(conns), name))
+        rows.append((tx, rx, int(conns), name))
     return rows
 
 
@@ -174,16 +175,23 @@ def test_summary_lists_tests_that_touched_the_network_busiest_first_with_totals(
     )
     result = run(suite, "--netstats")
     result.assert_outcomes(passed=3)
-    assert summary(result) == [(8000, 8000, 2, "test_a.py::test_big"), (100, 100, 1, "test_a.py::test_small")]
+    # Sizes as every netstats report shows them: 8000 bytes are 7.8 KiB; "-": no TLS here.
+    big, small = (
+        ("7.8 KiB", "7.8 KiB", 2, "test_a.py::test_big"),
+        ("100 B", "100 B", 1, "test_a.py::test_small"),
+    )
+    assert summary(result) == [big, small]
     result.stdout.fnmatch_lines(
         [
             "*== netstats: network use per test ==*",
-            "*tx*rx*conns*test*hosts",
-            "*8,000*8,000*2*test_a.py::test_big*127.0.0.1:*",
-            "*100*100*1*test_a.py::test_small*127.0.0.1:*",
-            "*8,100*8,100*3*total (2 of 3 tests used the network)",
+            "*tx*rx*tls+*conns*test*hosts",
+            "*7.8 KiB*7.8 KiB*-*2*test_a.py::test_big*127.0.0.1:*",
+            "*100 B*100 B*-*1*test_a.py::test_small*127.0.0.1:*",
+            "*7.9 KiB*7.9 KiB*-*3*total (2 of 3 tests used the network)",
+            "(? unknown, - not applicable)",
         ]
     )
+    assert "8,000" not in result.stdout.str()
 
 
 def test_netstats_top_limits_the_rows_but_not_the_totals(suite: pytest.Pytester) -> None:
@@ -197,8 +205,35 @@ def test_netstats_top_limits_the_rows_but_not_the_totals(suite: pytest.Pytester)
         """
     )
     result = run(suite, "--netstats", "--netstats-top", "2")
-    assert summary(result) == [(40, 40, 1, "test_a.py::test_n[40]"), (30, 30, 1, "test_a.py::test_n[30]")]
-    result.stdout.fnmatch_lines(["... 2 more row(s) not shown (--netstats-top 2)", "*100*100*4*total*"])
+    assert summary(result) == [
+        ("40 B", "40 B", 1, "test_a.py::test_n[40]"),
+        ("30 B", "30 B", 1, "test_a.py::test_n[30]"),
+    ]
+    result.stdout.fnmatch_lines(["... 2 more row(s) not shown (--netstats-top 2)", "*100 B*100 B*4*total*"])
+
+
+def test_netstats_top_without_netstats_is_a_usage_error(suite: pytest.Pytester) -> None:
+    suite.makepyfile("def test_x():\n    pass\n")
+    result = run(suite, "--netstats-top", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--netstats-top limits the rows of --netstats's summary: add --netstats*"])
+    assert "passed" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [("nowhere/x.json", "no such directory *nowhere*"), (".", "is a directory")],
+    ids=["no-folder", "a-folder"],
+)
+def test_netstats_json_to_a_path_that_cannot_be_written_fails_at_start_up(
+    suite: pytest.Pytester, path: str, problem: str
+) -> None:
+    suite.makepyfile("def test_x():\n    open('ran.txt', 'w').close()\n")
+    result = run(suite, "--netstats-json", path)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--netstats-json {path}: {problem}"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert not (suite.path / "ran.txt").exists()  # no test ran: no data to lose
 
 
 def test_json_file_holds_every_test_with_its_connections(suite: pytest.Pytester) -> None:
@@ -297,15 +332,20 @@ def test_fixture_traffic_is_attributed_by_scope(suite: pytest.Pytester) -> None:
             echo.talk(3, sock=shared)
         """
     )
-    result = run(suite, "--netstats", "-p", "no:randomly")
+    result = run(suite, "--netstats", "--netstats-json", "out.json", "-p", "no:randomly")
     result.assert_outcomes(passed=3)
-    assert summary(result) == [
+    expected = [
         (1100, 1100, 3, "test_a.py::test_one"),  # its function fixture's setup and teardown too
         (50, 50, 1, "<session fixtures>"),
         (50, 50, 1, "test_a.py::test_two"),  # on the connection the session fixture opened
         (16, 16, 2, "<module fixtures of test_a.py>"),  # set up in test_one, torn down in test_three
         (3, 3, 1, "test_a.py::test_three"),
     ]
+    rows = {r["name"]: r for r in json.loads((suite.path / "out.json").read_text())["rows"]}
+    assert [
+        (rows[name]["tx"], rows[name]["rx"], len(rows[name]["connections"]), name) for *_, name in expected
+    ] == expected
+    assert [row[3] for row in summary(result)] == [name for *_, name in expected]  # busiest first
 
 
 # ---- budgets ----------------------------------------------------------------------------
@@ -422,12 +462,16 @@ def test_localhost_name_allows_its_address(echo):
     echo.talk(10)
 
 @pytest.mark.netstats(allow_hosts=["::1"])
-def test_ipv6_loopback_allows_ipv4_loopback(echo):
-    echo.talk(10, host="localhost")
+def test_ipv6_loopback_is_not_ipv4_loopback(echo):
+    echo.talk(10)
+
+@pytest.mark.netstats(allow_hosts=["127.0.0.2"])
+def test_another_loopback_address_is_another_host(echo):
+    echo.talk(10)
 
 @pytest.mark.netstats(allow_hosts=["127.0.0.0/8"])
 def test_cidr(echo):
-    echo.talk(10, host="localhost")
+    echo.talk(10)
 
 @pytest.mark.netstats(allow_hosts=["10.0.0.0/8", "db.internal"])
 def test_not_allowed(echo):
@@ -444,13 +488,16 @@ class TestClass:
 """
 
 
-def test_allow_hosts_takes_names_addresses_and_ranges_with_localhost_as_one(suite: pytest.Pytester) -> None:
+def test_allow_hosts_takes_names_addresses_and_ranges_and_an_address_is_only_itself(
+    suite: pytest.Pytester,
+) -> None:
     suite.makepyfile(test_c=ALLOW)
     result = run(suite, "-rA")
     assert outcomes(result) == {
         ("test_c.py::test_address", "PASSED"),
         ("test_c.py::test_localhost_name_allows_its_address", "PASSED"),
-        ("test_c.py::test_ipv6_loopback_allows_ipv4_loopback", "PASSED"),
+        ("test_c.py::test_ipv6_loopback_is_not_ipv4_loopback", "FAILED"),
+        ("test_c.py::test_another_loopback_address_is_another_host", "FAILED"),
         ("test_c.py::test_cidr", "PASSED"),
         ("test_c.py::test_not_allowed", "FAILED"),
         ("test_c.py::TestClass::test_class_marker_applies", "FAILED"),
@@ -461,6 +508,13 @@ def test_allow_hosts_takes_names_addresses_and_ranges_with_localhost_as_one(suit
             "*netstats: test_c.py::test_not_allowed broke its network budget",
             "  host not in allow_hosts=['10.0.0.0/8', 'db.internal']:",
             "    *127.0.0.1* tx=10 rx=10 opened at *conftest.py:* in connect",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*netstats: test_c.py::test_another_loopback_address_is_another_host broke its network budget",
+            "  host not in allow_hosts=['127.0.0.2']:",
+            "    127.0.0.1:* tx=10 rx=10 opened at *",
         ]
     )
 
@@ -480,15 +534,24 @@ def test_allow_hosts_matching_rules() -> None:
     assert not allow.allows(conn(("192.0.3.1", 80)))
     assert allow.allows(conn(("2001:db8::5", 80, 0, 0)))
     assert allow.allows(conn(("::ffff:192.0.2.1", 80, 0, 0)))  # IPv4-mapped
+    # "localhost" stands for 127.0.0.1 and ::1, not for every loopback address
     assert allow.allows(conn(("127.0.0.1", 5432))) and allow.allows(conn(("::1", 5432, 0, 0)))
-    assert allow.allows(conn(("127.8.9.10", 5432)))  # all of 127.0.0.0/8 is localhost
+    assert not allow.allows(conn(("127.8.9.10", 5432)))
     assert not allow.allows(conn(None, "db.internal"))  # a name that did not resolve still counts
     assert allow.allows(conn("/run/app.sock", transport="unix"))  # local IPC is never a host
     assert allow.allows(conn(None, transport="udp"))  # unconnected UDP: no peer to judge
 
-    only_loopback = AllowHosts(["::1"])
-    assert only_loopback.allows(conn(("127.0.0.1", 1), "localhost"))
-    assert not only_loopback.allows(conn(("192.0.2.1", 1)))
+    # An address written out matches only itself (IPv4-mapped included), whatever name led there.
+    ipv4 = AllowHosts(["127.0.0.1"])
+    assert ipv4.allows(conn(("127.0.0.1", 1), "localhost"))
+    assert ipv4.allows(conn(("::ffff:127.0.0.1", 1, 0, 0)))
+    assert not ipv4.allows(conn(("::1", 1, 0, 0), "localhost"))
+    assert not ipv4.allows(conn(("127.0.0.2", 1)))
+    assert not AllowHosts(["127.0.0.2"]).allows(conn(("127.0.0.1", 1)))
+    ipv6 = AllowHosts(["::1"])
+    assert ipv6.allows(conn(("::1", 1, 0, 0), "localhost"))
+    assert not ipv6.allows(conn(("127.0.0.1", 1), "localhost"))
+    assert not ipv6.allows(conn(("192.0.2.1", 1)))
     assert not AllowHosts([]).allows(conn(("127.0.0.1", 1)))
 
 
@@ -612,7 +675,7 @@ def test_xdist_gives_the_same_summary_json_and_verdicts(suite: pytest.Pytester) 
     assert outcomes(two) == outcomes(one)
     assert len(outcomes(one)) == 12  # 11 tests, one with an error at teardown
     assert summary(two) == summary(one)
-    assert summary(one)[0] == (10000, 10000, 1, "test_e.py::test_n[10000]")
+    assert summary(one)[0] == ("9.8 KiB", "9.8 KiB", 1, "test_e.py::test_n[10000]")
 
     def figures(name: str) -> list[tuple[str, int, int, int]]:
         rows = json.loads((suite.path / name).read_text())["rows"]
@@ -674,4 +737,7 @@ def test_a_tls_test_shows_its_overhead_and_a_plain_one_none(suite: pytest.Pytest
     assert plain["tls_overhead"] == 0
     assert tls["tls_overhead"] > 1000  # a TLS 1.3 handshake with a certificate alone is larger
     assert tls["connections"][0]["tls"] == "TLSv1.3"
-    result.stdout.fnmatch_lines([f"*5,000*5,000*{tls['tls_overhead']:,}*1*test_t.py::test_tls*"])
+    overhead = f"{tls['tls_overhead'] / 1024:.1f} KiB"
+    result.stdout.fnmatch_lines(
+        ["*4.9 KiB*4.9 KiB*-*1*test_plain*", f"*4.9 KiB*4.9 KiB*{overhead}*1*test_t.py::test_tls*"]
+    )

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import NoReturn
 
-from ._report import FORMATS, GROUPS, Run, render, write
+from ._report import FORMATS, GROUPS, SORTS, BadRun, Run, render, unwritable, write
+from ._version import __version__
 
 EXAMPLES = """\
 examples:
   netstats run script.py --its-own-flag     run a script, report on stderr
   netstats run -m http.server 8000          run a module
+  netstats run --servers -m http.server     ... with the connections it accepts
   netstats run -o run.json --format json app.py
   netstats report run.json --by host        re-render a saved run
   netstats demo                             see it all offline, in seconds
@@ -24,10 +27,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _output_options(parser: argparse.ArgumentParser) -> None:
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"needs a number of rows >= 1, not {text!r}")
+    return n
+
+
+def _output_options(parser: argparse.ArgumentParser, where: str) -> None:
     parser.add_argument("--format", choices=FORMATS, default="text", help="report format (default text)")
     parser.add_argument("--by", choices=GROUPS, help="group connections by host, origin, caller or pid")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: stderr)")
+    parser.add_argument(
+        "--sort", choices=SORTS, default="bytes", help="largest first by (default bytes: tx+rx)"
+    )
+    parser.add_argument("--top", type=_positive, metavar="N", help="show only the first N rows (totals: all)")
+    parser.add_argument("--wide", action="store_true", help="text: every column, nothing shortened")
+    parser.add_argument("-o", "--output", metavar="FILE", help=f"write the report to FILE (default: {where})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"netstats {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{run,report,demo}", parser_class=_Parser)
     run = commands.add_parser(
         "run",
@@ -48,12 +67,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     run.add_argument("--servers", action="store_true", help="also report connections the program accepts")
-    _output_options(run)
+    _output_options(run, "stderr")
     run.add_argument("program", nargs=argparse.REMAINDER, help="script.py and its arguments")
-    report = commands.add_parser("report", help="re-render a run saved with --format json")
+    report = commands.add_parser(
+        "report",
+        help="re-render a run saved with --format json",
+        description="Re-render a run saved by `netstats run --format json -o FILE`, in any format, "
+        "grouping or order.",
+        epilog="examples:\n"
+        "  netstats run --format json -o run.json app.py\n"
+        "  netstats report run.json --by host\n"
+        "  netstats report run.json --format csv -o run.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     report.add_argument("file", help="a JSON file written by netstats run --format json")
-    _output_options(report)
-    commands.add_parser("demo", help="a loopback HTTP and HTTPS server, fetched and reported")
+    _output_options(report, "stdout")
+    commands.add_parser(
+        "demo",
+        help="a loopback HTTP and HTTPS server, fetched and reported",
+        description="Start a loopback HTTP and an HTTPS server in this process, fetch from both with urllib "
+        "and asyncio, print each connection's events and marks as they happen, then the report. "
+        "Offline, a few seconds.",
+    )
     return parser
 
 
@@ -72,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _render(run: Run, args: argparse.Namespace) -> str:
+    return render(run, args.format, args.by, top=args.top, sort=args.sort, wide=args.wide)
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ._errors import NoSuchProgram
     from ._run import run_program
@@ -82,23 +121,45 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         target, rest = args.program[0], args.program[1:]
     else:
         parser.exit(2, "netstats run: error: give a script or -m module (see netstats run --help)\n")
+
+    if args.output:  # checked before the program runs (no run lost to a typo), and kept absolute
+        if unwritable(args.output):  # for a program that changes directory
+            parser.exit(2, f"netstats run: error: cannot write {args.output}: {unwritable(args.output)}\n")
+        args.output = os.path.abspath(args.output)
+
+    def report(result: Run) -> None:
+        write(_render(result, args), args.output)
+
     try:
-        result = run_program(target, rest, module=bool(args.module), servers=args.servers)
+        result = run_program(target, rest, module=bool(args.module), servers=args.servers, on_signal=report)
     except NoSuchProgram as exc:
         print(f"netstats run: {exc}", file=sys.stderr)
         return exc.exit_code
-    write(render(result, args.format, args.by), args.output)
+    report(result)
     return result.exit_code or 0
 
 
 def _report(args: argparse.Namespace) -> int:
     try:
         with open(args.file, encoding="utf-8") as f:
-            run = Run.from_json(json.load(f))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"netstats report: cannot read {args.file}: {exc}", file=sys.stderr)
+            data = json.load(f)
+        run = Run.from_json(data)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+        print(f"netstats report: cannot read {args.file}: {problem}", file=sys.stderr)
         return 2
-    write(render(run, args.format, args.by), args.output, sys.stdout)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or not a run (BadRun)
+        what = str(exc) if isinstance(exc, BadRun) else f"not JSON ({exc})"
+        if isinstance(exc, RecursionError):
+            what = "not a netstats run file (nested too deep)"
+        print(
+            f"netstats report: {args.file}: {what.splitlines()[0] if what else 'malformed'}", file=sys.stderr
+        )
+        return 2
+    if args.output and unwritable(args.output):
+        print(f"netstats report: cannot write {args.output}: {unwritable(args.output)}", file=sys.stderr)
+        return 2
+    write(_render(run, args), args.output, sys.stdout)
     return 0
 
 

@@ -3,7 +3,8 @@
 Children find us through the environment: NETSTATS_RUN_DIR names the folder, and the folder
 `_boot/` (on PYTHONPATH) holds a sitecustomize that calls `start_from_environment()` at start-up.
 Forked children (os.fork, multiprocessing's fork) start a fresh capture of their own; they
-dump through multiprocessing's exit hook, since they end with os._exit.
+dump through multiprocessing's exit hook, since they end with os._exit. A child ended by SIGTERM
+(multiprocessing's terminate()) dumps first, then ends as the signal would have ended it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from . import _state
@@ -21,6 +26,7 @@ BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 _capture: Capture | None = None
 _dumped = False
 _following = False
+_accepts_before = 0
 
 
 def start_from_environment() -> None:
@@ -28,11 +34,35 @@ def start_from_environment() -> None:
     if os.environ.get(ENV_DIR) and _capture is None:
         _begin()
         atexit.register(dump)
+        on_sigterm(dump)
         follow_forks()
 
 
+def on_sigterm(report: Callable[[], None]) -> Any:
+    """On SIGTERM, call report(), then end the process as the signal would have (killed by
+    SIGTERM). Installed only from the main thread, over the default disposition or netstats' own
+    handler (a program's own is kept). Returns the handler replaced, or None if not installed."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if previous is not signal.SIG_DFL and not getattr(previous, "netstats", False):
+        return None
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        try:
+            report()
+        finally:
+            os.kill(os.getpid(), signum)
+
+    terminated.netstats = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, terminated)
+    return previous
+
+
 def _begin() -> None:
-    global _capture, _dumped
+    global _capture, _dumped, _accepts_before
+    _accepts_before = _state.accepts
     _capture = Capture(keep=True, servers=os.environ.get("NETSTATS_SERVERS") == "1").start()
     _dumped = False
 
@@ -66,6 +96,7 @@ def _after_fork() -> None:
     _state.reset_after_fork()
     if os.environ.get(ENV_DIR):
         _begin()
+        on_sigterm(dump)  # over the parent's, inherited: Process.terminate() ends workers so
 
 
 def dump() -> None:
@@ -77,10 +108,11 @@ def dump() -> None:
     _dumped = True
     _capture.stop()
     records: list[dict[str, Any]] = [c.as_dict() for c in _capture.connections]
+    accepts = 0 if _capture.servers else _state.accepts - _accepts_before
     path = os.path.join(folder, f"{os.getpid()}.json")
     try:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(records, f)
+            json.dump({"connections": records, "accepts_left_out": accepts}, f)
         os.replace(path + ".tmp", path)
     except OSError:
         pass
@@ -92,14 +124,23 @@ def dump_fork_child(inherited: Capture) -> None:
     dump()
 
 
-def collect(folder: str) -> list[dict[str, Any]]:
-    """Every connection the children wrote, oldest process first."""
-    out: list[dict[str, Any]] = []
+def _dumps(folder: str) -> list[dict[str, Any]]:
+    out = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".json"):
             try:
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    out.extend(json.load(f))
+                    out.append(json.load(f))
             except (OSError, ValueError):
                 continue
     return out
+
+
+def collect(folder: str) -> list[dict[str, Any]]:
+    """Every connection the children wrote, oldest process first."""
+    return [conn for dump in _dumps(folder) for conn in dump["connections"]]
+
+
+def accepts(folder: str) -> int:
+    """Connections the children accepted and left out (they captured without servers)."""
+    return sum(int(dump.get("accepts_left_out", 0)) for dump in _dumps(folder))

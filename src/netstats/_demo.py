@@ -19,6 +19,7 @@ from typing import Any
 
 from ._api import mark
 from ._capture import Capture
+from ._format import duration, size
 from ._record import Connection
 from ._report import Run, render_text
 
@@ -93,14 +94,18 @@ def _show(event: str, conn: Connection, nbytes: int | None) -> None:
         print(f"{name} closed{tls}: read {conn.rx} bytes, written {conn.tx} bytes")
 
 
+def _show_mark(name: str, since: dict[str, Any]) -> None:
+    print(f"   mark {name!r}: tx {size(since['tx'])}, rx {size(since['rx'])} in {duration(since['elapsed'])}")
+
+
 async def _fetch_async(port: int, context: ssl.SSLContext) -> None:
     reader, writer = await asyncio.open_connection("localhost", port, ssl=context)
     writer.write(f"GET /async HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
     sock = writer.get_extra_info("socket")
-    print(f"   mark 'request sent':      {mark(sock, 'request sent')}")
+    _show_mark("request sent", mark(sock, "request sent"))
     await reader.read()
-    print(f"   mark 'response read':     {mark(sock, 'response read')}")
+    _show_mark("response read", mark(sock, "response read"))
     writer.close()
     await writer.wait_closed()
 

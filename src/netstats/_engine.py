@@ -302,6 +302,9 @@ def connect_result(conn: Connection, sock: Any, code: int) -> None:
 
 @guarded
 def accepted(sock: Any) -> None:
+    _state.count_accept()  # `netstats run` without --servers says how many it left out
+    if not _state.serving:
+        return
     try:
         remote = sock.getpeername()
     except OSError:

@@ -27,7 +27,7 @@ from ._format import address
 from ._record import Connection
 
 OUTSIDE = "<outside tests>"
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+LOCALHOST = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 BUDGETS = ("max_tx", "max_rx", "max_connections")
 
 # ---- allow_hosts and budgets ------------------------------------------------------------
@@ -44,7 +44,8 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 class AllowHosts:
-    """Names, addresses and CIDR ranges; "localhost", 127.0.0.0/8 and ::1 allow one another."""
+    """Names, addresses and CIDR ranges. An address written out matches only itself, a range
+    only its addresses; the name "localhost" also stands for 127.0.0.1 and ::1."""
 
     def __init__(self, entries: Iterable[str]) -> None:
         self.entries = [str(e) for e in entries]
@@ -57,12 +58,9 @@ class AllowHosts:
             except ValueError:
                 self.names.add(text)
                 if text == "localhost":
-                    self.networks.extend(LOOPBACK)
+                    self.networks.extend(LOCALHOST)
                 continue
             self.networks.append(net)
-            if any(net.version == lo.version and net.overlaps(lo) for lo in LOOPBACK):  # type: ignore[arg-type]
-                self.networks.extend(LOOPBACK)
-                self.names.add("localhost")
 
     def allows(self, conn: Connection) -> bool:
         """Unix sockets are always allowed, and so is a socket with no peer (unconnected UDP)."""

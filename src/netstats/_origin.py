@@ -24,6 +24,7 @@ try:
 except AttributeError:  # some embedded or virtualenv-old site modules lack these
     pass
 _SITE_DIRS = _dirs(*_site_paths)
+_SCRIPTS_DIRS = _dirs(sysconfig.get_paths().get("scripts"), os.path.dirname(sys.executable))
 _STDLIB_DIRS = _dirs(
     *(sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib")),
     os.path.dirname(os.__file__),
@@ -54,28 +55,54 @@ def _kind(filename: str) -> int:
     return kind
 
 
+def _place(frame: FrameType) -> str:
+    code = frame.f_code
+    key = (code, frame.f_lineno)
+    here = _places.get(key)
+    if here is None:
+        here = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+        if len(_places) < 4096:
+            _places[key] = here
+    return here
+
+
+def _is_main(frame: FrameType) -> bool:
+    """The program's own module (`python -m http.server`), wherever its file lives; not a
+    console script's launcher."""
+    if frame.f_globals.get("__name__") != "__main__":
+        return False
+    return not os.path.abspath(frame.f_code.co_filename).startswith(_SCRIPTS_DIRS)
+
+
 def where() -> tuple[str | None, str | None]:
     """(origin, caller) as "path:line in function" for the current call stack.
 
     origin: innermost frame outside netstats and the standard library (usually the network
     library); caller: innermost frame that is not an installed package either (the user's code).
+    The program's `__main__` module is the user's code wherever it lives. netstats' own frames
+    are skipped where they call in (the wrappers); where netstats calls out, running code as a
+    program (`netstats run`, `netstats demo`), the walk ends there: what is further out is
+    netstats' launcher, and that frame stands for origin and caller if none was found.
     """
     origin = caller = None
+    outside = False  # seen a frame that is not netstats'
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
-        code = frame.f_code
-        kind = _kind(code.co_filename)
-        if kind >= _PACKAGE:
-            key = (code, frame.f_lineno)
-            here = _places.get(key)
-            if here is None:
-                here = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
-                if len(_places) < 4096:
-                    _places[key] = here
-            if origin is None:
-                origin = here
-            if kind == _USER:
-                caller = here
-                break
+        kind = _kind(frame.f_code.co_filename)
+        if kind == _NETSTATS_KIND:
+            if outside:
+                here = _place(frame)
+                return origin or here, caller or here
+        else:
+            outside = True
+            if kind != _USER and _is_main(frame):
+                kind = _USER
+            if kind >= _PACKAGE:
+                here = _place(frame)
+                if origin is None:
+                    origin = here
+                if kind == _USER:
+                    caller = here
+                    break
         frame = frame.f_back
     return origin, caller

@@ -266,6 +266,8 @@ class Connection(Counts):
                 value = [dict(m) for m in value]
             elif isinstance(value, tuple):
                 value = list(value)
+            elif isinstance(value, bytes):  # a Unix socket's abstract address, b"\0name"
+                value = value.decode("utf-8", "backslashreplace")
             out[name] = value
         return out
 

@@ -4,9 +4,12 @@ The JSON form is the saved run that `netstats report` re-renders. Its schema, ve
 
     {"schema": "netstats.run/1", "program": ["script.py", "arg"], "pid": 123,
      "started": 1790000000.0, "finished": 1790000001.5, "exit_code": 0,
+     "accepts_left_out": 0,
      "connections": [{...every Connection field, see netstats.FIELDS...}, ...]}
 
-Fields may be added within a version; none is removed or changes meaning.
+`accepts_left_out`: connections the program accepted that are not in the report (it ran
+without --servers). Fields may be added within a version; none is removed or changes meaning.
+A figure netstats could not know is null, and shown "?".
 """
 
 from __future__ import annotations
@@ -14,16 +17,37 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._format import address, short_frame, size
+from ._format import (
+    LEGEND,
+    NOT_APPLICABLE,
+    UNKNOWN,
+    address,
+    clip,
+    duration,
+    duration_total,
+    peer,
+    short_frame,
+    size,
+    size_total,
+    total,
+)
 
 SCHEMA = "netstats.run/1"
 GROUPS = ("host", "origin", "caller", "pid")
 FORMATS = ("text", "json", "csv")
+SORTS = ("bytes", "tx", "rx", "wire", "time")
+WIDTH = 120  # the default text layout fits this many columns
+
+
+class BadRun(ValueError):
+    """A file that is not a run netstats can re-render; the message says what is wrong."""
 
 
 @dataclass
@@ -36,53 +60,167 @@ class Run:
     finished: float
     exit_code: int | None
     connections: list[dict[str, Any]] = field(default_factory=list)
+    accepts_left_out: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **self.__dict__}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Run:
+    def from_json(cls, data: Any) -> Run:
+        """A Run from a saved file's data; BadRun naming the first thing that is wrong."""
         schema = data.get("schema") if isinstance(data, dict) else None
         if schema != SCHEMA:
-            raise ValueError(f"not a netstats run file (schema {schema!r}, expected {SCHEMA!r})")
+            raise BadRun(f"not a netstats run file (schema {_show(schema)}, expected {SCHEMA!r})")
+        program = _need(data, "program", list)
+        if not all(isinstance(a, str) for a in program):
+            raise BadRun("'program' must be a list of strings")
+        exit_code = data.get("exit_code")
+        if exit_code is not None and not _is_int(exit_code):
+            raise BadRun(f"'exit_code' must be an integer or null, not {_show(exit_code)}")
+        accepts = data.get("accepts_left_out", 0)
+        if not _is_int(accepts) or accepts < 0:
+            raise BadRun(f"'accepts_left_out' must be an integer >= 0, not {_show(accepts)}")
+        connections = _need(data, "connections", list)
+        for i, conn in enumerate(connections):
+            _check_connection(i, conn)
         return cls(
-            program=list(data["program"]),
-            pid=int(data["pid"]),
-            started=float(data["started"]),
-            finished=float(data["finished"]),
-            exit_code=data.get("exit_code"),
-            connections=list(data["connections"]),
+            program=list(program),
+            pid=_need(data, "pid", int),
+            started=_need(data, "started", float),
+            finished=_need(data, "finished", float),
+            exit_code=exit_code,
+            connections=list(connections),
+            accepts_left_out=accepts,
         )
+
+
+# ---- checking a saved run: every field the renderers read ---------------------------------
+
+_MAX = 2**63  # byte counts and ids beyond this are not from a real run
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -_MAX < v < _MAX
+
+
+def _is_number(v: Any) -> bool:
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else str(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    list: (lambda v: isinstance(v, list), "a list"),
+}
+
+
+def _need(data: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in data:
+        raise BadRun(f"{key!r} is missing")
+    check, what = _KINDS[kind]
+    if not check(data[key]):
+        raise BadRun(f"{key!r} must be {what}, not {_show(data[key])}")
+    return float(data[key]) if kind is float else data[key]
+
+
+# Connection fields the renderers read, and what each may hold besides null.
+_COUNTS = ("rx", "tx", "wire_rx", "wire_tx", "retransmits", "retrans_bytes", "reads", "writes")
+_TIMES = ("rtt", "min_rtt", "opened", "connected", "closed", "duration")
+_TEXTS = ("side", "host", "tls", "origin", "caller", "error", "source")
+
+
+def _check_connection(i: int, conn: Any) -> None:
+    if not isinstance(conn, dict):
+        raise BadRun(f"connection {i} must be an object, not {_show(conn)}")
+    for key in ("id", "pid", "transport"):
+        if key not in conn:
+            raise BadRun(f"connection {i}: {key!r} is missing")
+    for key in ("id", "pid"):
+        if not _is_int(conn[key]):
+            raise BadRun(f"connection {i}: {key!r} must be an integer, not {_show(conn[key])}")
+    if not isinstance(conn["transport"], str):
+        raise BadRun(f"connection {i}: 'transport' must be a string, not {_show(conn['transport'])}")
+    for keys, ok, what in (
+        (_COUNTS, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        (_TIMES, _is_number, "a number"),
+        (_TEXTS, lambda v: isinstance(v, str), "a string"),
+    ):
+        for key in keys:
+            value = conn.get(key)
+            if value is not None and not ok(value):
+                raise BadRun(f"connection {i}: {key!r} must be {what} or null, not {_show(value)}")
+    for key in ("local", "remote"):
+        value = conn.get(key)
+        if value is not None and not (isinstance(value, str) or _is_address(value)):
+            raise BadRun(f"connection {i}: {key!r} must be [address, port, ...], a path or null")
+    marks = conn.get("marks")
+    if marks is not None and not isinstance(marks, list):
+        raise BadRun(f"connection {i}: 'marks' must be a list or null, not {_show(marks)}")
+
+
+def _is_address(value: Any) -> bool:
+    return isinstance(value, list) and len(value) >= 2 and isinstance(value[0], str) and _is_int(value[1])
 
 
 # ---- helpers shared by the renderers ----------------------------------------------------
 
 
 def overhead(conn: dict[str, Any]) -> int | None:
-    """TLS overhead: wire bytes minus application bytes (records, handshake), where known."""
-    figures = (conn.get("wire_tx"), conn.get("wire_rx"), conn.get("tx"), conn.get("rx"))
-    if not conn.get("tls") or None in figures:
+    """TLS overhead: wire bytes minus application bytes (records, handshake), where known.
+
+    None for a plain connection (not applicable: `conn["tls"]` is None) and for a TLS one where
+    a figure is unknown."""
+    wire, plain = _both(conn, "wire_tx", "wire_rx"), _both(conn, "tx", "rx")
+    if not conn.get("tls") or wire is None or plain is None:
         return None
-    return int(conn["wire_tx"] + conn["wire_rx"] - conn["tx"] - conn["rx"])
+    return int(wire - plain)
 
 
-def _sum(values: Iterable[int | None]) -> int | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
+def _both(conn: dict[str, Any], a: str, b: str) -> int | None:
+    x: int | None = conn.get(a)
+    y: int | None = conn.get(b)
+    return None if x is None or y is None else x + y
 
 
-def counted(values: Iterable[int | None]) -> str:
-    """The size of a sum of application bytes: '+?' after it when some were not known."""
-    values = list(values)
-    total = size(sum(v for v in values if v is not None))
-    return total + "+?" if None in values else total
+_SORT_KEYS: dict[str, Callable[[dict[str, Any]], float | None]] = {
+    "bytes": lambda c: _both(c, "tx", "rx"),
+    "tx": lambda c: c.get("tx"),
+    "rx": lambda c: c.get("rx"),
+    "wire": lambda c: _both(c, "wire_tx", "wire_rx"),
+    "time": lambda c: c.get("duration"),
+}
 
 
-def _order(conns: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(conns, key=lambda c: (-((c["tx"] or 0) + (c["rx"] or 0)), c["id"]))
+def order(conns: list[dict[str, Any]], sort: str = "bytes") -> list[dict[str, Any]]:
+    """Largest first by `sort` (bytes: tx + rx); unknown figures last, then by id."""
+    key = _SORT_KEYS[sort]
+
+    def rank(c: dict[str, Any]) -> tuple[int, float, int]:
+        v = key(c)
+        return (1, 0.0, c["id"]) if v is None else (0, -v, c["id"])
+
+    return sorted(conns, key=rank)
+
+
+def _maybe_tls(conn: dict[str, Any]) -> bool:
+    """TLS, or not known to be plain: a connection the kernel census found (made by C code)."""
+    return bool(conn.get("tls")) or conn.get("source") == "kernel"
+
+
+def _tls_plus(conns: list[dict[str, Any]]) -> str:
+    """Summed TLS overhead of the TLS connections among conns ("+?" with one whose TLS is not
+    known); "-" when none is or may be TLS."""
+    return size_total(overhead(c) for c in conns if _maybe_tls(c))
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Aligned columns two spaces apart, those in `right` aligned right."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:
@@ -93,156 +231,286 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[st
     return lines
 
 
+def _fit(rows: list[list[str]], header: list[str], flexible: list[int], width: int) -> None:
+    """Shorten the cells of the flexible columns (in place) so that every line fits `width`."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fixed = sum(w for i, w in enumerate(widths) if i not in flexible) + 2 * (len(header) - 1)
+    room = width - fixed
+    natural = [widths[i] for i in flexible]
+    if sum(natural) <= room:
+        return
+    # Share the room out: a column that needs less than an equal share gives the rest away.
+    share: dict[int, int] = {}
+    left, pending = max(room, 8 * len(flexible)), sorted(flexible, key=lambda i: widths[i])
+    while pending:
+        i = pending.pop(0)
+        share[i] = min(widths[i], left // (len(pending) + 1))
+        left -= share[i]
+    for row in [header, *rows]:
+        for i in flexible:
+            row[i] = clip(row[i], share[i])
+
+
+def _legend(rows: list[list[str]]) -> list[str]:
+    """The meaning of "?" and "-", under a table that shows either."""
+    marked = any(cell in (UNKNOWN, NOT_APPLICABLE) or cell.endswith("+?") for row in rows for cell in row)
+    return [f"({LEGEND})"] if marked else []
+
+
 # ---- renderers --------------------------------------------------------------------------
 
 
-def _summary(run: Run) -> str:
+def _summary(run: Run) -> list[str]:
     conns = run.connections
     pids = {c["pid"] for c in conns} | {run.pid}
     parts = [
         f"netstats: {len(conns)} connection{'s' * (len(conns) != 1)}",
-        f"tx {counted(c['tx'] for c in conns)}",
-        f"rx {counted(c['rx'] for c in conns)}",
+        f"tx {size_total((c.get('tx') for c in conns), size(0))}",
+        f"rx {size_total((c.get('rx') for c in conns), size(0))}",
     ]
-    wire_tx, wire_rx = _sum(c.get("wire_tx") for c in conns), _sum(c.get("wire_rx") for c in conns)
-    if wire_tx is not None:
-        parts.append(f"wire tx {size(wire_tx)} rx {size(wire_rx)}")
-    parts.append(f"{run.finished - run.started:.2f}s")
+    wire = [(c.get("wire_tx"), c.get("wire_rx")) for c in conns if _has(c, "wire_tx")]
+    if any(w != (None, None) for w in wire):
+        parts.append(f"wire tx {size_total(w[0] for w in wire)} rx {size_total(w[1] for w in wire)}")
+    parts.append(duration(run.finished - run.started))
     if len(pids) > 1:
         parts.append(f"{len(pids)} processes")
     if run.exit_code not in (0, None):
         parts.append(f"exit code {run.exit_code}")
-    return ", ".join(parts)
-
-
-def render_text(run: Run, by: str | None = None) -> str:
-    lines = [_summary(run)]
-    if not run.connections:
-        return lines[0] + "\n"
-    if by:
-        return "\n".join(lines + [""] + _grouped(run, by)) + "\n"
-    header = [
-        "PID",
-        "PROTO",
-        "REMOTE",
-        "HOST",
-        "TX",
-        "RX",
-        "WIRE TX",
-        "WIRE RX",
-        "TLS+",
-        "TIME",
-        "CALLER",
-        "ORIGIN",
-    ]
-    rows = []
-    for c in _order(run.connections):
-        proto = c["transport"] + (f"+{c['tls']}" if c.get("tls") else "")
-        if c.get("source") == "kernel":
-            proto += "+? (C)"  # found by the kernel census: TLS or not is not known
-        if c.get("side") == "server":
-            proto += " (in)"
-        caller, origin = short_frame(c.get("caller")), short_frame(c.get("origin"))
-        rows.append(
-            [
-                str(c["pid"]),
-                proto,
-                address(c.get("remote")),
-                c.get("host") or "-",
-                size(c["tx"]),
-                size(c["rx"]),
-                size(c.get("wire_tx")),
-                size(c.get("wire_rx")),
-                size(overhead(c)) if overhead(c) is not None else "-",
-                f"{c['duration']:.3f}s",
-                caller if not c.get("error") else f"{caller}  ! {c['error']}",
-                "" if origin == caller else origin,
-            ]
+    lines = [", ".join(parts)]
+    if run.accepts_left_out:
+        n = run.accepts_left_out
+        lines.append(
+            f"netstats: the program accepted {n} connection{'s' * (n != 1)}, left out of this report "
+            "(netstats run --servers reports them)"
         )
-    totals = [
-        "",
-        "total",
-        f"{len(run.connections)} conn.",
-        "",
-        counted(c["tx"] for c in run.connections),
-        counted(c["rx"] for c in run.connections),
-        size(_sum(c.get("wire_tx") for c in run.connections)),
-        size(_sum(c.get("wire_rx") for c in run.connections)),
-        size(_sum(overhead(c) for c in run.connections)),
-        "",
-        "",
-        "",
-    ]
-    return "\n".join(lines + [""] + _table(header, [*rows, totals], {0, 4, 5, 6, 7, 8, 9})) + "\n"
+    return lines
+
+
+def render_text(
+    run: Run, by: str | None = None, *, top: int | None = None, sort: str = "bytes", wide: bool = False
+) -> str:
+    """The text report: a summary line, then a row per connection (or per group), largest first,
+    and a total line. Fits 120 columns (places in the code shortened); `wide` shows every column
+    (the remote address, wire bytes, origin) in full; `top` shows only the first rows."""
+    lines = _summary(run)
+    if not run.connections:
+        return "\n".join(lines) + "\n"
+    table = _grouped(run, by, top, sort, wide) if by else _connections(run, top, sort, wide)
+    return "\n".join([*lines, "", *table]) + "\n"
+
+
+@dataclass(frozen=True)
+class _Column:
+    """A column of the per-connection table: its cell for a connection and on the total line."""
+
+    name: str
+    cell: Callable[[dict[str, Any]], str]
+    total: Callable[[list[dict[str, Any]]], str] = lambda conns: ""
+    right: bool = False  # aligned right (figures)
+    wide: bool = False  # shown with --wide only
+
+
+def _proto(c: dict[str, Any]) -> str:
+    tls = f"+{c['tls']}" if c.get("tls") else ""
+    if c.get("source") == "kernel":
+        tls = "+? (C)"  # found by the kernel census: made by C code, TLS or not is not known
+    return f"{c['transport']}{tls}{' (in)' if c.get('side') == 'server' else ''}"
+
+
+def _caller(c: dict[str, Any]) -> str:
+    caller = short_frame(c.get("caller"))
+    return f"{caller} ! {c['error']}" if c.get("error") else caller
+
+
+def _has(c: dict[str, Any], name: str) -> bool:
+    """Whether a connection has such a figure at all: wire bytes are a TCP stream's."""
+    return c["transport"] == "tcp" or not name.startswith("wire_")
+
+
+def _figure(name: str) -> Callable[[dict[str, Any]], str]:
+    return lambda c: size(c.get(name)) if _has(c, name) else NOT_APPLICABLE
+
+
+def _summed(name: str) -> Callable[[list[dict[str, Any]]], str]:
+    return lambda conns: size_total(c.get(name) for c in conns if _has(c, name))
+
+
+COLUMNS = (
+    _Column("PID", lambda c: str(c["pid"]), right=True),
+    _Column("PROTO", _proto, lambda conns: "total"),
+    _Column("PEER", lambda c: peer(c.get("host"), c.get("remote")), lambda conns: f"{len(conns)} conn."),
+    _Column("REMOTE", lambda c: address(c.get("remote")), wide=True),
+    _Column("TX", _figure("tx"), _summed("tx"), right=True),
+    _Column("RX", _figure("rx"), _summed("rx"), right=True),
+    _Column("WIRE TX", _figure("wire_tx"), _summed("wire_tx"), right=True, wide=True),
+    _Column("WIRE RX", _figure("wire_rx"), _summed("wire_rx"), right=True, wide=True),
+    _Column("TLS+", lambda c: size(overhead(c)) if _maybe_tls(c) else NOT_APPLICABLE, _tls_plus, right=True),
+    _Column("TIME", lambda c: duration(c.get("duration")), right=True),
+    _Column("CALLER", _caller),
+    _Column("ORIGIN", lambda c: short_frame(c.get("origin")), wide=True),  # usually a library
+)
+
+
+def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
+    conns = order(run.connections, sort)
+    shown = conns[:top] if top else conns
+    columns = [col for col in COLUMNS if wide or not col.wide]
+    header = [col.name for col in columns]
+    rows = [[col.cell(c) for col in columns] for c in shown]
+    totals = [col.total(run.connections) for col in columns]
+    if not wide:
+        _fit([*rows, totals], header, [header.index("PEER"), header.index("CALLER")], WIDTH)
+    lines = _table(header, [*rows, totals], {i for i, col in enumerate(columns) if col.right})
+    if len(shown) < len(conns):
+        lines.insert(-1, f"... {len(conns) - len(shown)} more connection(s) not shown (--top {top})")
+    return lines + _legend([*rows, totals])
 
 
 def _group_key(conn: dict[str, Any], by: str) -> str:
+    if by == "host" and conn.get("side") == "server":
+        # Accepted connections come from ephemeral ports: they group by the address accepting them.
+        return f"{address(conn.get('local'))} (in)"
     if by == "host":
-        return str(conn.get("host") or address(conn.get("remote")))
+        return peer(conn.get("host"), conn.get("remote"))
     if by in ("origin", "caller"):
         return short_frame(conn.get(by))
     return str(conn["pid"])
 
 
-def groups(run: Run, by: str) -> list[dict[str, Any]]:
-    """Rows of totals per host, origin, caller or pid, largest first."""
+_SUMMED = ("tx", "rx", "wire_tx", "wire_rx", "duration")
+
+
+def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
+    """Rows of totals per host (host:port; "address:port (in)" for accepted connections, by the
+    address that accepted them), origin, caller or pid, largest first.
+
+    Each summed figure is the sum of its known parts; `incomplete` names the figures with an
+    unknown part. A figure is None when no part is known (it is then in `incomplete`) or when
+    there is nothing to add up: wire bytes of a group with no TCP connection, `tls_overhead`
+    (over the group's TLS connections) of one with no TLS connection."""
     if by not in GROUPS:
         raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
-    out: dict[str, dict[str, Any]] = {}
+    members: dict[str, list[dict[str, Any]]] = {}
     for c in run.connections:
-        key = _group_key(c, by)
-        g = out.setdefault(
-            key, {by: key, "connections": 0, "tx": 0, "rx": 0, "wire_tx": None, "wire_rx": None}
-        )
-        g["connections"] += 1
-        for name in ("tx", "rx"):  # None once a connection's application bytes are not known
-            g[name] = None if g[name] is None or c[name] is None else g[name] + c[name]
-        for name in ("wire_tx", "wire_rx"):
-            if c.get(name) is not None:
-                g[name] = (g[name] or 0) + c[name]
-    return sorted(out.values(), key=lambda g: (-((g["tx"] or 0) + (g["rx"] or 0)), g[by]))
+        members.setdefault(_group_key(c, by), []).append(c)
+    out = []
+    for key, conns in members.items():
+        g: dict[str, Any] = {by: key, "connections": len(conns)}
+        incomplete = []
+        for name in _SUMMED:
+            g[name], unknown = total(c.get(name) for c in conns if _has(c, name))
+            if unknown:
+                incomplete.append(name)
+        tls = [overhead(c) for c in conns if _maybe_tls(c)]
+        g["tls_overhead"], unknown = total(tls)
+        if unknown:
+            incomplete.append("tls_overhead")
+        g["incomplete"] = incomplete
+        out.append(g)
+    by_size = _SORT_KEYS[sort]
+    return sorted(out, key=lambda g: (by_size(g) is None, -(by_size(g) or 0), g[by]))
 
 
-def _grouped(run: Run, by: str) -> list[str]:
-    header = [by.upper(), "CONNS", "TX", "RX", "WIRE TX", "WIRE RX"]
+def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[str]:
+    rows_data = groups(run, by, sort)
+    shown = rows_data[:top] if top else rows_data
+    header = [by.upper(), "CONNS", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME"]
+
+    def figure(g: dict[str, Any], name: str, fmt: Callable[[Any], str]) -> str:
+        if g[name] is None:
+            # nothing to add up (no TCP, no TLS connection in the group), or an unknown part
+            return UNKNOWN if name in g["incomplete"] else NOT_APPLICABLE
+        return fmt(g[name]) + ("+?" if name in g["incomplete"] else "")
+
     rows = [
-        [g[by], str(g["connections"]), size(g["tx"]), size(g["rx"]), size(g["wire_tx"]), size(g["wire_rx"])]
-        for g in groups(run, by)
+        [
+            g[by],
+            str(g["connections"]),
+            *(figure(g, name, size) for name in ("tx", "rx", "wire_tx", "wire_rx", "tls_overhead")),
+            figure(g, "duration", duration),
+        ]
+        for g in shown
     ]
-    return _table(header, rows, {1, 2, 3, 4, 5})
+    conns = run.connections
+    totals = [
+        "total",
+        str(len(conns)),
+        *(_summed(name)(conns) for name in ("tx", "rx", "wire_tx", "wire_rx")),
+        _tls_plus(conns),
+        duration_total(c.get("duration") for c in conns),
+    ]
+    if not wide:
+        _fit([*rows, totals], header, [0], WIDTH)
+    lines = _table(header, [*rows, totals], set(range(1, len(header))))
+    if len(shown) < len(rows_data):
+        lines.insert(-1, f"... {len(rows_data) - len(shown)} more group(s) not shown (--top {top})")
+    return lines + _legend([*rows, totals])
 
 
-def render_json(run: Run, by: str | None = None) -> str:
+def render_json(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any) -> str:
     data = run.to_json()
     if by:
-        data["groups"] = {"by": by, "rows": groups(run, by)}
+        data["groups"] = {"by": by, "rows": groups(run, by, sort)}
     return json.dumps(data, indent=2) + "\n"
 
 
-def render_csv(run: Run, by: str | None = None) -> str:
+def render_csv(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any) -> str:
+    """CSV: a row per connection (addresses as host:port, [v6]:port; marks as JSON), or per group.
+    An unknown figure is an empty cell."""
     buffer = io.StringIO()
     if by:
-        rows = groups(run, by)
-        writer = csv.DictWriter(buffer, fieldnames=[by, "connections", "tx", "rx", "wire_tx", "wire_rx"])
+        names = [by, "connections", *_SUMMED, "tls_overhead", "incomplete"]
+        writer = csv.DictWriter(buffer, fieldnames=names)
         writer.writeheader()
-        writer.writerows(rows)
+        for g in groups(run, by, sort):
+            writer.writerow({**g, "incomplete": " ".join(g["incomplete"])})
         return buffer.getvalue()
     from ._record import FIELDS
 
     writer = csv.DictWriter(buffer, fieldnames=list(FIELDS), extrasaction="ignore")
     writer.writeheader()
-    for c in _order(run.connections):
-        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in c.items()})
+    for c in order(run.connections, sort):
+        row = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in c.items()}
+        for key in ("local", "remote"):
+            if c.get(key):
+                row[key] = address(c[key])
+        writer.writerow(row)
     return buffer.getvalue()
 
 
-RENDERERS = {"text": render_text, "json": render_json, "csv": render_csv}
+RENDERERS: dict[str, Callable[..., str]] = {"text": render_text, "json": render_json, "csv": render_csv}
 
 
-def render(run: Run, fmt: str = "text", by: str | None = None) -> str:
+def render(
+    run: Run,
+    fmt: str = "text",
+    by: str | None = None,
+    *,
+    top: int | None = None,
+    sort: str = "bytes",
+    wide: bool = False,
+) -> str:
     if fmt not in RENDERERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return RENDERERS[fmt](run, by)
+    if sort not in SORTS:
+        raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(SORTS)}")
+    if fmt == "text":
+        return render_text(run, by, top=top, sort=sort, wide=wide)
+    return RENDERERS[fmt](run, by, sort=sort)
+
+
+def unwritable(path: str | os.PathLike[str]) -> str | None:
+    """Why a report could not be written to path, or None: checked before a run, so that a wrong
+    path costs no run."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return "is a directory"
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        return f"no such directory {folder!r}"
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        return "permission denied"
+    return None
 
 
 def write(text: str, path: str | None, stream: Any = None) -> None:

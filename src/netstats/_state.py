@@ -44,6 +44,15 @@ lock = threading.RLock()
 active: tuple[Watcher, ...] = ()
 serving: tuple[Watcher, ...] = ()
 gated: tuple[Watcher, ...] = ()
+# Connections accepted while some capture was active, in this process: `netstats run` without
+# --servers tells how many it left out of its report, without recording them.
+accepts = 0
+
+
+def count_accept() -> None:
+    global accepts
+    with lock:
+        accepts += 1
 
 
 def add(watcher: Watcher) -> None:
@@ -69,6 +78,7 @@ def reset_after_fork() -> None:
 
     The lock is made anew too: another thread of the parent may have held it at the fork.
     """
-    global lock, active, serving, gated
+    global lock, active, serving, gated, accepts
     lock = threading.RLock()
     active = serving = gated = ()
+    accepts = 0

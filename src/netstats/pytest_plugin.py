@@ -6,18 +6,22 @@ nothing and prints nothing.
 
 - ``pytest --netstats``: a "netstats" section in the terminal summary with one row per test that
   touched the network (tx, rx, TLS overhead, connections, hosts), busiest first, and a total row.
-  ``--netstats-top N`` shows the N busiest rows only. ``--netstats-json FILE`` writes the data.
+  Sizes as in every netstats report (B, KiB, MiB); "?" where unknown, "-" where not applicable.
+  ``--netstats-top N`` shows the N busiest rows only (with --netstats). ``--netstats-json FILE``
+  writes the data (the path is checked at start-up).
 - ``@pytest.mark.netstats(max_tx=, max_rx=, max_connections=, allow_hosts=[...])``: a test over
   budget, or that tried to reach a host not allowed (a refused or blocked attempt included), fails
   naming the offending connections; over budget only by its teardown, it errs at teardown; a test
   that failed on its own reports that failure. ``allow_hosts`` takes names, addresses and CIDR
-  ranges; ``localhost``, 127.0.0.0/8 and ::1 are one host; Unix sockets and unconnected UDP are
-  always allowed. ``max_connections`` counts the connections the test opened that connected
-  (failed attempts are listed, not counted). A class or module marker gives defaults that a
+  ranges: an address matches only itself, a range its addresses, and the name ``localhost`` also
+  127.0.0.1 and ::1; Unix sockets and unconnected UDP are always allowed. ``max_connections``
+  counts the connections the test opened that connected (failed attempts are listed, not
+  counted). A class or module marker gives defaults that a
   closer one overrides, argument by argument.
 - ``--netstats-block``: a connect to a host outside the running test's ``allow_hosts`` raises
   `NetstatsBlocked` (a ConnectionRefusedError, errno ECONNREFUSED) before it is made. The name
-  lookup before it still happens, and wider-scoped fixtures are never blocked.
+  lookup before it still happens; tests without ``allow_hosts`` and wider-scoped fixtures are
+  never blocked.
 - the ``netstats`` fixture: the test's own `netstats.Capture`, active from the start of the
   test's setup to the end of its teardown (``netstats.tx``, ``.connections``, ``netstats.mark``).
 
@@ -30,22 +34,19 @@ shares), prints the summary and writes the JSON. Verdicts are given in the worke
 JSON (``--netstats-json``)::
 
     {"version": 1,
-     "totals": {"tx": int, "rx": int, "unknown": int, "tls_overhead": int, "connections": int,
-                "tests": int},
+     "totals": {"tx": int, "rx": int, "tls_overhead": int, "connections": int, "tests": int},
      "rows": [                                  # every test run, network or not, by name
        {"name": "test_x.py::test_y",            # a nodeid, or "<... fixtures ...>", "<outside tests>"
         "kind": "test" | "fixtures" | "outside",
         "tx": int, "rx": int,                   # application bytes moved in this row's windows
-        "unknown": int,                         # connections whose application bytes are not known
         "tls_overhead": int,                    # TLS bytes on the wire beyond them (Linux)
         "connections": [
           {"id": int, "pid": int, "transport": "tcp" | "udp" | "unix",
            "host": str | null, "remote": [address, port] | str | null, "tls": str | null,
            "error": str | null,                 # a failed or blocked connect: the exception's name
            "opened_here": bool,                 # opened in this row's windows (else earlier)
-           "source": "python" | "kernel",       # kernel: found by the census (C code), see README
-           "tx": int | null, "rx": int | null,  # its bytes in this row's windows (null: not known)
-           "wire_tx": int | null, "wire_rx": int | null,  # its TCP stream bytes then (Linux)
+           "tx": int, "rx": int,                # its bytes in this row's windows
+           "wire_tx": int, "wire_rx": int,      # its TCP stream bytes then (0 where unknown)
            "tls_overhead": int,
            "origin": str | null, "caller": str | null}]}]}
 """
@@ -61,14 +62,16 @@ import pytest
 
 from netstats import Capture
 from netstats._errors import NetstatsBlocked
+from netstats._format import LEGEND, NOT_APPLICABLE, UNKNOWN, peer, size
 from netstats._ledger import AllowHosts, Budget, Ledger, Window, merge_rows, totals
+from netstats._report import unwritable
 
 __all__ = ["AllowHosts", "Budget", "NetstatsBlocked", "NetstatsPlugin"]
 
 MARKER = (
     "netstats(max_tx=None, max_rx=None, max_connections=None, allow_hosts=None): fail the test if it "
     "moves more bytes or opens more connections than given, or reaches a host not in allow_hosts "
-    "(names, addresses, CIDR ranges)."
+    "(names, addresses, CIDR ranges; localhost is also 127.0.0.1 and ::1)."
 )
 
 
@@ -92,6 +95,13 @@ def pytest_configure(config: pytest.Config) -> None:
     top = config.getoption("netstats_top")
     if top is not None and top < 1:
         raise pytest.UsageError("--netstats-top needs a number of rows >= 1")
+    if top is not None and not config.getoption("netstats"):
+        raise pytest.UsageError("--netstats-top limits the rows of --netstats's summary: add --netstats")
+    path = config.getoption("netstats_json")
+    if path is not None and not hasattr(config, "workerinput"):  # the controller writes it
+        problem = unwritable(config.invocation_params.dir / path)  # not after the run: no data lost
+        if problem:
+            raise pytest.UsageError(f"--netstats-json {path}: {problem}")
     config.pluginmanager.register(NetstatsPlugin(config), "netstats-plugin")
 
 
@@ -270,14 +280,22 @@ class NetstatsPlugin:
 
 def _hosts(row: dict[str, Any], most: int = 3) -> str:
     def label(c: dict[str, Any]) -> str:
-        remote = c["remote"]
-        if isinstance(remote, list):
-            return f"{c['host'] or remote[0]}:{remote[1]}"
-        return str(remote if remote is not None else c["host"] or c["transport"])
+        return peer(c["host"], c["remote"]) if c["remote"] or c["host"] else c["transport"]
 
     names = sorted({label(c) for c in row["connections"]})
     more = f" (+{len(names) - most})" if len(names) > most else ""
     return ", ".join(names[:most]) + more
+
+
+def _tls_plus(overhead: int | None, connections: list[dict[str, Any]]) -> str:
+    """The TLS overhead: "-" with no TLS connection, "?" where the kernel did not tell."""
+    return size(overhead) if any(c["tls"] for c in connections) else NOT_APPLICABLE
+
+
+def _bytes(count: int, row: dict[str, Any]) -> str:
+    """A size, "+?" after it when connections whose application bytes are not known (made by C
+    code, found by the kernel census: the row's "unknown") add to it."""
+    return size(count) + ("+?" if row.get("unknown") else "")
 
 
 def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int | None) -> None:
@@ -288,27 +306,28 @@ def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int |
         return
     shown = busy[:top] if top else busy
     width = max(len(r["name"]) for r in shown)
-    tr.write_line(f"{'tx':>12} {'rx':>12} {'tls+':>8} {'conns':>5}  {'test':<{width}}  hosts")
+    cells: list[str] = []
+
+    def line(row: dict[str, Any], tls: str, conns: int, name: str) -> str:
+        figures = [_bytes(row["tx"], row), _bytes(row["rx"], row), tls]
+        cells.extend(figures)
+        return f"{figures[0]:>11} {figures[1]:>11} {tls:>10} {conns:>5}  {name}"
+
+    tr.write_line(f"{'tx':>11} {'rx':>11} {'tls+':>10} {'conns':>5}  {'test':<{width}}  hosts")
     for r in shown:
-        tls = f"{r['tls_overhead']:>8,}" if r["tls_overhead"] else f"{'-':>8}"
-        line = f"{_known(r['tx'], r):>12} {_known(r['rx'], r):>12} {tls} {len(r['connections']):>5}"
-        line += f"  {r['name']:<{width}}"
-        tr.write_line(f"{line}  {_hosts(r)}".rstrip())
+        tls = _tls_plus(r["tls_overhead"], r["connections"])
+        name = r["name"].ljust(width)
+        tr.write_line(f"{line(r, tls, len(r['connections']), name)}  {_hosts(r)}".rstrip())
     if len(busy) > len(shown):
         tr.write_line(f"... {len(busy) - len(shown)} more row(s) not shown (--netstats-top {top})")
     t = totals(rows)
     used = f"{sum(1 for r in busy if r['kind'] == 'test')} of {t['tests']} tests used the network"
-    tls = f"{t['tls_overhead']:>8,}" if t["tls_overhead"] else f"{'-':>8}"
-    tr.write_line(
-        f"{_known(t['tx'], t):>12} {_known(t['rx'], t):>12} {tls} {t['connections']:>5}  total ({used})"
-    )
-    if t["unknown"]:
+    tls = _tls_plus(t["tls_overhead"], [c for r in rows for c in r["connections"]])
+    tr.write_line(line(t, tls, t["connections"], f"total ({used})"))
+    if t.get("unknown"):
         tr.write_line(
             f"+? : {t['unknown']} connection(s) made by C code (source kernel): their application bytes "
             "are not known, only their wire bytes (in --netstats-json)"
         )
-
-
-def _known(count: int, row: dict[str, Any]) -> str:
-    """A count, with '+?' when connections whose application bytes are not known add to it."""
-    return f"{count:,}+?" if row.get("unknown") else f"{count:,}"
+    if any(cell in (NOT_APPLICABLE, UNKNOWN) or cell.endswith("+?") for cell in cells):
+        tr.write_line(f"({LEGEND})")

@@ -89,8 +89,8 @@ class _Lifecycle:
 
     def accept(self) -> tuple[Any, Any]:
         sock, address = _stock_accept(self)  # type: ignore[arg-type]
-        if _state.serving and isinstance(sock, _Lifecycle):
-            _engine.accepted(sock)
+        if isinstance(sock, _Lifecycle):
+            _engine.accepted(sock)  # recorded if a capture wants accepted connections, else counted
         return sock, address
 
     def shutdown(self, how: int) -> None:
