@@ -1,9 +1,11 @@
 """gevent after `monkey.patch_all()`, run before or after netstats was imported.
 
 capture() must not raise nor take gevent's cooperative sockets away: gevent's socket class
-stays in place, and its TCP connections are recorded by the kernel census (source "kernel":
-wire bytes exact, application bytes None — never 0). Each case runs in its own interpreter
-(monkey patching is for the whole process); every expected figure is the peer's own count.
+stays in place and its C sockets count (source "python", application bytes exact, client and
+accepted server connections, in both counting modes). gevent's TLS does its I/O in C: the
+kernel census records it (wire bytes exact, application bytes None — never 0). Each case runs
+in its own interpreter (monkey patching is for the whole process); every expected figure is
+the peer's own count or a payload size.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from typing import Any
 
 import pytest
+from helpers import MODES
 
 pytest.importorskip("gevent")
 
@@ -22,18 +25,18 @@ TIMEOUT = 60
 
 CHILD = r"""
 import json, sys
-order, port, N = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+order, mode, kind, port, N, ca_file, cert_file = sys.argv[1:8]
+port, N = int(port), int(N)
 if order == "before":
     from gevent import monkey; monkey.patch_all()
 import netstats
 if order == "after":
     from gevent import monkey; monkey.patch_all()
-import socket, time
-import gevent
+import socket, ssl, time
+import gevent, gevent.server
 
-def exchange():
-    sock = socket.create_connection(("127.0.0.1", port))
-    gevent.sleep(1.0)  # open long enough for the census to find it (README: at least 0.5 s)
+def talk(sock, hold=0.0):
+    gevent.sleep(hold)  # (TLS: open long enough for the census to find it: README, 0.5 s)
     sock.sendall(b"x" * N)
     got = 0
     while got < N:
@@ -43,42 +46,106 @@ def exchange():
     sock.close()
     return got
 
-with netstats.capture() as cap:
-    # Two greenlets at once: cooperative sockets take turns, nothing blocks the hub.
-    jobs = [gevent.spawn(exchange) for _ in range(2)]
-    gevent.joinall(jobs, timeout=30, raise_error=True)
+def client():
+    sock = socket.create_connection(("127.0.0.1", port))
+    if kind == "tls":
+        context = ssl.create_default_context(cafile=ca_file)
+        sock = context.wrap_socket(sock, server_hostname="localhost")
+        return talk(sock, 1.0)
+    return talk(sock)
+
+def handle(sock, address):  # the server: echo N bytes back
+    got = 0
+    while got < N:
+        chunk = sock.recv(65536)
+        assert chunk
+        got += len(chunk)
+        sock.sendall(chunk)
+    sock.close()
+
+events = {"open", "connect", "close"} if mode == "kernel-counted" else None
+with netstats.capture(lambda *args: None, events=events, servers=True) as cap:
     assert "gevent" in type(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).__module__
+    if kind == "server":
+        server = gevent.server.StreamServer(("127.0.0.1", 0), handle)
+        server.start()
+        port = server.server_port
+    # Two greenlets at once: cooperative sockets take turns, nothing blocks the hub.
+    jobs = [gevent.spawn(client) for _ in range(2)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    assert [job.value for job in jobs] == [N, N]
     deadline = time.monotonic() + 10
+    expected = 4 if kind == "server" else 2
     while time.monotonic() < deadline and not (
-        len(cap.connections) == 2 and all(c.closed for c in cap.connections)
+        len([c for c in cap.connections if c.closed]) >= expected
     ):
         gevent.sleep(0.05)
-assert exchange() == N  # and after the capture
+    if kind == "server":
+        server.stop()
+if kind != "server":
+    assert client() == N  # and after the capture
 print(json.dumps([
-    {"source": c.source, "rx": c.rx, "tx": c.tx, "wire_rx": c.wire_rx, "wire_tx": c.wire_tx,
-     "closed": c.closed is not None}
+    {"side": c.side, "source": c.source, "rx": c.rx, "tx": c.tx, "wire_rx": c.wire_rx,
+     "wire_tx": c.wire_tx, "closed": c.closed is not None, "error": c.error}
     for c in cap.connections
 ]))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel census is Linux's")
-@pytest.mark.parametrize("order", ["before", "after"])
-def test_patch_all_connections_recorded_by_the_census_never_broken(peer: Any, order: str) -> None:
-    echo = peer("echo")
+def run_child(order: str, mode: str, kind: str, port: int, ca_file: str, cert_file: str) -> Any:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, order, str(echo.port), str(N)],
+        [sys.executable, "-c", CHILD, order, mode, kind, str(port), str(N), ca_file, cert_file],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
     assert out.returncode == 0, out.stderr
     assert "internal error" not in out.stderr, out.stderr
-    records = json.loads(out.stdout.splitlines()[-1])
-    peer_records = echo.wait_closed(3)[:2]  # the two under the capture, then the one after
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_client_counts_application_bytes_exactly(
+    peer: Any, ca_file: str, cert_file: str, order: str, mode: str
+) -> None:
+    echo = peer("echo")
+    records = run_child(order, mode, "plain", echo.port, ca_file, cert_file)
+    peer_records = echo.wait_closed(3)  # the two under the capture, then the one after it
     assert len(records) == 2, records
     for record in records:
-        assert record["source"] == "kernel" and record["closed"]
+        assert record["source"] == "python" and record["closed"] and record["side"] == "client"
+    ours = sorted((r["rx"], r["tx"]) for r in records)
+    assert ours == sorted((p["tx"], p["rx"]) for p in peer_records[:2]) == [(N, N), (N, N)]
+    assert peer_records[2]["rx"] == N
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_server_counts_accepted_connections_exactly(
+    ca_file: str, cert_file: str, order: str, mode: str
+) -> None:
+    # The clients are gevent's too, in the same process: each side's figures are the payload size.
+    records = run_child(order, mode, "server", 0, ca_file, cert_file)
+    sides = sorted(r["side"] for r in records)
+    assert sides == ["client", "client", "server", "server"], records
+    for record in records:
+        assert record["source"] == "python" and record["closed"]
+        assert (record["rx"], record["tx"]) == (N, N)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel census is Linux's")
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_tls_recorded_by_the_census_with_wire_bytes(
+    peer: Any, ca_file: str, cert_file: str, order: str
+) -> None:
+    echo = peer("echo", tls=True)
+    records = run_child(order, "kernel-counted", "tls", echo.port, ca_file, cert_file)
+    echo.wait_closed(3)
+    found = [r for r in records if r["source"] == "kernel"]
+    assert len(found) == 2, records
+    for record in found:
         assert (record["rx"], record["tx"]) == (None, None)  # unknown, never 0
-    assert sorted(r["wire_tx"] for r in records) == sorted(p["rx"] for p in peer_records) == [N, N]
-    assert sorted(r["wire_rx"] for r in records) == sorted(p["tx"] for p in peer_records) == [N, N]
+        assert record["closed"] and record["wire_tx"] > N and record["wire_rx"] > N
+    # The TCP connection under each, until gevent's TLS took its descriptor over (detach()).
+    assert all((r["rx"], r["tx"]) == (0, 0) for r in records if r["source"] == "python")

@@ -7,6 +7,8 @@ While at least one capture is active:
 - `ssl.SSLContext.sslsocket_class` / `sslobject_class` count TLS plaintext;
 - `asyncio.sslproto.SSLProtocol.connection_made` links its TLS object to the socket;
 - `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile);
+- if gevent is imported: its socket class wraps C sockets of a counting class
+  (_sources/gevent.py);
 - if trio is imported: its socket methods call the socket's own, its sockets take netstats'
   classes, and its SSLStream links its TLS object to the socket (_sources/trio.py).
 When the last capture stops, each of these is the stock object again (the same object).
@@ -30,6 +32,7 @@ from typing import Any
 
 from . import _engine, _state
 from ._sources import census, functions, sockets, tls
+from ._sources import gevent as gevent_source
 from ._sources import trio as trio_source
 
 
@@ -69,15 +72,16 @@ def _patches() -> list[Patch]:
         patches.append(Patch(socket, "socket", lambda _orig: sockets.CountingSocket))
         patches.append(Patch(context, "sslsocket_class", lambda _orig: tls.CountingSSLSocket))
     else:
-        # Another library's socket class (gevent's monkey patching: cooperative I/O over a
-        # wrapped C socket) stands there; ours would take its I/O away. Its TCP connections are
-        # left to the kernel census: wire bytes, application bytes unknown (None).
-        _engine.log.warning(
-            "netstats: socket.socket is %s.%s, not the standard library's: its TCP connections are "
-            "recorded by the kernel census (wire bytes; rx/tx unknown)",
-            socket.socket.__module__,
-            socket.socket.__qualname__,
-        )
+        # Another library's socket class stands there (gevent's monkey patching: cooperative
+        # I/O over a wrapped C socket, counted through that C socket below); ours would take
+        # its I/O away. Anything else it does is left to the kernel census.
+        if socket.socket is not gevent_source.socket_class():
+            _engine.log.warning(
+                "netstats: socket.socket is %s.%s, not the standard library's: its TCP "
+                "connections are recorded by the kernel census (wire bytes; rx/tx unknown)",
+                socket.socket.__module__,
+                socket.socket.__qualname__,
+            )
     if hasattr(os, "sendfile"):
         patches.append(Patch(os, "sendfile", functions.sendfile))
     try:
@@ -88,6 +92,9 @@ def _patches() -> list[Patch]:
         if "connection_made" in sslproto.SSLProtocol.__dict__:
             patches.append(Patch(sslproto.SSLProtocol, "connection_made", tls.connection_made))
     patches += _trio_patches()
+    gevent_socket = gevent_source.socket_class()
+    if gevent_socket is not None:
+        patches.append(Patch(gevent_socket, "_gevent_sock_class", gevent_source.counting_class))
     return patches
 
 
