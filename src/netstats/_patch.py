@@ -95,6 +95,16 @@ def _patches() -> list[Patch]:
     gevent_socket = gevent_source.socket_class()
     if gevent_socket is not None:
         patches.append(Patch(gevent_socket, "_gevent_sock_class", gevent_source.counting_class))
+    gevent_tls = gevent_source.ssl_socket_class()
+    if gevent_tls is not None:
+        patches += [
+            Patch(gevent_tls, "_gevent_sock_class", gevent_source.tls_sock_class),
+            Patch(gevent_tls, "__init__", gevent_source.tls_init),
+            Patch(gevent_tls, "do_handshake", gevent_source.tls_handshake),
+            Patch(gevent_tls, "read", gevent_source.tls_read),
+            Patch(gevent_tls, "write", gevent_source.tls_write),
+            Patch(gevent_tls, "send", gevent_source.tls_write),
+        ]
     return patches
 
 

@@ -8,9 +8,10 @@ socket's own close and detach. gevent accepts a bare descriptor (`_accept()`) an
 new socket at once (its accept(), its StreamServer): the C socket made for that descriptor on
 the same thread is the accepted connection.
 
-gevent's TLS (gevent.ssl.SSLSocket) takes the descriptor over with detach(), which ends the
-record of the TCP connection under it as detach() always does (sockets.py); OpenSSL then does
-the I/O in C and the kernel census records the connection (wire bytes, application bytes None).
+gevent's TLS (gevent.ssl.SSLSocket) makes a C socket of its own for the same descriptor, then
+detaches the plain one: that C socket is of a counting class too, so the connection goes on
+through it (like dup()). OpenSSL does the I/O on the descriptor in C; the SSLSocket's read(),
+write() and send() count the plaintext, and the C socket's ciphertext counts apart.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import _socket
 import sys
 import threading
+import weakref
 from typing import Any
 
 from .. import _engine
@@ -32,6 +34,14 @@ def socket_class() -> Any:
     """gevent's socket class if gevent's socket module is imported, else None."""
     module = sys.modules.get("gevent._socket3")
     return getattr(module, "socket", None)
+
+
+def ssl_socket_class() -> Any:
+    """gevent's SSLSocket if gevent.ssl is imported and has the C socket class this knows, else None."""
+    module = sys.modules.get("gevent.ssl")
+    if getattr(module, "_contextawaresock", None) is None:
+        return None
+    return getattr(module, "SSLSocket", None)
 
 
 class _CLifecycle:
@@ -77,9 +87,10 @@ def counting_class(original: Any) -> Any:
         _kernel_twin: Any = None
         _python_twin: Any = None
 
-        def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Any = None) -> None:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._netstats_counts = None
-            original.__init__(self, family, type, proto, fileno)
+            original.__init__(self, *args, **kwargs)  # (family, type, proto, fileno, ...)
+            fileno = kwargs.get("fileno", args[3] if len(args) > 3 else None)
             if fileno is None:
                 return
             if fileno == getattr(_accepting, "fd", None):
@@ -103,3 +114,84 @@ def counting_class(original: Any) -> Any:
     _made[original] = Counting
     _made[Counting] = Counting
     return Counting
+
+
+# ---- gevent.ssl.SSLSocket -------------------------------------------------------------------
+
+
+def tls_sock_class(original: Any) -> Any:
+    """SSLSocket._gevent_sock_class: gevent's C socket for TLS, of a counting class."""
+    made = counting_class(sys.modules["gevent.ssl"]._contextawaresock)
+
+    def _gevent_sock_class(self: Any, family: int, type: int, proto: int, fileno: Any) -> Any:
+        return made(family, type, proto, fileno, weakref.ref(self))  # as gevent's own does
+
+    _gevent_sock_class.__wrapped__ = original  # type: ignore[attr-defined]
+    return _gevent_sock_class
+
+
+def tls_init(original: Any) -> Any:
+    """SSLSocket.__init__, then the plaintext counts for the connection under it."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        _link(self)
+
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    return __init__
+
+
+@_engine.guarded
+def _link(tls_sock: Any) -> None:
+    inner = getattr(tls_sock, "_sock", None)
+    c = getattr(inner, "_netstats_counts", None)
+    if c is None or c.conn is not c or c.closed is not None:
+        return  # not captured, or already linked
+    _engine.link_tls(c, inner, tls_sock)
+    if tls_sock._sslobj is not None and tls_sock.version() is not None:
+        _engine.tls_established(c, tls_sock)
+
+
+def tls_handshake(original: Any) -> Any:
+    def do_handshake(self: Any) -> None:
+        original(self)
+        c = getattr(self, "_netstats_counts", None)
+        if c is not None:
+            _engine.tls_established(c, self)
+
+    do_handshake.__wrapped__ = original  # type: ignore[attr-defined]
+    return do_handshake
+
+
+def _count(n: Any) -> int:
+    return n if n.__class__ is int else len(n)  # type: ignore[no-any-return]
+
+
+def tls_read(original: Any) -> Any:
+    """SSLSocket.read (recv and recv_into go through it): the plaintext read."""
+
+    def read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        c = getattr(self, "_netstats_counts", None)
+        if c is not None and result:
+            c.add_read(_count(result))
+        return result
+
+    read.__wrapped__ = original  # type: ignore[attr-defined]
+    return read
+
+
+def tls_write(original: Any) -> Any:
+    """SSLSocket.write and send (sendall goes through send): the plaintext written. Before TLS
+    is on (or after unwrap), send() is the C socket's, which counts it itself."""
+
+    def write(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tls = self._sslobj is not None
+        n = original(self, *args, **kwargs)
+        c = getattr(self, "_netstats_counts", None)
+        if c is not None and n and tls:
+            c.add_write(n)
+        return n
+
+    write.__wrapped__ = original  # type: ignore[attr-defined]
+    return write
