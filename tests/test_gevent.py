@@ -1,4 +1,4 @@
-"""gevent after `monkey.patch_all()`, run before or after netstats was imported.
+"""gevent after `monkey.patch_all()`, run before or after netstats was imported, or during a capture.
 
 capture() must not raise nor take gevent's cooperative sockets away: gevent's socket class
 stays in place and its C sockets count (source "python", application bytes exact — the
@@ -33,7 +33,8 @@ import netstats
 if order == "after":
     from gevent import monkey; monkey.patch_all()
 import socket, ssl, time
-import gevent, gevent.server
+if order != "during":
+    import gevent, gevent.server
 
 def talk(sock, hold=0.0):
     gevent.sleep(hold)  # (TLS: open long enough for the census to find it: README, 0.5 s)
@@ -65,6 +66,9 @@ def handle(sock, address):  # the server: echo N bytes back
 
 events = {"open", "connect", "close"} if mode == "kernel-counted" else None
 with netstats.capture(lambda *args: None, events=events, servers=True) as cap:
+    if order == "during":
+        from gevent import monkey; monkey.patch_all()
+        import gevent, gevent.server
     assert "gevent" in type(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).__module__
     if kind == "server":
         server = gevent.server.StreamServer(("127.0.0.1", 0), handle)
@@ -82,6 +86,7 @@ with netstats.capture(lambda *args: None, events=events, servers=True) as cap:
         gevent.sleep(0.05)
     if kind == "server":
         server.stop()
+assert "gevent" in socket.socket.__module__  # gevent's patches stay, whenever they came
 if kind != "server":
     assert client() == N  # and after the capture
 print(json.dumps([
@@ -105,7 +110,7 @@ def run_child(order: str, mode: str, kind: str, port: int, ca_file: str, cert_fi
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("order", ["before", "after"])
+@pytest.mark.parametrize("order", ["before", "after", "during"])
 def test_client_counts_application_bytes_exactly(
     peer: Any, ca_file: str, cert_file: str, order: str, mode: str
 ) -> None:
@@ -121,7 +126,7 @@ def test_client_counts_application_bytes_exactly(
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("order", ["before", "after"])
+@pytest.mark.parametrize("order", ["before", "after", "during"])
 def test_server_counts_accepted_connections_exactly(
     ca_file: str, cert_file: str, order: str, mode: str
 ) -> None:
@@ -135,7 +140,7 @@ def test_server_counts_accepted_connections_exactly(
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("order", ["before", "after"])
+@pytest.mark.parametrize("order", ["before", "after", "during"])
 def test_tls_client_counts_the_plaintext_exactly(
     peer: Any, ca_file: str, cert_file: str, order: str, mode: str
 ) -> None:
@@ -144,7 +149,7 @@ def test_tls_client_counts_the_plaintext_exactly(
     peer_records = echo.wait_closed(3)
     assert len(records) == 2, records  # one each, not another from the census
     for record in records:
-        assert record["source"] == "python" and record["closed"] and record["tls"]
+        assert record["source"] == "python" and record["closed"] and record["tls"], records
         assert record["wire_tx"] > N and record["wire_rx"] > N  # the ciphertext, on Linux
     ours = sorted((r["rx"], r["tx"]) for r in records)
     assert ours == sorted((p["tx"], p["rx"]) for p in peer_records[:2]) == [(N, N), (N, N)]

@@ -42,18 +42,28 @@ class Patch:
     def __init__(self, owner: Any, name: str, make: Any) -> None:
         self.owner, self.name, self.make = owner, name, make
         self.original: Any = None
+        self.replacement: Any = None
         self.installed = False
 
     def install(self) -> None:
         self.original = (
             self.owner.__dict__[self.name] if isinstance(self.owner, type) else getattr(self.owner, self.name)
         )
-        setattr(self.owner, self.name, self.make(self.original))
+        self.replacement = self.make(self.original)
+        setattr(self.owner, self.name, self.replacement)
         self.installed = True
 
     def remove(self) -> None:
         if self.installed:
-            setattr(self.owner, self.name, self.original)
+            now = (
+                self.owner.__dict__.get(self.name)
+                if isinstance(self.owner, type)
+                else getattr(self.owner, self.name, None)
+            )
+            if (
+                now is self.replacement
+            ):  # else someone replaced ours meanwhile (gevent's patch_all): theirs stays
+                setattr(self.owner, self.name, self.original)
             self.installed = False
 
 
@@ -92,20 +102,29 @@ def _patches() -> list[Patch]:
         if "connection_made" in sslproto.SSLProtocol.__dict__:
             patches.append(Patch(sslproto.SSLProtocol, "connection_made", tls.connection_made))
     patches += _trio_patches()
-    gevent_socket = gevent_source.socket_class()
-    if gevent_socket is not None:
-        patches.append(Patch(gevent_socket, "_gevent_sock_class", gevent_source.counting_class))
-    gevent_tls = gevent_source.ssl_socket_class()
-    if gevent_tls is not None:
-        patches += [
-            Patch(gevent_tls, "_gevent_sock_class", gevent_source.tls_sock_class),
-            Patch(gevent_tls, "__init__", gevent_source.tls_init),
-            Patch(gevent_tls, "do_handshake", gevent_source.tls_handshake),
-            Patch(gevent_tls, "read", gevent_source.tls_read),
-            Patch(gevent_tls, "write", gevent_source.tls_write),
-            Patch(gevent_tls, "send", gevent_source.tls_write),
-        ]
+    patches += _gevent_socket_patches() + _gevent_tls_patches()
     return patches
+
+
+def _gevent_socket_patches() -> list[Patch]:
+    gevent_socket = gevent_source.socket_class()
+    if gevent_socket is None:
+        return []
+    return [Patch(gevent_socket, "_gevent_sock_class", gevent_source.counting_class)]
+
+
+def _gevent_tls_patches() -> list[Patch]:
+    gevent_tls = gevent_source.ssl_socket_class()
+    if gevent_tls is None:
+        return []
+    return [
+        Patch(gevent_tls, "_gevent_sock_class", gevent_source.tls_sock_class),
+        Patch(gevent_tls, "__init__", gevent_source.tls_init),
+        Patch(gevent_tls, "do_handshake", gevent_source.tls_handshake),
+        Patch(gevent_tls, "read", gevent_source.tls_read),
+        Patch(gevent_tls, "write", gevent_source.tls_write),
+        Patch(gevent_tls, "send", gevent_source.tls_write),
+    ]
 
 
 def _trio_patches() -> list[Patch]:
@@ -126,10 +145,14 @@ _installed: list[Patch] = []
 
 
 class _LateImports:
-    """On sys.meta_path while capturing: a package with patches of its own (trio), imported
-    now, gets them as soon as it has run, as if it had been imported before the capture."""
+    """On sys.meta_path while capturing: a module with patches of its own (trio, gevent's),
+    imported now, gets them as soon as it has run, as if it had been imported before."""
 
-    PATCHES = {"trio": _trio_patches}
+    PATCHES = {
+        "trio": _trio_patches,
+        "gevent._socket3": _gevent_socket_patches,
+        "gevent.ssl": _gevent_tls_patches,
+    }
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name not in self.PATCHES:
@@ -150,7 +173,10 @@ class _LateImports:
             exec_module(module)
             _late(self.PATCHES[name])
 
-        loader.exec_module = exec_then_patch  # this spec's own loader object
+        try:
+            loader.exec_module = exec_then_patch  # this spec's own loader object
+        except (AttributeError, TypeError):  # a loader that takes no attribute: patched next capture
+            pass
         return spec
 
 

@@ -81,6 +81,21 @@ def counting_class(original: Any) -> Any:
     """The class of gevent's C sockets while capturing: counts like socket.socket (made once)."""
     if original in _made:
         return _made[original]
+    if issubclass(original, _Lifecycle):
+        # Made from ours while a capture was on (gevent.ssl imported during one): it counts
+        # already; its own slots keep it from taking a twin's class, so it stays wrapped.
+        class Wrapped(original):  # type: ignore[misc,valid-type]
+            __slots__ = ()
+            _kernel_twin: Any = None
+            _python_twin: Any = None
+
+        Wrapped.__module__, Wrapped.__qualname__, Wrapped.__name__ = (
+            original.__module__,
+            original.__qualname__,
+            original.__name__,
+        )
+        _made[original] = _made[Wrapped] = Wrapped
+        return Wrapped
 
     class KernelCounted(_CLifecycle, _Lifecycle, original):  # type: ignore[misc,valid-type]
         __slots__ = ("_netstats_counts",)
@@ -93,8 +108,8 @@ def counting_class(original: Any) -> Any:
             fileno = kwargs.get("fileno", args[3] if len(args) > 3 else None)
             if fileno is None:
                 return
-            if fileno == getattr(_accepting, "fd", None):
-                _accepting.fd = None
+            accepted, _accepting.fd = getattr(_accepting, "fd", None), None
+            if fileno == accepted:
                 _engine.accepted(self)  # recorded if a capture wants accepted connections
             elif _engine.any_shared():
                 _engine.another_descriptor(self)
