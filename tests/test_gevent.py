@@ -1,4 +1,6 @@
-"""gevent after `monkey.patch_all()`, run before or after netstats was imported, or during a capture.
+"""gevent after `monkey.patch_all()`, run before or after netstats was imported, or gevent's
+modules first imported during a capture (used directly, without patch_all(): gevent wants
+patch_all() before any thread starts, and a capture's census is a thread).
 
 capture() must not raise nor take gevent's cooperative sockets away: gevent's socket class
 stays in place and its C sockets count (source "python", application bytes exact — the
@@ -50,7 +52,8 @@ def talk(sock, hold=0.0):
 def client():
     sock = socket.create_connection(("127.0.0.1", port))
     if kind == "tls":
-        context = ssl.create_default_context(cafile=ca_file)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(ca_file)
         sock = context.wrap_socket(sock, server_hostname="localhost")
         return talk(sock, 0.6)  # (the census would find it, were it not counted: README, 0.5 s)
     return talk(sock)
@@ -66,9 +69,9 @@ def handle(sock, address):  # the server: echo N bytes back
 
 events = {"open", "connect", "close"} if mode == "kernel-counted" else None
 with netstats.capture(lambda *args: None, events=events, servers=True) as cap:
-    if order == "during":
-        from gevent import monkey; monkey.patch_all()
+    if order == "during":  # gevent's modules first imported now, used without patch_all()
         import gevent, gevent.server
+        from gevent import socket, ssl
     assert "gevent" in type(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).__module__
     if kind == "server":
         server = gevent.server.StreamServer(("127.0.0.1", 0), handle)
