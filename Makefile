@@ -1,11 +1,12 @@
 # make demo: set everything up and show netstats on an embedded example (offline, seconds).
-# make test: set everything up, then lint, type-check and run the whole suite.
+# make test: set everything up, then lint, type-check and run the whole suite (on .venv's Python).
+# make test-all: make test, then the whole suite on every other supported CPython (noxfile.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: all venv demo test lint bench clean
+.PHONY: all venv demo test test-others test-all lint bench clean
 
 all: test
 
@@ -22,12 +23,18 @@ demo: $(STAMP)
 	$(BIN)/netstats demo
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench noxfile.py
+	$(BIN)/ruff check src tests bench noxfile.py
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest
+
+# One fresh virtual environment per version, under .nox/, built from the project's files.
+test-others: $(STAMP)
+	$(BIN)/nox --session others
+
+test-all: test test-others
 
 bench: $(STAMP)
 	$(BIN)/python bench/sockets.py
@@ -35,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/census.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) .nox build src/*.egg-info

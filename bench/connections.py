@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import socket
 import statistics
 import struct
@@ -39,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+from sockets import show  # bench/sockets.py, beside this script
 
 import netstats
 
@@ -268,14 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {name: measure(name, conf[name], runs, cpu) for name in LOOPS if args.only in (None, name)}
     finally:
         os.sched_setaffinity(0, before)
-    if args.json:
-        info = {"python": platform.python_version(), "cpus": os.cpu_count(), "quick": args.quick}
-        print(json.dumps({**info, "tests": results}, indent=2))
-        return 0
-    print(f"netstats {netstats.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs")
-    for name, result in results.items():
-        print()
-        print(table(name, result, cpu))
+    show(results, args, table, cpu)
     return 0
 
 

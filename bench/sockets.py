@@ -369,6 +369,20 @@ def describe(name: str, result: dict[str, Any], cpu: int) -> str:
     return f"{name}: {what}; median of {runs} interleaved runs"
 
 
+def show(
+    results: dict[str, Any], args: argparse.Namespace, table: Callable[[str, Any, int], str], cpu: int
+) -> None:
+    """The results as JSON (--json) or as one table each; shared with bench/connections.py."""
+    if args.json:
+        info = {"python": platform.python_version(), "cpus": os.cpu_count(), "quick": args.quick}
+        print(json.dumps({**info, "tests": results}, indent=2))
+        return
+    print(f"netstats {netstats.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs")
+    for name, result in results.items():
+        print()
+        print(table(name, result, cpu))
+
+
 def table(name: str, result: dict[str, Any], cpu: int) -> str:
     is_chatty = name == "chatty"
     lines = [describe(name, result, cpu)]
@@ -419,14 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         results["bulk recv"] = measure("bulk recv", "source", bulk_recv, conf["bulk_bytes"], bulk_runs, -1)
     if args.only in (None, "chatty"):
         results["chatty"] = chatty_test(conf["round_trips"], chatty_runs, cpu)
-    if args.json:
-        info = {"python": platform.python_version(), "cpus": os.cpu_count(), "quick": args.quick}
-        print(json.dumps({**info, "tests": results}, indent=2))
-        return 0
-    print(f"netstats {netstats.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs")
-    for name, result in results.items():
-        print()
-        print(table(name, result, cpu))
+    show(results, args, table, cpu)
     return 0
 
 

@@ -402,3 +402,49 @@ def test_a_budget_is_checked_against_wire_bytes_where_application_bytes_are_unkn
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--netstats")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*tx 0 bytes + up to 5,000 not known > max_tx=2,000*", "*+?*"])
+
+
+# ---- libzmq ---------------------------------------------------------------------------------
+
+
+def test_pyzmq_connections_are_found_against_a_counting_relay(peer):
+    """libzmq's own threads connect and move the bytes, through a relay that counts them."""
+    zmq = pytest.importorskip("zmq")
+    context = zmq.Context()
+    server = context.socket(zmq.PAIR)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    relay = peer("relay", backend=("127.0.0.1", port))
+    try:
+        with netstats.capture(servers=True) as cap:
+            client = context.socket(zmq.PAIR)
+            client.connect(f"tcp://127.0.0.1:{relay.port}")
+            for size in (100, 5000, 70000):
+                client.send(b"m" * size)
+                assert server.recv() == b"m" * size
+            server.send(b"r" * 3000)
+            assert client.recv() == b"r" * 3000
+            out = found_one(cap, side="client", port=relay.port)
+            inside = found_one(cap, side="server")
+            assert inside.local[1] == port
+            assert_unknown_application_bytes(out)
+
+            def agree() -> bool:
+                (record,) = relay.counts()
+                return (
+                    (out.wire_tx, out.wire_rx)
+                    == (record["rx"], record["tx"])
+                    == (
+                        inside.wire_rx,
+                        inside.wire_tx,
+                    )
+                )
+
+            wait_for(agree)  # what the relay read from the client it wrote to the server, and back
+            assert out.wire_tx > 75100 and out.wire_rx > 3000  # the payloads and ZMTP's framing
+            client.close(linger=0)
+            wait_for(lambda: out.closed is not None and inside.closed is not None)
+        (record,) = relay.wait_closed(1)
+        assert (out.wire_tx, out.wire_rx) == (record["rx"], record["tx"])
+    finally:
+        server.close(linger=0)
+        context.term()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
-import netstats
-
-PACKAGE = pathlib.Path(netstats.__file__).parent
-ROOT = PACKAGE.parent.parent
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the checkout, wherever netstats is installed
+PACKAGE = ROOT / "src" / "netstats"
 
 
 def modules() -> dict[str, ast.Module]:

@@ -7,7 +7,7 @@ import ssl
 import time
 from typing import Any
 
-from . import _engine, _state
+from . import _engine, _patch, _state
 from ._capture import Callback, Capture, _ignore
 from ._errors import NotCaptured
 from ._record import FIELDS, Connection
@@ -89,6 +89,9 @@ def _adopt_class(sock: Any) -> None:
     if cls is sockets._StockSocket:
         sock.__class__ = sockets.RegisteredSocket
     elif cls is ssl.SSLSocket:
+        lacking = _patch.tls_socket_lacks()
+        if lacking:
+            raise TypeError(f"register() cannot count an ssl.SSLSocket on this Python: {'; '.join(lacking)}")
         sock.__class__ = tls.CountingSSLSocket
     else:
         raise TypeError(f"register() cannot adopt sockets of class {cls.__module__}.{cls.__qualname__}")

@@ -8,7 +8,9 @@
   protocol, or by matching its first handshake flight: see _handshakes.py).
 - `connection_made`: asyncio's SSLProtocol, wrapped to link its TLS object to the socket.
 
-The per-call wrappers here keep the contract in __init__.py.
+The per-call wrappers here keep the contract in __init__.py. The stock internals they rely on
+(SSLSocket._create setting _sslobj and _connected, SSLObject._create, asyncio's
+SSLProtocol._sslobj) are checked by _patch.py before either class is put in place.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class CountingSSLObject(_Plaintext, _sslmod.SSLObject):
     """SSLContext.sslobject_class while capturing (asyncio TLS, anyio): counts the plaintext."""
 
     def do_handshake(self) -> None:
-        outgoing = self.__dict__.get("_outgoing")
+        outgoing = self.__dict__.get("_netstats_outgoing")
         before = outgoing.pending if outgoing is not None else 0
         try:
             super().do_handshake()
@@ -199,7 +201,7 @@ class CountingSSLObject(_Plaintext, _sslmod.SSLObject):
     @classmethod
     def _create(cls, incoming: Any, outgoing: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         self = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
-        self._outgoing = outgoing  # to see the size of the first handshake flight
+        self._netstats_outgoing = outgoing  # to see the size of the first handshake flight
         return self
 
 

@@ -1,0 +1,61 @@
+"""The whole test suite on every supported CPython, each in its own virtual environment.
+
+The supported versions are pyproject.toml's classifiers. `make test` runs the suite on .venv's
+Python; `make test-others` (nox -s others) on every other supported one, `make test-all` on all.
+Each session installs the project from its own files (a wheel built from pyproject.toml, with
+the `test` extra) into a fresh environment under .nox/, then runs pytest from the checkout.
+Interpreters are found on PATH as pythonX.Y, and in pyenv's versions folder where there is one;
+nothing is downloaded, and a version the machine does not have is skipped (nox says which).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+PYTHONS = nox.project.python_versions(nox.project.load_toml("pyproject.toml"))
+THIS = f"{sys.version_info.major}.{sys.version_info.minor}"  # .venv's, which runs nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.download_python = "never"
+nox.options.error_on_missing_interpreters = False  # every supported one the machine has; nox names the rest
+nox.options.sessions = ["tests"]
+
+
+def _patch_level(python: Path) -> int:
+    """3 for .../versions/3.12.3/bin/python3.12; -1 for a build that is not a plain release."""
+    patch = python.parent.parent.name.split(".")[-1]
+    return int(patch) if patch.isdigit() else -1
+
+
+def _pyenv_interpreters() -> None:
+    """Put pyenv's installed CPythons on PATH: its shims answer only for the selected version."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = []
+    for version in PYTHONS:
+        installs = sorted(root.glob(f"{version}.*/bin/python{version}"), key=_patch_level)
+        if installs:
+            found.append(str(installs[-1].parent))
+    if found:
+        os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
+
+
+_pyenv_interpreters()
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The whole test suite (pytest arguments after --)."""
+    session.install(".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=False)
+def others(session: nox.Session) -> None:
+    """The suite on every supported CPython except the one running nox (make test's)."""
+    for version in PYTHONS:
+        if version != THIS:
+            session.notify(f"tests-{version}", session.posargs)
