@@ -3,6 +3,7 @@ from the peer's own count or a stock listener the test drives itself."""
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import socket
@@ -254,6 +255,25 @@ def test_a_connection_ends_when_its_last_descriptor_closes(peer, mode, how):
         other.close()
     assert cap.connections == [conn] and conn.closed is not None
     assert echo.totals(1) == (205, 205) == (conn.tx, conn.rx) == (cap.tx, cap.rx)
+
+
+@linux
+@pytest.mark.parametrize("mode", MODES)
+def test_a_detached_socket_collected_later_does_not_end_the_connection(peer, mode):
+    # gevent's TLS does this: a second object for the same descriptor, then detach() of the first.
+    echo = peer("echo")
+    with capture_in(mode) as cap:
+        s = socket.create_connection(echo.address)
+        roundtrip(s, 100)
+        other = s.dup()
+        os.close(s.detach())  # the number leaves the object, the kernel socket stays (other)
+        del s
+        gc.collect()
+        (conn,) = cap.connections
+        assert conn.closed is None
+        roundtrip(other, 50)
+        other.close()
+    assert echo.totals(1) == (150, 150) == (conn.tx, conn.rx)
 
 
 # ---- 3. endings in the CLOSE state: a FIN, a reset, or both -------------------------------

@@ -208,11 +208,16 @@ def test_every_internal_netstats_relies_on_is_there_on_this_python():
 
 # A patch that fails half-way: the first attributes netstats replaces are already in place.
 FAIL = {
-    # gevent's way: ssl.SSLContext is a subclass whose attributes live on the stock class.
-    "ssl.SSLContext": """
-class SSLContext(ssl.SSLContext):
-    pass
-ssl.SSLContext = SSLContext
+    # A module that refuses one name: socket.socket comes after getaddrinfo and sslobject_class.
+    # (A subclass standing in for ssl.SSLContext, gevent's way, is captured: test_gevent.py.)
+    "socket": """
+import types
+class ReadOnlySocket(types.ModuleType):
+    def __setattr__(self, name, value):
+        if name == "socket":
+            raise TypeError("socket.socket is read-only")
+        super().__setattr__(name, value)
+socket.__class__ = ReadOnlySocket
 """,
     # The last patch: a class that refuses new attributes.
     "SSLProtocol": """

@@ -173,7 +173,13 @@ def _let_go(conn: Connection, sock: Any) -> bool:
         return False
     conn._sock = weakref.ref(others[0])
     conn._others = [weakref.ref(s) for s in others[1:]]
+    if getattr(sock, "_netstats_counts", None) is conn:
+        sock._netstats_counts = None  # (its __del__ after a detach() is not the connection's end)
     fd = _fd_of(sock)
+    heir = next((s for s in others if _fd_of(s) == fd), None)  # (gevent's TLS: the same number)
+    if heir is not None:
+        _by_fd[fd] = weakref.ref(heir)
+        return True
     if fd >= 0 and fd in _by_fd and _by_fd[fd]() is sock:
         del _by_fd[fd]
     if _claims.get(fd) is conn:

@@ -6,12 +6,19 @@ While at least one capture is active:
 - `socket.getaddrinfo` remembers which name resolved to which address (for `host`);
 - `ssl.SSLContext.sslsocket_class` / `sslobject_class` count TLS plaintext;
 - `asyncio.sslproto.SSLProtocol.connection_made` links its TLS object to the socket;
-- `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile).
+- `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile);
+- if gevent is imported: its socket class wraps C sockets of a counting class, and its TLS
+  socket counts the plaintext (_sources/gevent.py);
+- if trio is imported: its socket methods call the socket's own, its sockets take netstats'
+  classes, and its SSLStream links its TLS object to the socket (_sources/trio.py);
+  either imported during a capture gets these as soon as it has loaded (`_LateImports`).
 When the last capture stops, each of these is the stock object again (the same object).
 Meanwhile the kernel census (_sources/census.py) sweeps the process's descriptors on a thread
 of its own, for the TCP connections that C code makes.
 Once per process, and harmless while nothing is captured: multiprocessing pickles our socket
-classes like the stock one, and a fork first hands kernel-counted sockets back to the wrappers.
+classes like the stock one, a fork first hands kernel-counted sockets back to the wrappers, and
+the stock socket class reads `_netstats_counts` as None, so a wrapper that outlives its capture
+(bound by a library imported during it, like trio) behaves as the stock method on any socket.
 Install and uninstall with `_state.lock` held.
 
 Some patches rely on private internals of the standard library, checked by name before
@@ -22,16 +29,20 @@ captured, said once).
 
 from __future__ import annotations
 
+import _socket
 import os
 import platform
 import socket
 import ssl
+import sys
 import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import _engine
+from . import _engine, _state
 from ._sources import census, functions, sockets, tls
+from ._sources import gevent as gevent_source
+from ._sources import trio as trio_source
 
 
 class Patch:
@@ -47,18 +58,27 @@ class Patch:
         self.owner, self.name, self.make = owner, name, make
         self.lacking, self.without = list(lacking), without
         self.original: Any = None
+        self.replacement: Any = None
         self.installed = False
 
     def install(self) -> None:
         self.original = (
             self.owner.__dict__[self.name] if isinstance(self.owner, type) else getattr(self.owner, self.name)
         )
-        setattr(self.owner, self.name, self.make(self.original))
+        self.replacement = self.make(self.original)
+        setattr(self.owner, self.name, self.replacement)
         self.installed = True
 
     def remove(self) -> None:
         if self.installed:
-            setattr(self.owner, self.name, self.original)
+            owner = self.owner
+            now = (
+                owner.__dict__.get(self.name) if isinstance(owner, type) else getattr(owner, self.name, None)
+            )
+            if (
+                now is self.replacement
+            ):  # else another replaced ours meanwhile (gevent's patch_all): theirs stays
+                setattr(owner, self.name, self.original)
             self.installed = False
 
 
@@ -106,30 +126,48 @@ def _stock_socket_reducer() -> Any:
     return getattr(reduction, "_reduce_socket", None)
 
 
+def _stdlib_class(cls: type, module: str) -> type:
+    """The standard library's class where a monkey-patcher's subclass stands in for it (gevent)."""
+    return next(k for k in cls.__mro__ if k.__module__ == module)
+
+
 def _patches() -> list[Patch]:
     stock_socket: Any = sockets._StockSocket
     lost_sockets = lacks(stock_socket, "_real_close")  # close() ends there: the record's end
     if _stock_socket_reducer() is None:  # without it, a captured socket could not be sent to a child
         lost_sockets.append("no multiprocessing.reduction._reduce_socket")
+    context = _stdlib_class(ssl.SSLContext, "ssl")
     patches = [
-        Patch(
-            socket,
-            "socket",
-            lambda _orig: sockets.CountingSocket,
-            lost_sockets,
-            "no socket is captured",
-        ),
         Patch(socket, "getaddrinfo", functions.getaddrinfo),
-        Patch(
-            ssl.SSLContext,
-            "sslsocket_class",
-            lambda _orig: tls.CountingSSLSocket,
-            tls_socket_lacks(),
-            "a TLS socket (SSLContext.wrap_socket: http.client, urllib, requests) is not counted "
-            "once TLS starts",
-        ),
-        Patch(ssl.SSLContext, "sslobject_class", lambda _orig: tls.CountingSSLObject),
+        Patch(context, "sslobject_class", lambda _orig: tls.CountingSSLObject),
     ]
+    if issubclass(socket.socket, _socket.socket) and issubclass(stock_socket, _socket.socket):
+        patches.append(
+            Patch(
+                socket,
+                "socket",
+                lambda _orig: sockets.CountingSocket,
+                lost_sockets,
+                "no socket is captured",
+            )
+        )
+        patches.append(
+            Patch(
+                context,
+                "sslsocket_class",
+                lambda _orig: tls.CountingSSLSocket,
+                tls_socket_lacks(),
+                "a TLS socket (SSLContext.wrap_socket: http.client, urllib, requests) is not counted "
+                "once TLS starts",
+            )
+        )
+    elif socket.socket is not gevent_source.socket_class():
+        # Another library's socket class stands there; ours would take its I/O away. (gevent's,
+        # cooperative I/O over a wrapped C socket, is counted through that C socket below.)
+        _tell(
+            f"socket.socket is {_name(socket.socket)}, not the standard library's: its TCP "
+            "connections are recorded by the kernel census (wire bytes; rx/tx unknown)"
+        )
     if hasattr(os, "sendfile"):
         patches.append(Patch(os, "sendfile", functions.sendfile))
     try:
@@ -148,6 +186,43 @@ def _patches() -> list[Patch]:
                 "(a client's is linked to its TLS when its first write is the handshake)",
             )
         )
+    patches += _trio_patches()
+    patches += _gevent_socket_patches() + _gevent_tls_patches()
+    return patches
+
+
+def _gevent_socket_patches() -> list[Patch]:
+    gevent_socket = gevent_source.socket_class()
+    if gevent_socket is None:
+        return []
+    return [Patch(gevent_socket, "_gevent_sock_class", gevent_source.counting_class)]
+
+
+def _gevent_tls_patches() -> list[Patch]:
+    gevent_tls = gevent_source.ssl_socket_class()
+    if gevent_tls is None:
+        return []
+    return [
+        Patch(gevent_tls, "_gevent_sock_class", gevent_source.tls_sock_class),
+        Patch(gevent_tls, "__init__", gevent_source.tls_init),
+        Patch(gevent_tls, "do_handshake", gevent_source.tls_handshake),
+        Patch(gevent_tls, "read", gevent_source.tls_read),
+        Patch(gevent_tls, "write", gevent_source.tls_write),
+        Patch(gevent_tls, "send", gevent_source.tls_write),
+    ]
+
+
+def _trio_patches() -> list[Patch]:
+    patches = []
+    trio_socket = trio_source.socket_class()
+    if trio_socket is not None:
+        patches.append(Patch(trio_socket, "__init__", trio_source.socket_init))
+        for method in trio_source.METHODS:
+            if method in trio_socket.__dict__:
+                patches.append(Patch(trio_socket, method, trio_source.calling_own(method)))
+    ssl_stream = trio_source.ssl_stream_class()
+    if ssl_stream is not None:
+        patches.append(Patch(ssl_stream, "__init__", trio_source.ssl_stream_init))
     return patches
 
 
@@ -164,6 +239,64 @@ def _partly_blind() -> list[tuple[list[str], str]]:
 
 _installed: list[Patch] = []
 _told: set[str] = set()
+
+
+class _LateImports:
+    """On sys.meta_path while capturing: a module with patches of its own (trio, gevent's),
+    imported now, gets them as soon as it has run, as if it had been imported before."""
+
+    PATCHES = {
+        "trio": _trio_patches,
+        "gevent._socket3": _gevent_socket_patches,
+        "gevent.ssl": _gevent_tls_patches,
+    }
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in self.PATCHES:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None) if finder is not self else None
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_then_patch(module: Any) -> None:
+            exec_module(module)
+            _late(self.PATCHES[name])
+
+        try:
+            loader.exec_module = exec_then_patch  # this spec's own loader object
+        except (AttributeError, TypeError):  # a loader that takes no attribute: patched next capture
+            pass
+        return spec
+
+
+@_engine.guarded
+def _late(patches: Any) -> None:
+    """A late import's patches, all or none (and said once), while a capture is on."""
+    with _state.lock:
+        if not _installed or _late_imports not in sys.meta_path:
+            return
+        made: list[Patch] = []
+        for patch in patches():
+            try:
+                patch.install()
+            except Exception as exc:
+                while made:
+                    made.pop().remove()
+                _tell(f"could not replace {_name(patch.owner)}.{patch.name} ({type(exc).__name__}: {exc})")
+                return
+            made.append(patch)
+        _installed.extend(made)
+
+
+_late_imports = _LateImports()
 
 
 def _tell(message: str) -> None:
@@ -199,6 +332,7 @@ def install() -> None:
     if not _forks_followed and hasattr(os, "register_at_fork"):
         _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
         os.register_at_fork(before=_engine.before_sharing)
+    sockets.count_nothing_on_stock_sockets()
     _install_patches()
 
 
@@ -234,11 +368,14 @@ def _install_patches() -> None:
             )
             return
         _installed.append(patch)
+    sys.meta_path.insert(0, _late_imports)
     census.start()
 
 
 def uninstall() -> None:
     """Restore every original, in reverse order (call with _state.lock held)."""
     census.stop()
+    while _late_imports in sys.meta_path:
+        sys.meta_path.remove(_late_imports)
     while _installed:
         _installed.pop().remove()

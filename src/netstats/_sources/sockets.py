@@ -277,6 +277,13 @@ class RegisteredSocket(_Counting, _StockSocket):
     _netstats_counts = property(_get_registered, _set_registered)  # type: ignore[assignment]
 
 
+def count_nothing_on_stock_sockets() -> None:
+    """A stock socket counts into nothing: a wrapper called on one (bound by a library while
+    socket.socket was ours, used after) is then exactly the stock method. Once per process."""
+    if "_netstats_counts" not in _StockSocket.__dict__:
+        _stock._netstats_counts = None
+
+
 # Reprs, warnings and tracebacks name the classes as the stock one they stand in for.
 for _cls in (KernelCountedSocket, CountingSocket, RegisteredSocket):
     _cls.__module__, _cls.__qualname__, _cls.__name__ = "socket", "socket", "socket"
