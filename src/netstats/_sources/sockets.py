@@ -26,7 +26,7 @@ _stock: Any = _StockSocket
 _stock_accept, _stock_detach = _stock.accept, _stock.detach
 _stock_real_close: Any = getattr(_stock, "_real_close", None)  # a Python without it: see _patch.py
 _SOL_SOCKET, _SO_ERROR = _socketmod.SOL_SOCKET, _socketmod.SO_ERROR
-_PEEK = _socketmod.MSG_PEEK  # a peek leaves the data to be read: it is not a read
+_PEEK = int(_socketmod.MSG_PEEK)  # a peek is not a read (a plain int: an IntFlag & costs a call)
 _len = len
 
 
