@@ -7,12 +7,11 @@ if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     ls /usr/lib/postgresql/*/bin/initdb | head -n 1
     exit 0
 fi
+bash "$(dirname "$0")/apt.sh" postgresql
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
-$SUDO apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql
 # The package may start the Debian cluster: the tests run their own, so stop it.
 if command -v pg_ctlcluster >/dev/null 2>&1; then
     for cluster in /etc/postgresql/*/*; do

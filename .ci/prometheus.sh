@@ -8,12 +8,11 @@ if [ -x /usr/bin/prometheus ]; then
     /usr/bin/prometheus --version | head -n 1
     exit 0
 fi
+bash "$(dirname "$0")/apt.sh" prometheus
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
-$SUDO apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
     $SUDO systemctl disable --now prometheus || true
 fi
