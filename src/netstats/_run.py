@@ -58,11 +58,13 @@ def run_program(
     module: bool,
     servers: bool = False,
     on_signal: Callable[[Run], None] | None = None,
+    watch: Callable[[Capture, list[str]], Callable[[], None]] | None = None,
 ) -> Run:
     """Run a script (or `-m module`) in this process under capture; return what it did.
 
     SIGTERM while it runs: `on_signal` gets the Run so far, then the process ends as the signal
-    would have ended it (killed by SIGTERM)."""
+    would have ended it (killed by SIGTERM). `watch(capture, program)`, once capturing, returns
+    what to call as the program ends (the live view)."""
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     # As python does before looking for the program: the script's folder, or for -m the
     # current directory, first on sys.path.
@@ -92,6 +94,7 @@ def run_program(
     accepts_before = _state.accepts
     cap = Capture(keep=True, servers=servers).start()
     program = [target, *args] if not module else ["-m", target, *args]
+    unwatch = watch(cap, program) if watch is not None else None
 
     def result(exit_code: int) -> Run:
         connections = [c.as_dict() for c in cap.connections] + _child.collect(folder)
@@ -109,6 +112,8 @@ def run_program(
     def terminated() -> None:
         if os.getpid() != pid:  # a forked child that kept this handler: the parent reports
             return
+        if unwatch is not None:
+            unwatch()
         cap.stop()
         if on_signal is not None:
             on_signal(result(128 + signal.SIGTERM))
@@ -138,6 +143,8 @@ def run_program(
         if os.getpid() != pid:  # a bare os.fork() child that ran on to the end of the program
             _child.dump_fork_child(cap)
             raise SystemExit(exit_code)
+        if unwatch is not None:
+            unwatch()
         cap.stop()
         if previous is not None and getattr(signal.getsignal(signal.SIGTERM), "netstats", False):
             signal.signal(signal.SIGTERM, previous)
