@@ -10,7 +10,6 @@ process through _top.snapshot. A figure netstats cannot know shows as "?".
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 import threading
@@ -30,7 +29,11 @@ MISSING = "needs the rich package: pip install 'netstats[live]'"
 
 def available() -> bool:
     """Whether rich can be imported (the `live` extra)."""
-    return importlib.util.find_spec("rich") is not None
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class Row(NamedTuple):
@@ -177,10 +180,11 @@ class RunView:
         first_t, first_n = self._counts[0]
         per_second = (total - first_n) / (now - first_t) if now > first_t else None
         title = (
-            f"netstats run --live: {self._program}   {now - self._started:.0f}s   "
+            f"netstats run --live   {now - self._started:.0f}s   "
             f"{len(conns)} open, {total} in all   "
             f"{'?' if per_second is None else f'{per_second:.1f}'} connections/s   "
-            f"rx {_format.size(self._cap.rx)}  tx {_format.size(self._cap.tx)}"
+            f"rx {_format.size(self._cap.rx)}  tx {_format.size(self._cap.tx)}   "
+            f"{_format.clip(self._program, 40)}"
         )
         return table(title, shown, _limit(console))
 
