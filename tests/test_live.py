@@ -48,7 +48,9 @@ class Pane:
         script = f"read _; clear; {shlex.join(command)}; echo exit=$?; sleep 120"
         self._tmux("new-session", "-d", "-x", "160", "-y", "40", "-c", str(cwd), script)
         self._tmux("resize-window", "-x", "160", "-y", "40")
-        wait_for(lambda: self._tmux("display-message", "-p", "#{pane_width}x#{pane_height}").strip() == "160x40")
+        wait_for(
+            lambda: self._tmux("display-message", "-p", "#{pane_width}x#{pane_height}").strip() == "160x40"
+        )
         self._tmux("send-keys", "Enter")
 
     def _tmux(self, *args: str) -> str:
