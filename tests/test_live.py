@@ -297,6 +297,33 @@ def test_run_live_draws_the_connection_with_its_bytes_then_the_report(pane, peer
     assert re.search(rf"127\.0\.0\.1:{echo.port}\s+700 B\s+700 B", text), text
 
 
+def test_run_live_draws_a_python_childs_connection_from_its_snapshots(pane, peer, tmp_path):
+    echo = peer("echo")
+    child = tmp_path / "child.py"
+    child.write_text(PROGRAM.format(setup="").replace("700", "600"))
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, {str(child)!r}, *sys.argv[1:]])\n"
+        "sys.exit(child.wait(120))\n"
+    )
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
+
+    def row(text: str) -> bool:
+        line = next((x for x in text.splitlines() if f"127.0.0.1:{echo.port}" in x), "")
+        return "(pid " in line and len(re.findall(r"\b600 B\b", line)) == 4
+
+    try:
+        text = view.wait(row, "the child's row with 600 B each way")
+        assert "1 open in 2 processes, 1 in all" in text
+        assert echo.counts()[0]["rx"] == echo.counts()[0]["tx"] == 600  # the peer's own count
+    finally:
+        go.write_text("")
+    text = view.wait(lambda t: "exit=0" in t, "the program's end")
+    assert re.search(rf"127\.0\.0\.1:{echo.port}\s+600 B\s+600 B", text), text
+
+
 def test_live_without_rich_names_the_extra_in_one_line(tmp_path):
     program = tmp_path / "prog.py"
     ran = tmp_path / "ran"

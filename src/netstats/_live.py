@@ -4,13 +4,18 @@ Drawn with rich, an optional extra (`pip install 'netstats[live]'`): it is impor
 when a live view starts. `run --live` reads the capture from a thread of netstats' own (open
 connections, their totals and the kernel's figures, as the exporters do), never from the
 program's threads; the program's prints through sys.stdout/sys.stderr go above the table (rich
-redirects them while the view is up, only where they are the terminal). `top` reads another
+redirects them while the view is up, only where they are the terminal). Python children of the
+run (_child.py) each write a snapshot of their open connections to the run's folder every
+INTERVAL (`PID.live`, a thread of their own, needing no rich), which the view reads beside its
+own. `top` reads another
 process through _top.snapshot. A figure netstats cannot know shows as "?".
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -23,7 +28,9 @@ from ._errors import NoSuchProcess
 
 log = logging.getLogger("netstats")
 
-INTERVAL = 1.0  # seconds between redraws
+INTERVAL = 1.0  # seconds between redraws (and children's snapshots)
+ENV = "NETSTATS_LIVE"  # "1" in the children of `netstats run --live`: write snapshots
+SNAPSHOT = ".live"  # a child's snapshot file: PID.live in the run's folder
 MISSING = "needs the rich package: pip install 'netstats[live]'"
 
 
@@ -90,13 +97,94 @@ def _limit(console: Any) -> int:
     return max(3, int(console.size.height) - 10)
 
 
-class RunView:
-    """`netstats run --live`: the capture's connections, redrawn every INTERVAL until stop()."""
+def _open_rows(cap: Capture) -> list[dict[str, Any]]:
+    """The capture's open connections as plain data (application bytes None where unknown)."""
+    rows = []
+    for conn in cap.open_connections():
+        info = conn.tcp_info()
+        rx, tx = conn.totals()
+        rows.append(
+            {
+                "id": conn.id,
+                "remote": _format.address(conn.remote),
+                "host": conn.host or "",
+                "rx": rx,
+                "tx": tx,
+                "wire_rx": info.wire_rx if info else None,
+                "wire_tx": info.wire_tx if info else None,
+                "rtt": info.rtt if info else None,
+                "retransmits": info.retransmits if info else None,
+            }
+        )
+    return rows
 
-    def __init__(self, cap: Capture, program: list[str]) -> None:
+
+def snapshots(cap: Capture, folder: str) -> Callable[[], None]:
+    """In a child of `run --live`: write PID.live to the run's folder every INTERVAL until the
+    returned function is called (then the file goes: the child's final dump follows)."""
+    stopping = threading.Event()
+    path = os.path.join(folder, f"{os.getpid()}{SNAPSHOT}")
+
+    def write() -> None:
+        while not stopping.wait(INTERVAL):
+            try:
+                data = {
+                    "time": time.time(),
+                    "count": cap.count,
+                    "rx": cap.rx,
+                    "tx": cap.tx,
+                    "connections": _open_rows(cap),
+                }
+                with open(path + ".tmp", "w", encoding="utf-8") as f:
+                    json.dump(data, f)
+                os.replace(path + ".tmp", path)
+            except Exception:  # never into the program: the parent's view just lacks this child
+                log.exception("netstats: a live snapshot failed (the program is unaffected)")
+
+    thread = threading.Thread(target=write, name="netstats-live-snapshots", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(INTERVAL * 5)
+        for name in (path, path + ".tmp"):
+            try:
+                os.remove(name)
+            except OSError:
+                pass
+
+    return stop
+
+
+def _children(folder: str | None) -> dict[int, dict[str, Any]]:
+    """{pid: its latest snapshot} of the children writing them."""
+    out: dict[int, dict[str, Any]] = {}
+    if folder is None:
+        return out
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return out
+    for name in names:
+        if name.endswith(SNAPSHOT) and name[: -len(SNAPSHOT)].isdigit():
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    out[int(name[: -len(SNAPSHOT)])] = json.load(f)
+            except (OSError, ValueError):
+                continue  # gone meanwhile (the child ended)
+    return out
+
+
+class RunView:
+    """`netstats run --live`: the capture's connections, and its children's, redrawn every
+    INTERVAL until stop()."""
+
+    def __init__(self, cap: Capture, program: list[str], folder: str | None = None) -> None:
         self._cap = cap
         self._program = " ".join(program)
+        self._folder = folder
         self._rates = _top.Rates()
+        self._child_rates: dict[int, _top.Rates] = {}
         self._started = time.monotonic()
         self._counts: list[tuple[float, int]] = []  # (when, connections so far), the last few seconds
         self._stopping = threading.Event()
@@ -146,52 +234,61 @@ class RunView:
 
     def render(self, console: Any) -> Any:
         now = time.monotonic()
-        conns = self._cap.open_connections()
-        readings: dict[Any, tuple[int | None, int | None]] = {}
-        rows = []
-        for conn in conns:
-            info = conn.tcp_info()
-            rx, tx = conn.totals()
-            if rx is None and info is not None:  # found by the census: the kernel's bytes only
-                readings[conn] = (info.wire_rx, info.wire_tx)
-            else:
-                readings[conn] = (rx, tx)
-            rows.append((conn, info, rx, tx))
-        rates = self._rates.update(readings, now)
-        shown = []
-        for conn, info, rx, tx in rows:
-            rx_rate, tx_rate = rates[conn]
-            shown.append(
-                Row(
-                    _format.address(conn.remote),
-                    conn.host or "",
-                    rx,
-                    tx,
-                    info.wire_rx if info else None,
-                    info.wire_tx if info else None,
-                    rx_rate,
-                    tx_rate,
-                    info.rtt if info else None,
-                    info.retransmits if info else None,
-                )
-            )
+        shown = self._rows(os.getpid(), _open_rows(self._cap), self._rates, now)
         total = self._cap.count
+        rx, tx = [self._cap.rx], [self._cap.tx]
+        children = _children(self._folder)
+        for pid, snap in children.items():
+            rates = self._child_rates.setdefault(pid, _top.Rates())
+            shown += self._rows(pid, snap.get("connections", []), rates, float(snap.get("time", 0.0)))
+            total += int(snap.get("count", 0))
+            rx.append(snap.get("rx"))
+            tx.append(snap.get("tx"))
+        self._child_rates = {pid: r for pid, r in self._child_rates.items() if pid in children}
         self._counts = [(t, n) for t, n in self._counts if now - t <= 5.0] + [(now, total)]
         first_t, first_n = self._counts[0]
         per_second = (total - first_n) / (now - first_t) if now > first_t else None
+        processes = f" in {1 + len(children)} processes" if children else ""
         title = (
             f"netstats run --live   {now - self._started:.0f}s   "
-            f"{len(conns)} open, {total} in all   "
+            f"{len(shown)} open{processes}, {total} in all   "
             f"{'?' if per_second is None else f'{per_second:.1f}'} connections/s   "
-            f"rx {_format.size(self._cap.rx)}  tx {_format.size(self._cap.tx)}   "
+            f"rx {_format.size_total(rx)}  tx {_format.size_total(tx)}   "
             f"{_format.clip(self._program, 40)}"
         )
         return table(title, shown, _limit(console))
 
+    @staticmethod
+    def _rows(pid: int, conns: list[dict[str, Any]], rates: _top.Rates, when: float) -> list[Row]:
+        """Rows of one process's open connections, rates from its previous snapshot."""
+        readings: dict[Any, tuple[int | None, int | None]] = {}
+        for c in conns:  # found by the census (rx None): the kernel's bytes only
+            readings[c["id"]] = (c["rx"], c["tx"]) if c["rx"] is not None else (c["wire_rx"], c["wire_tx"])
+        moved = rates.update(readings, when)
+        rows = []
+        for c in conns:
+            rx_rate, tx_rate = moved[c["id"]]
+            rows.append(
+                Row(
+                    c["remote"],
+                    c["host"] if pid == os.getpid() else f"{c['host'] or '-'} (pid {pid})",
+                    c["rx"],
+                    c["tx"],
+                    c["wire_rx"],
+                    c["wire_tx"],
+                    rx_rate,
+                    tx_rate,
+                    c["rtt"],
+                    c["retransmits"],
+                )
+            )
+        return rows
 
-def watch(cap: Capture, program: list[str]) -> Callable[[], None]:
-    """For run_program: start the view on this capture; returns what stops it."""
-    view = RunView(cap, program)
+
+def watch(cap: Capture, program: list[str], folder: str) -> Callable[[], None]:
+    """For run_program: start the view on this capture and the children's snapshots in the
+    run's folder; returns what stops it."""
+    view = RunView(cap, program, folder)
     try:
         view.start()
     except Exception:
