@@ -102,8 +102,9 @@ class BashPeer:
     """A bash process connected to a server of the test: it writes `sends` bytes, reads
     `reads` bytes, then holds the connection until told to end (a line on its stdin)."""
 
-    def __init__(self, sends: int, reads: int, close_after: bool = False) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, sends: int, reads: int, close_after: bool = False, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.server = socket.create_server((host, 0), family=family)
         self.port = self.server.getsockname()[1]
         self.received = 0  # the server's own count
         self.peer_address: Any = None
@@ -112,7 +113,7 @@ class BashPeer:
         thread = threading.Thread(target=self._serve, daemon=True)
         thread.start()
         script = (
-            f"exec 3<>/dev/tcp/127.0.0.1/{self.port}; head -c {sends} /dev/zero >&3; "
+            f"exec 3<>/dev/tcp/{host}/{self.port}; head -c {sends} /dev/zero >&3; "
             f"head -c {reads} <&3 >/dev/null; echo ready; read _; exec 3>&-"
         )
         self.proc = subprocess.Popen(
@@ -158,9 +159,12 @@ def top_once(pid: int) -> dict[str, Any]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 @pytest.mark.parametrize("close_after", [False, True], ids=["established", "peer-fin-received"])
-def test_top_once_json_gives_a_bash_process_wire_bytes_as_it_counted_them(close_after):
-    peer = BashPeer(sends=700, reads=300, close_after=close_after)
+def test_top_once_json_gives_a_bash_process_wire_bytes_as_it_counted_them(close_after, host):
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    peer = BashPeer(sends=700, reads=300, close_after=close_after, host=host)
     try:
         assert peer.received == 700  # bash's head wrote 700 bytes; the server read as many
         state = "CLOSE_WAIT" if close_after else "ESTABLISHED"
@@ -172,8 +176,8 @@ def test_top_once_json_gives_a_bash_process_wire_bytes_as_it_counted_them(close_
         shot = wait_for(snapshot, what=f"one connection in {state}")
         (conn,) = shot["connections"]
         assert shot["pid"] == peer.proc.pid
-        assert conn["remote"] == ["127.0.0.1", peer.port]
-        assert tuple(conn["local"]) == peer.peer_address
+        assert conn["remote"] == [host, peer.port]
+        assert tuple(conn["local"]) == peer.peer_address[:2]
         assert conn["side"] == "client"
         assert conn["wire_tx"] == 700
         assert conn["wire_rx"] == 300  # the peer's FIN, when it came, not counted
@@ -198,6 +202,17 @@ def test_top_once_json_gives_a_python_server_netstats_is_not_in_its_own_counts(p
         assert conn["remote"] == list(client.getsockname())
         assert conn["local"] == ["127.0.0.1", echo.port]
         assert (conn["wire_rx"], conn["wire_tx"]) == (counts[0]["rx"], counts[0]["tx"]) == (900, 900)
+
+
+def test_top_format_json_without_once_is_refused_in_one_line():
+    done = subprocess.run(
+        [*NETSTATS, "top", str(os.getpid()), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "netstats top: error: --format json is for one snapshot: add --once\n"
 
 
 def test_top_of_a_pid_that_does_not_exist_says_so_in_one_line():

@@ -168,6 +168,9 @@ def _top(args: argparse.Namespace) -> int:
     from . import _live, _top
     from ._errors import NetstatsError
 
+    if args.format != "text" and not args.once:
+        print("netstats top: error: --format json is for one snapshot: add --once", file=sys.stderr)
+        return 2
     try:
         if args.once:
             sys.stdout.write(_top.once(args.pid, args.format))
