@@ -304,7 +304,8 @@ def test_run_live_draws_the_connection_with_its_bytes_then_the_report(pane, peer
         text = view.wait(row, "the connection's row with 700 B each way")
         assert "the program says hello" in text  # the program's print, above the table
         assert "netstats run --live   " in text and "1 open, 1 in all" in text
-        assert echo.counts()[0]["rx"] == echo.counts()[0]["tx"] == 700  # the peer's own count
+        wait_for(lambda: echo.counts()[0]["tx"] == 700, what="the peer's count of what it echoed")
+        assert echo.counts()[0]["rx"] == 700  # the peer's own count
     finally:
         go.write_text("")
     text = view.wait(lambda t: "exit=0" in t, "the program's end")
@@ -332,7 +333,8 @@ def test_run_live_draws_a_python_childs_connection_from_its_snapshots(pane, peer
     try:
         text = view.wait(row, "the child's row with 600 B each way")
         assert "1 open in 2 processes, 1 in all" in text
-        assert echo.counts()[0]["rx"] == echo.counts()[0]["tx"] == 600  # the peer's own count
+        wait_for(lambda: echo.counts()[0]["tx"] == 600, what="the peer's count of what it echoed")
+        assert echo.counts()[0]["rx"] == 600  # the peer's own count
     finally:
         go.write_text("")
     text = view.wait(lambda t: "exit=0" in t, "the program's end")
