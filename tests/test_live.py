@@ -43,7 +43,7 @@ class Pane:
     """A tmux server of the test's own (its own socket) with one pane running a command."""
 
     def __init__(self, command: list[str], cwd: Path) -> None:
-        self.socket = f"netstats-test-{uuid.uuid4().hex[:12]}"
+        self.socket = str(cwd / f"tmux-{uuid.uuid4().hex[:8]}")  # in the test's folder: removed with it
         # The command starts once the pane has its size (a new window may start at 80x24).
         script = f"read _; clear; {shlex.join(command)}; echo exit=$?; sleep 120"
         self._tmux("new-session", "-d", "-x", "160", "-y", "40", "-c", str(cwd), script)
@@ -54,7 +54,7 @@ class Pane:
         self._tmux("send-keys", "Enter")
 
     def _tmux(self, *args: str) -> str:
-        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -75,7 +75,7 @@ class Pane:
         return seen[0]
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
 
 
 @pytest.fixture
