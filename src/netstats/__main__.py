@@ -18,6 +18,8 @@ examples:
   netstats run --servers -m http.server     ... with the connections it accepts
   netstats run -o run.json --format json app.py
   netstats report run.json --by host        re-render a saved run
+  netstats run --live app.py                a table redrawn every second while it runs
+  netstats top 1234                         any process's TCP connections, live
   netstats demo                             see it all offline, in seconds
 """
 
@@ -56,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"netstats {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,report,demo}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{run,report,top,demo}", parser_class=_Parser)
     run = commands.add_parser(
         "run",
         help="run a Python program and report its connections",
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     run.add_argument("--servers", action="store_true", help="also report connections the program accepts")
+    run.add_argument("--live", action="store_true", help="a table redrawn every second while it runs (rich)")
     _output_options(run, "stderr")
     run.add_argument("program", nargs=argparse.REMAINDER, help="script.py and its arguments")
     report = commands.add_parser(
@@ -82,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("file", help="a JSON file written by netstats run --format json")
     _output_options(report, "stdout")
+    top = commands.add_parser(
+        "top",
+        help="any process's TCP connections, live, from the kernel",
+        description="The TCP connections of a process you own, in any language, from the kernel alone "
+        "(Linux): remote, wire bytes, rates, rtt, retransmissions, redrawn every second.",
+        epilog="examples:\n  netstats top 1234\n  netstats top 1234 --once --format json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("pid", type=int, help="the process to watch")
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.add_argument("--format", choices=("text", "json"), default="text", help="with --once (default text)")
     commands.add_parser(
         "demo",
         help="a loopback HTTP and HTTPS server, fetched and reported",
@@ -99,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(parser, args)
     if args.command == "report":
         return _report(args)
+    if args.command == "top":
+        return _top(args)
     if args.command == "demo":
         from ._demo import run as demo
 
@@ -130,13 +146,43 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     def report(result: Run) -> None:
         write(_render(result, args), args.output)
 
+    watch = None
+    if args.live:
+        from . import _live
+
+        if not _live.available():
+            parser.exit(2, f"netstats run: --live {_live.MISSING}\n")
+        watch = _live.watch
     try:
-        result = run_program(target, rest, module=bool(args.module), servers=args.servers, on_signal=report)
+        result = run_program(
+            target, rest, module=bool(args.module), servers=args.servers, on_signal=report, watch=watch
+        )
     except NoSuchProgram as exc:
         print(f"netstats run: {exc}", file=sys.stderr)
         return exc.exit_code
     report(result)
     return result.exit_code or 0
+
+
+def _top(args: argparse.Namespace) -> int:
+    from . import _live, _top
+    from ._errors import NetstatsError
+
+    if args.format != "text" and not args.once:
+        print("netstats top: error: --format json is for one snapshot: add --once", file=sys.stderr)
+        return 2
+    try:
+        if args.once:
+            sys.stdout.write(_top.once(args.pid, args.format))
+            return 0
+        if not _live.available():
+            print(f"netstats top: the live view {_live.MISSING} (or use --once)", file=sys.stderr)
+            return 2
+        _top.snapshot(args.pid)  # a PID that is not there or not the user's: said before drawing
+        return _live.top(args.pid)
+    except NetstatsError as exc:
+        print(f"netstats top: {exc}", file=sys.stderr)
+        return 1
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ _capture: Capture | None = None
 _dumped = False
 _following = False
 _accepts_before = 0
+_stop_snapshots: Callable[[], None] | None = None  # under `netstats run --live` (_live.py)
 
 
 def start_from_environment() -> None:
@@ -61,10 +62,15 @@ def on_sigterm(report: Callable[[], None]) -> Any:
 
 
 def _begin() -> None:
-    global _capture, _dumped, _accepts_before
+    global _capture, _dumped, _accepts_before, _stop_snapshots
     _accepts_before = _state.accepts
     _capture = Capture(keep=True, servers=os.environ.get("NETSTATS_SERVERS") == "1").start()
     _dumped = False
+    _stop_snapshots = None
+    if os.environ.get("NETSTATS_LIVE") == "1":
+        from ._live import snapshots
+
+        _stop_snapshots = snapshots(_capture, os.environ[ENV_DIR])
 
 
 def follow_forks() -> None:
@@ -106,6 +112,8 @@ def dump() -> None:
     if _capture is None or _dumped or not folder or not os.path.isdir(folder):
         return
     _dumped = True
+    if _stop_snapshots is not None:
+        _stop_snapshots()
     _capture.stop()
     records: list[dict[str, Any]] = [c.as_dict() for c in _capture.connections]
     accepts = 0 if _capture.servers else _state.accepts - _accepts_before

@@ -24,6 +24,7 @@ NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST = 1
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH: every socket of the family
 INET_DIAG_INFO = 2
 SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
@@ -171,6 +172,48 @@ def time_wait(family: int, local: Any, remote: Any) -> bool | None:
     if data is None:
         return None
     return any(found.state == TIME_WAIT for found in parse(data))
+
+
+def dump(family: int) -> list[Diag] | None:
+    """Every TCP socket of this family in the network namespace but time-wait entries, with its
+    tcp_info (the caller keeps those it wants, by inode); None where sock_diag cannot be asked."""
+    if not supported:
+        return None
+    states = _TCP_STATES_ALL & ~(1 << TIME_WAIT)  # time-wait entries belong to no descriptor
+    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), states)
+    body += bytes(_SOCKID.size + _SOCKID_TAIL.size)
+    flags = NLM_F_REQUEST | NLM_F_DUMP
+    request = _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, flags, 1, 0) + body
+    out: list[Diag] = []
+    try:
+        sock = _netlink()
+    except OSError:
+        return None
+    try:
+        sock.settimeout(2.0)
+        sock.send(request)
+        while True:
+            data = sock.recv(262144)
+            out.extend(parse(data))
+            if not data or _last_part(data):
+                return out
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+def _last_part(data: bytes) -> bool:
+    """Whether a dump's datagram holds its end (NLMSG_DONE) or an error."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+        if kind in (NLMSG_DONE, NLMSG_ERROR):
+            return True
+        if length < _HEADER.size:
+            return True
+        offset += (length + 3) & ~3
+    return False
 
 
 def close_query_socket() -> None:

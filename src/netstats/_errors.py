@@ -4,6 +4,7 @@
      └── NetstatsError                      anything netstats itself refuses
           ├── NotCaptured (LookupError)     stats/reset/mark of something netstats does not count
           ├── NoSuchProgram                 `netstats run` of a script or module that is not there
+          ├── NoSuchProcess                 `netstats top` of a PID that is not there or not the user's
           ├── MissingExtra (ImportError)    an exporter asked for without its extra installed
           └── NetstatsBlocked               pytest --netstats-block refused a connect
                (ConnectionRefusedError)     (errno ECONNREFUSED, as a refused connect would)
@@ -29,6 +30,10 @@ class NoSuchProgram(NetstatsError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class NoSuchProcess(NetstatsError):
+    """`netstats top` was given a PID that does not exist, or whose descriptors the user cannot see."""
 
 
 class MissingExtra(NetstatsError, ImportError):

@@ -58,11 +58,14 @@ def run_program(
     module: bool,
     servers: bool = False,
     on_signal: Callable[[Run], None] | None = None,
+    watch: Callable[[Capture, list[str], str], Callable[[], None]] | None = None,
 ) -> Run:
     """Run a script (or `-m module`) in this process under capture; return what it did.
 
     SIGTERM while it runs: `on_signal` gets the Run so far, then the process ends as the signal
-    would have ended it (killed by SIGTERM)."""
+    would have ended it (killed by SIGTERM). `watch(capture, program, folder)`, once capturing,
+    returns what to call as the program ends (the live view; children write snapshots to the
+    run's folder)."""
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     # As python does before looking for the program: the script's folder, or for -m the
     # current directory, first on sys.path.
@@ -84,6 +87,7 @@ def run_program(
     saved_env = dict(os.environ)
     os.environ[_child.ENV_DIR] = folder
     os.environ["NETSTATS_SERVERS"] = "1" if servers else "0"
+    os.environ["NETSTATS_LIVE"] = "1" if watch is not None else "0"
     os.environ["NETSTATS_PACKAGE_PATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_child.BOOT_DIR, os.environ.get("PYTHONPATH")]))
     _child.follow_forks()
@@ -92,6 +96,7 @@ def run_program(
     accepts_before = _state.accepts
     cap = Capture(keep=True, servers=servers).start()
     program = [target, *args] if not module else ["-m", target, *args]
+    unwatch = watch(cap, program, folder) if watch is not None else None
 
     def result(exit_code: int) -> Run:
         connections = [c.as_dict() for c in cap.connections] + _child.collect(folder)
@@ -109,6 +114,8 @@ def run_program(
     def terminated() -> None:
         if os.getpid() != pid:  # a forked child that kept this handler: the parent reports
             return
+        if unwatch is not None:
+            unwatch()
         cap.stop()
         if on_signal is not None:
             on_signal(result(128 + signal.SIGTERM))
@@ -138,6 +145,8 @@ def run_program(
         if os.getpid() != pid:  # a bare os.fork() child that ran on to the end of the program
             _child.dump_fork_child(cap)
             raise SystemExit(exit_code)
+        if unwatch is not None:
+            unwatch()
         cap.stop()
         if previous is not None and getattr(signal.getsignal(signal.SIGTERM), "netstats", False):
             signal.signal(signal.SIGTERM, previous)

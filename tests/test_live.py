@@ -1,0 +1,392 @@
+"""The live views: `netstats run --live` and `netstats top PID`, drawn for real in a tmux pane
+and read back with capture-pane; `top --once --format json` against processes netstats is not
+in (a bash peer talking through /dev/tcp, the Python echo peer), checked against their counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's figures: Linux")
+
+TIMEOUT = 60.0
+NETSTATS = [sys.executable, "-m", "netstats"]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.1)
+
+
+class Pane:
+    """A tmux server of the test's own (its own socket) with one pane running a command."""
+
+    def __init__(self, command: list[str], cwd: Path) -> None:
+        self.socket = str(cwd / f"tmux-{uuid.uuid4().hex[:8]}")  # in the test's folder: removed with it
+        # The command starts once the pane has its size (a new window may start at 80x24).
+        script = f"read _; clear; {shlex.join(command)}; echo exit=$?; sleep 120"
+        self._tmux("new-session", "-d", "-x", "160", "-y", "40", "-c", str(cwd), script)
+        self._tmux("resize-window", "-x", "160", "-y", "40")
+        wait_for(
+            lambda: self._tmux("display-message", "-p", "#{pane_width}x#{pane_height}").strip() == "160x40"
+        )
+        self._tmux("send-keys", "Enter")
+
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def text(self) -> str:
+        return self._tmux("capture-pane", "-p")
+
+    def wait(self, predicate: Callable[[str], Any], what: str) -> str:
+        seen = [""]
+
+        def look() -> Any:
+            seen[0] = self.text()
+            return predicate(seen[0])
+
+        try:
+            wait_for(look, what=what)
+        except AssertionError:
+            raise AssertionError(f"timed out waiting for {what}; the pane shows:\n{seen[0]}") from None
+        return seen[0]
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def pane(tmp_path: Path) -> Iterator[Callable[[list[str]], Pane]]:
+    if shutil.which("tmux") is None:
+        if os.environ.get("CI"):
+            pytest.fail("tmux is missing (.ci/tmux.sh installs it)")
+        pytest.skip("tmux not installed (Debian 'tmux'; CI installs it)")
+    panes: list[Pane] = []
+
+    def start(command: list[str]) -> Pane:
+        panes.append(Pane(command, tmp_path))
+        return panes[-1]
+
+    yield start
+    for p in panes:
+        p.close()
+
+
+# ---- a process netstats is not in: bash talking through /dev/tcp -------------------------
+
+
+class BashPeer:
+    """A bash process connected to a server of the test: it writes `sends` bytes, reads
+    `reads` bytes, then holds the connection until told to end (a line on its stdin)."""
+
+    def __init__(self, sends: int, reads: int, close_after: bool = False, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.server = socket.create_server((host, 0), family=family)
+        self.port = self.server.getsockname()[1]
+        self.received = 0  # the server's own count
+        self.peer_address: Any = None
+        self.ready = threading.Event()
+        self._reads, self._sends, self._close_after = reads, sends, close_after
+        thread = threading.Thread(target=self._serve, daemon=True)
+        thread.start()
+        script = (
+            f"exec 3<>/dev/tcp/{host}/{self.port}; head -c {sends} /dev/zero >&3; "
+            f"head -c {reads} <&3 >/dev/null; echo ready; read _; exec 3>&-"
+        )
+        self.proc = subprocess.Popen(
+            ["bash", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+        assert self.ready.wait(TIMEOUT)
+
+    def _serve(self) -> None:
+        conn, self.peer_address = self.server.accept()
+        with conn:
+            while self.received < self._sends:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                self.received += len(chunk)
+            conn.sendall(b"y" * self._reads)
+            if self._close_after:
+                conn.shutdown(socket.SHUT_WR)  # the FIN reaches bash: its socket in CLOSE_WAIT
+            self.ready.set()
+            conn.recv(1)  # until bash closes
+
+    def end(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        self.proc.wait(TIMEOUT)
+        self.proc.stdin.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.server.close()
+
+
+def top_once(pid: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [*NETSTATS, "top", str(pid), "--once", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("close_after", [False, True], ids=["established", "peer-fin-received"])
+def test_top_once_json_gives_a_bash_process_wire_bytes_as_it_counted_them(close_after, host):
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    peer = BashPeer(sends=700, reads=300, close_after=close_after, host=host)
+    try:
+        assert peer.received == 700  # bash's head wrote 700 bytes; the server read as many
+        state = "CLOSE_WAIT" if close_after else "ESTABLISHED"
+
+        def snapshot() -> dict[str, Any] | None:
+            shot = top_once(peer.proc.pid)
+            return shot if [c["state"] for c in shot["connections"]] == [state] else None
+
+        shot = wait_for(snapshot, what=f"one connection in {state}")
+        (conn,) = shot["connections"]
+        assert shot["pid"] == peer.proc.pid
+        assert conn["remote"] == [host, peer.port]
+        assert tuple(conn["local"]) == peer.peer_address[:2]
+        assert conn["side"] == "client"
+        assert conn["wire_tx"] == 700
+        assert conn["wire_rx"] == 300  # the peer's FIN, when it came, not counted
+        assert conn["rtt"] is not None and conn["rtt"] > 0
+        assert conn["retransmits"] == 0
+        assert conn["rx_rate"] is None and conn["tx_rate"] is None  # one reading: no rate
+    finally:
+        peer.end()
+
+
+def test_top_once_json_gives_a_python_server_netstats_is_not_in_its_own_counts(peer):
+    echo = peer("echo")
+    with socket.create_connection(echo.address) as client:
+        client.sendall(b"z" * 900)
+        got = 0
+        while got < 900:
+            got += len(client.recv(65536))
+        counts = wait_for(lambda: [r for r in echo.counts() if r["tx"] == 900], what="the echo peer's counts")
+        shot = top_once(echo.proc.pid)
+        (conn,) = shot["connections"]  # its listener is not a connection
+        assert conn["side"] == "server"
+        assert conn["remote"] == list(client.getsockname())
+        assert conn["local"] == ["127.0.0.1", echo.port]
+        assert (conn["wire_rx"], conn["wire_tx"]) == (counts[0]["rx"], counts[0]["tx"]) == (900, 900)
+
+
+def test_top_format_json_without_once_is_refused_in_one_line():
+    done = subprocess.run(
+        [*NETSTATS, "top", str(os.getpid()), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "netstats top: error: --format json is for one snapshot: add --once\n"
+
+
+def test_top_of_a_pid_that_does_not_exist_says_so_in_one_line():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    done = subprocess.run(
+        [*NETSTATS, "top", str(gone.pid), "--once"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert done.stderr == f"netstats top: no process {gone.pid}\n"
+
+
+def test_top_of_another_users_process_says_so_in_one_line():
+    # Root sees every process: netstats then drops to nobody (65534), netstats loaded first (its
+    # files may be root's), and watches this process; anyone else watches PID 1, root's.
+    target = os.getpid() if os.getuid() == 0 else 1
+    code = (
+        "import os, sys, netstats.__main__, netstats._top, netstats._live, netstats._errors\n"
+        "netstats.__main__._parser()\n"  # argparse's own late imports, while they can be read
+        "if os.getuid() == 0:\n    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "sys.exit(netstats.__main__.main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "top", str(target), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"netstats top: process {target} is not yours"), done.stderr
+
+
+def test_top_draws_a_bash_process_connections_until_it_ends(pane):
+    peer = BashPeer(sends=700, reads=300)
+    try:
+        view = pane([*NETSTATS, "top", str(peer.proc.pid)])
+
+        def row(text: str) -> bool:
+            line = next((x for x in text.splitlines() if f"127.0.0.1:{peer.port}" in x), "")
+            return "ESTABLISHED" in line and re.search(r"\b300 B\b.*\b700 B\b", line) is not None
+
+        text = view.wait(row, "the bash connection's row: wire rx 300 B, wire tx 700 B")
+        assert f"netstats top {peer.proc.pid}: 1 TCP connections" in text
+        view.wait(lambda t: "B/s" in t, "a rate once two readings were taken")
+    finally:
+        peer.end()
+    view.wait(
+        lambda t: f"process {peer.proc.pid} ended" in t and "exit=0" in t, "top ending with the process"
+    )
+
+
+PROGRAM = """\
+import os, socket, sys, time
+{setup}
+port, go = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"x" * 700)
+got = 0
+while got < 700:
+    got += len(s.recv(65536))
+print("the program says hello", flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.05)
+s.close()
+"""
+MODES = {
+    "kernel-counted": "",
+    # a read/write callback on a capture of the program's own: the wrapped mode
+    "wrapped": "import netstats\nnetstats.capture(lambda event, conn, nbytes: None)",
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_run_live_draws_the_connection_with_its_bytes_then_the_report(pane, peer, tmp_path, mode):
+    echo = peer("echo")
+    program = tmp_path / "prog.py"
+    program.write_text(PROGRAM.format(setup=MODES[mode]))
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
+
+    def row(text: str) -> bool:
+        line = next((x for x in text.splitlines() if f"127.0.0.1:{echo.port}" in x), "")
+        return len(re.findall(r"\b700 B\b", line)) == 4  # rx, tx, wire rx, wire tx
+
+    try:
+        text = view.wait(row, "the connection's row with 700 B each way")
+        assert "the program says hello" in text  # the program's print, above the table
+        assert "netstats run --live   " in text and "1 open, 1 in all" in text
+        wait_for(lambda: echo.counts()[0]["tx"] == 700, what="the peer's count of what it echoed")
+        assert echo.counts()[0]["rx"] == 700  # the peer's own count
+    finally:
+        go.write_text("")
+    text = view.wait(lambda t: "exit=0" in t, "the program's end")
+    assert "netstats run --live   " not in text  # the table is gone, the report is there
+    assert re.search(rf"127\.0\.0\.1:{echo.port}\s+700 B\s+700 B", text), text
+
+
+def test_run_live_draws_a_python_childs_connection_from_its_snapshots(pane, peer, tmp_path):
+    echo = peer("echo")
+    child = tmp_path / "child.py"
+    child.write_text(PROGRAM.format(setup="").replace("700", "600"))
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, {str(child)!r}, *sys.argv[1:]])\n"
+        "sys.exit(child.wait(120))\n"
+    )
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
+
+    def row(text: str) -> bool:
+        line = next((x for x in text.splitlines() if f"127.0.0.1:{echo.port}" in x), "")
+        return "(pid " in line and len(re.findall(r"\b600 B\b", line)) == 4
+
+    try:
+        text = view.wait(row, "the child's row with 600 B each way")
+        assert "1 open in 2 processes, 1 in all" in text
+        wait_for(lambda: echo.counts()[0]["tx"] == 600, what="the peer's count of what it echoed")
+        assert echo.counts()[0]["rx"] == 600  # the peer's own count
+    finally:
+        go.write_text("")
+    text = view.wait(lambda t: "exit=0" in t, "the program's end")
+    assert re.search(rf"127\.0\.0\.1:{echo.port}\s+600 B\s+600 B", text), text
+
+
+def test_live_without_rich_names_the_extra_in_one_line(tmp_path):
+    program = tmp_path / "prog.py"
+    ran = tmp_path / "ran"
+    program.write_text(f"open({str(ran)!r}, 'w').close()\n")
+    hide = (  # rich made unimportable, as if the extra were not installed
+        "import sys; sys.modules['rich'] = None; "
+        "from netstats.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide, "run", "--live", str(program)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "netstats run: --live needs the rich package: pip install 'netstats[live]'\n"
+    assert not ran.exists()
+    done = subprocess.run(
+        [sys.executable, "-c", hide, "top", str(os.getpid())], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "pip install 'netstats[live]'" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", hide, "top", str(os.getpid()), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr  # one snapshot needs no terminal library
+    assert done.stdout.startswith(f"netstats top {os.getpid()}: ")
+
+
+def test_run_live_without_a_terminal_says_so_and_runs_the_program(peer, tmp_path):
+    echo = peer("echo")
+    program = tmp_path / "prog.py"
+    program.write_text(PROGRAM.format(setup=""))
+    go = tmp_path / "go"
+    go.write_text("")
+    done = subprocess.run(
+        [*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "the program says hello\n"
+    first, *rest = done.stderr.splitlines()
+    assert first == "netstats run: --live draws on a terminal and stderr is not one; running without it"
+    assert re.search(rf"127\.0\.0\.1:{echo.port}\s+700 B\s+700 B", done.stderr), done.stderr
