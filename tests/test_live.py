@@ -82,7 +82,7 @@ class Pane:
 def pane(tmp_path: Path) -> Iterator[Callable[[list[str]], Pane]]:
     if shutil.which("tmux") is None:
         if os.environ.get("CI"):
-            pytest.fail("tmux is missing (.ci/tmux.sh installs it)")
+            pytest.fail("tmux is missing (.ci/run installs it)")
         pytest.skip("tmux not installed (Debian 'tmux'; CI installs it)")
     panes: list[Pane] = []
 
