@@ -627,10 +627,35 @@ def link_elsewhere(conn: Connection, tls_obj: Any) -> None:
     tls_established(conn, tls_obj)
 
 
+def adopted_elsewhere(conn: Connection, tls_obj: Any) -> Connection | None:
+    """A captured socket handed to C code that does its I/O (uvloop's transports): no wrapper
+    sees its bytes from now on. Plain, the kernel counts them (no per-call events); with
+    tls_obj, that TLS object counts the plaintext."""
+    sock = conn._sock() if conn._sock is not None else None
+    counts = getattr(sock, "_netstats_counts", None)
+    if sock is None or counts is not conn or conn.transport != "tcp":
+        return None
+    if conn.connected is None:
+        _mark_connected(conn, sock)
+    if tls_obj is None:
+        conn._on_io = None
+        count_in_kernel(conn, sock)
+        return conn if conn._kernel_counted else None
+    link_tls(conn, sock, tls_obj)
+    conn._on_io = io_listener(conn._watchers)
+    tls_established(conn, tls_obj)
+    return conn
+
+
 @guarded
 def closed_elsewhere(conn: Connection, fd: int) -> None:
-    """An opened_elsewhere() connection is lost, its descriptor still open: the last reading is final."""
+    """A connection of opened_elsewhere() or adopted_elsewhere() is lost, its descriptor still
+    open: the last reading is final."""
     if conn.closed is not None:
+        return
+    sock = conn._sock() if conn._sock is not None else None
+    if sock is not None:
+        finish(conn, sock)
         return
     conn._final_info = conn.tcp_info()
     if _claims.get(fd) is conn:

@@ -134,9 +134,7 @@ def _watch(protocol: Any, side: str) -> bool:
     def connection_made(transport: Any) -> Any:
         if d.get("connection_made") is connection_made:
             del d["connection_made"]
-        conn = _made(transport, side, origin)
-        if conn is not None:
-            _watch_lost(protocol, d, conn, transport)
+        _made(protocol, d, transport, side, origin)
         return own_made(transport)
 
     d["connection_made"] = connection_made
@@ -160,12 +158,11 @@ def _instance_dict_any(protocol: Any) -> dict[str, Any] | None:
     return d if isinstance(d, dict) else None
 
 
-def _watch_lost(protocol: Any, d: dict[str, Any], conn: Connection, transport: Any) -> None:
+def _watch_lost(protocol: Any, d: dict[str, Any], conn: Connection, fd: int, transport: Any) -> None:
     """A one-shot connection_lost: the record ends while the descriptor is still open."""
     if "connection_lost" in d:
         return
     own_lost = protocol.connection_lost
-    fd = conn._probe.fd if isinstance(conn._probe, _Reading) else -1
 
     def connection_lost(exc: Any) -> Any:
         if d.get("connection_lost") is connection_lost:
@@ -231,21 +228,28 @@ def _identity(fd: int) -> Any:
 
 
 @_engine.guarded
-def _made(transport: Any, side: str, origin: tuple[str | None, str | None]) -> Connection | None:
+def _made(protocol: Any, d: dict[str, Any], transport: Any, side: str, origin: Any) -> None:
     raw = transport.get_extra_info("socket")
     if raw is None or raw.family not in _TCP:
-        return None  # a Unix socket: the kernel counts no bytes for it
+        return  # a Unix socket: the kernel counts no bytes for it
     fd = raw.fileno()
-    if fd < 0 or _engine.claims_descriptor(fd):
-        return None  # (a captured socket handed to uvloop counts on)
     tls_obj = transport.get_extra_info("ssl_object")
     if tls_obj is not None and (not isinstance(tls_obj, CountingSSLObject) or tls_obj._netstats_counts):
-        return None  # a TLS object made before the capture: the census has its wire bytes
-    reading = _Reading(fd, _identity(fd), side == "client")
-    conn = _engine.opened_elsewhere(side, raw.getsockname(), raw.getpeername(), fd, reading, tls_obj, origin)
+        return  # a TLS object made before the capture: the census has its wire bytes
+    if tls_obj is None and not _kernel.supported:
+        return  # plain TCP with no per-call code and no kernel counters: nothing could count it
+    conn = _engine.claim_of(fd)
+    if conn is not None:  # a captured socket handed to uvloop (sock=...; aiohttp makes its own)
+        conn = _engine.adopted_elsewhere(conn, tls_obj)
+    else:
+        reading = _Reading(fd, _identity(fd), side == "client")
+        conn = _engine.opened_elsewhere(
+            side, raw.getsockname(), raw.getpeername(), fd, reading, tls_obj, origin
+        )
+        if conn is not None:
+            reading.conn = weakref.ref(conn)
     if conn is not None:
-        reading.conn = weakref.ref(conn)
-    return conn  # type: ignore[no-any-return]
+        _watch_lost(protocol, d, conn, fd, transport)
 
 
 @_engine.guarded
