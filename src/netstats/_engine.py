@@ -632,7 +632,7 @@ def adopted_elsewhere(conn: Connection, tls_obj: Any) -> Connection | None:
     sees its bytes from now on. Plain, the kernel counts them (no per-call events); with
     tls_obj, that TLS object counts the plaintext."""
     sock = conn._sock() if conn._sock is not None else None
-    counts = getattr(sock, "_netstats_counts", None)
+    counts: object = getattr(sock, "_netstats_counts", None)
     if sock is None or counts is not conn or conn.transport != "tcp":
         return None
     if conn.connected is None:
