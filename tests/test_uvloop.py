@@ -147,6 +147,32 @@ def test_loop_methods_are_uvloops_own_again_after_the_capture() -> None:
     assert {name: getattr(uvloop.Loop, name) for name in stock} == stock
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_start_tls_counts_plain_bytes_then_the_plaintext(
+    peer: Any, client_context: ssl.SSLContext, mode: str
+) -> None:
+    starttls = peer("starttls", tls=True)
+    command, ok = b"STARTTLS\r\n", b"OK\r\n"
+
+    async def main() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", starttls.port)
+        writer.write(command)
+        assert await reader.readline() == ok
+        await writer.start_tls(client_context, server_hostname="localhost")
+        writer.write(b"x" * N)
+        await reader.readexactly(N)
+        writer.close()
+        await writer.wait_closed()
+
+    with capture_in(mode) as cap:
+        run(main)
+    (served,) = starttls.wait_closed(1)
+    assert (served["plain_rx"], served["plain_tx"]) == (len(command), len(ok))
+    conn = only(cap, "client")
+    assert (conn.rx, conn.tx) == (served["tx"], served["rx"]) == (len(ok) + N, len(command) + N)
+    assert conn.tls is not None and conn.host == "localhost"
+
+
 # ---- servers ------------------------------------------------------------------------------
 
 
