@@ -25,7 +25,7 @@ counted this way (their protocol factory is uvloop's already); neither are Unix 
 kernel counts no bytes for them). A program that swaps its transport's protocol
 (`transport.set_protocol`, as a websocket upgrade does) ends its record when the new protocol's
 connection is lost only if that protocol came from a wrapped factory: else the record ends,
-with its last reading, when the capture stops.
+with its last reading, when the transport object is collected.
 """
 
 from __future__ import annotations
@@ -248,8 +248,13 @@ def _made(protocol: Any, d: dict[str, Any], transport: Any, side: str, origin: A
         )
         if conn is not None:
             reading.conn = weakref.ref(conn)
-    if conn is not None:
-        _watch_lost(protocol, d, conn, fd, transport)
+    if conn is None:
+        return
+    _watch_lost(protocol, d, conn, fd, transport)
+    try:  # if no connection_lost comes (set_protocol): at the latest when the transport goes
+        weakref.finalize(transport, _engine.closed_elsewhere, conn, fd).atexit = False
+    except TypeError:  # a transport that takes no weak reference
+        pass
 
 
 @_engine.guarded
