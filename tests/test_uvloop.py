@@ -269,6 +269,71 @@ def test_uvicorn_counts_accepted_connections_exactly(mode: str) -> None:
     assert conn.source == "python"
 
 
+def test_a_server_made_during_the_capture_is_uvloops_own_after_it(peer: Any) -> None:
+    """Its factory outlives the capture: connections accepted after it are not hooked, not recorded."""
+    protocols: list[asyncio.Protocol] = []
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            protocols.append(self)
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+            self.transport.close()
+
+    def ask(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"ping")
+            return drain(sock, 4)
+
+    async def main() -> None:
+        with netstats.capture(servers=True) as cap:
+            server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            assert await asyncio.to_thread(ask, port) == b"ping"
+            await until_closed(only(cap, "server"))
+        assert await asyncio.to_thread(ask, port) == b"ping"  # after the capture
+        server.close()
+        await server.wait_closed()
+        assert len(cap.connections) == 2  # the server's and the test's client, both during it
+        assert [vars(p) for p in protocols] == [{"transport": p.transport} for p in protocols]
+
+    run(main)
+
+
+def test_a_protocol_with_slots_is_left_alone_and_never_counted_as_zero(peer: Any) -> None:
+    echo = peer("echo")
+
+    class Slotted(asyncio.Protocol):
+        __slots__ = ("got", "done")
+
+        def __init__(self) -> None:
+            self.got = 0
+            self.done = asyncio.get_running_loop().create_future()
+
+        def data_received(self, data: bytes) -> None:
+            self.got += len(data)
+            if self.got == 1000 and not self.done.done():
+                self.done.set_result(None)
+
+    async def main() -> None:
+        transport, protocol = await asyncio.get_running_loop().create_connection(
+            Slotted, "127.0.0.1", echo.port
+        )
+        transport.write(b"x" * 1000)
+        await protocol.done
+        for _ in range(300):  # 3 s: the census finds a connection open 0.5 s (on Linux)
+            if cap.connections or sys.platform != "linux":
+                break
+            await asyncio.sleep(0.01)
+        transport.close()
+
+    with netstats.capture() as cap:
+        run(main)
+    assert all(c.source == "kernel" and c.rx is None for c in cap.connections), cap.connections
+
+
 # ---- imported during the capture ------------------------------------------------------------
 
 CHILD = r"""
