@@ -20,9 +20,8 @@ uvloop the program's protocol factory wrapped so that netstats hears of the tran
   netstats' counting class (_sources/tls.py); linked to the record, it counts the plaintext,
   and read/write events are delivered in both counting modes.
 
-Servers made before the capture, or made during it and accepting after it stopped, are not
-counted this way (their protocol factory is uvloop's already); neither are Unix sockets (the
-kernel counts no bytes for them). A program that swaps its transport's protocol
+A server created while no capture was active is not counted this way (uvloop holds the
+program's factory itself); neither are Unix sockets (the kernel counts no bytes for them). A program that swaps its transport's protocol
 (`transport.set_protocol`, as a websocket upgrade does) ends its record when the new protocol's
 connection is lost only if that protocol came from a wrapped factory: else the record ends,
 with its last reading, when the transport object is collected.
@@ -60,10 +59,9 @@ def with_factory(side: str, once: bool) -> Any:
     def make(original: Any) -> Any:
         async def method(self: Any, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
             watched: list[Any] | None = [] if once else None
-            live = _state.serving if side == "server" else _state.active
-            factory = (
-                _telling(protocol_factory, side, watched) if live and callable(protocol_factory) else None
-            )
+            # (a server's factory is wrapped under any capture: one wanting servers may come later)
+            live = _state.active and callable(protocol_factory)
+            factory = _telling(protocol_factory, side, watched) if live else None
             try:
                 return await original(self, factory or protocol_factory, *args, **kwargs)
             except BaseException:
