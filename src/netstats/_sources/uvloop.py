@@ -21,10 +21,11 @@ uvloop the program's protocol factory wrapped so that netstats hears of the tran
   and read/write events are delivered in both counting modes.
 
 A server created while no capture was active is not counted this way (uvloop holds the
-program's factory itself); neither are Unix sockets (the kernel counts no bytes for them). A program that swaps its transport's protocol
-(`transport.set_protocol`, as a websocket upgrade does) ends its record when the new protocol's
-connection is lost only if that protocol came from a wrapped factory: else the record ends,
-with its last reading, when the transport object is collected.
+program's factory itself); neither are Unix sockets (the kernel counts no bytes for them). A
+program that swaps its transport's protocol (`transport.set_protocol`, as a websocket upgrade
+does) ends its record when the new protocol's connection is lost only if that protocol came
+from a wrapped factory: else the record ends, with its last reading, when the transport object
+is collected.
 """
 
 from __future__ import annotations
