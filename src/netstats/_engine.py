@@ -577,6 +577,92 @@ def counts_of_descriptor(fd: int) -> Any:
     return sock._netstats_counts if sock is not None else None
 
 
+# ---- connections whose I/O C code makes, seen from their protocol (uvloop) -------------------
+
+
+@guarded
+def opened_elsewhere(
+    side: str,
+    local: Any,
+    remote: Any,
+    fd: int,
+    probe: Callable[[], _kernel.TcpInfo | None],
+    tls_obj: Any,
+    origin: tuple[str | None, str | None],
+) -> Connection | None:
+    """A TCP connection on descriptor fd whose reads and writes C code makes (uvloop), connected
+    now. Plain, the stream's bytes are the application's: probe reads the kernel's and sets
+    rx/tx (kernel-counted, with no per-call events). TLS: tls_obj counts the plaintext."""
+    watchers = _state.serving if side == "server" else _state.active
+    if not watchers:
+        return None
+    conn = _new(side, "tcp", watchers)
+    conn.origin, conn.caller = origin
+    conn.local, conn.remote = local, remote
+    conn.host = _names.name_for(remote)
+    conn._probe = probe
+    conn._kernel_counted = tls_obj is None
+    _claims[fd] = conn
+    if tls_obj is not None:
+        conn._on_io = io_listener(watchers)
+        tls_obj._netstats_counts = conn
+        tls_established(conn, tls_obj)
+    notify(conn, "open")
+    conn.connected = time.time()
+    notify(conn, "connect")
+    return conn
+
+
+def claim_of(fd: int) -> Connection | None:
+    """The live connection counting what moves on descriptor fd, or None."""
+    conn = _claims.get(fd)
+    return conn if conn is not None and conn.closed is None else None
+
+
+def link_elsewhere(conn: Connection, tls_obj: Any) -> None:
+    """TLS started on an opened_elsewhere() connection: tls_obj counts the plaintext from now on."""
+    count_in_python(conn)
+    conn._on_io = io_listener(conn._watchers)
+    tls_obj._netstats_counts = conn
+    tls_established(conn, tls_obj)
+
+
+def adopted_elsewhere(conn: Connection, tls_obj: Any) -> Connection | None:
+    """A captured socket handed to C code that does its I/O (uvloop's transports): no wrapper
+    sees its bytes from now on. Plain, the kernel counts them (no per-call events); with
+    tls_obj, that TLS object counts the plaintext."""
+    sock = conn._sock() if conn._sock is not None else None
+    counts: object = getattr(sock, "_netstats_counts", None)
+    if sock is None or counts is not conn or conn.transport != "tcp":
+        return None
+    if conn.connected is None:
+        _mark_connected(conn, sock)
+    if tls_obj is None:
+        conn._on_io = None
+        count_in_kernel(conn, sock)
+        return conn if conn._kernel_counted else None
+    link_tls(conn, sock, tls_obj)
+    conn._on_io = io_listener(conn._watchers)
+    tls_established(conn, tls_obj)
+    return conn
+
+
+@guarded
+def closed_elsewhere(conn: Connection, fd: int) -> None:
+    """A connection of opened_elsewhere() or adopted_elsewhere() is lost, its descriptor still
+    open: the last reading is final."""
+    if conn.closed is not None:
+        return
+    sock = conn._sock() if conn._sock is not None else None
+    if sock is not None:
+        finish(conn, sock)
+        return
+    conn._final_info = conn.tcp_info()
+    if _claims.get(fd) is conn:
+        del _claims[fd]
+    finish(conn, None)
+
+
 # ---- connections the kernel census found ----------------------------------------------------
 
 

@@ -11,7 +11,11 @@ While at least one capture is active:
   socket counts the plaintext (_sources/gevent.py);
 - if trio is imported: its socket methods call the socket's own, its sockets take netstats'
   classes, and its SSLStream links its TLS object to the socket (_sources/trio.py);
-  either imported during a capture gets these as soon as it has loaded (`_LateImports`).
+- if uvloop is imported: its Loop's create_connection, create_server, connect_accepted_socket
+  and start_tls (overridden on the Python subclass) tell netstats of each transport through a
+  one-shot hook on the program's protocol (_sources/uvloop.py);
+  trio, gevent or uvloop imported during a capture gets these as soon as it has loaded
+  (`_LateImports`).
 When the last capture stops, each of these is the stock object again (the same object).
 Meanwhile the kernel census (_sources/census.py) sweeps the process's descriptors on a thread
 of its own, for the TCP connections that C code makes.
@@ -43,6 +47,7 @@ from . import _engine, _state
 from ._sources import census, functions, sockets, tls
 from ._sources import gevent as gevent_source
 from ._sources import trio as trio_source
+from ._sources import uvloop as uvloop_source
 
 
 class Patch:
@@ -79,6 +84,27 @@ class Patch:
                 now is self.replacement
             ):  # else another replaced ours meanwhile (gevent's patch_all): theirs stays
                 setattr(owner, self.name, self.original)
+            self.installed = False
+
+
+class Override(Patch):
+    """A method a class inherits (uvloop's Loop, from its compiled base) overridden on the class
+    itself; removing the override lets the inherited one show through again."""
+
+    def install(self) -> None:
+        self.own = self.name in vars(self.owner)
+        self.original = getattr(self.owner, self.name)
+        self.replacement = self.make(self.original)
+        setattr(self.owner, self.name, self.replacement)
+        self.installed = True
+
+    def remove(self) -> None:
+        if self.installed:
+            if vars(self.owner).get(self.name) is self.replacement:
+                if self.own:
+                    setattr(self.owner, self.name, self.original)
+                else:
+                    delattr(self.owner, self.name)
             self.installed = False
 
 
@@ -186,7 +212,7 @@ def _patches() -> list[Patch]:
                 "(a client's is linked to its TLS when its first write is the handshake)",
             )
         )
-    patches += _trio_patches()
+    patches += _trio_patches() + _uvloop_patches()
     patches += _gevent_socket_patches() + _gevent_tls_patches()
     return patches
 
@@ -210,6 +236,20 @@ def _gevent_tls_patches() -> list[Patch]:
         Patch(gevent_tls, "write", gevent_source.tls_write),
         Patch(gevent_tls, "send", gevent_source.tls_write),
     ]
+
+
+def _uvloop_patches() -> list[Patch]:
+    loop = uvloop_source.loop_class()
+    if loop is None:
+        return []
+    patches: list[Patch] = [
+        Override(loop, name, uvloop_source.with_factory(side, once))
+        for name, (side, once) in uvloop_source.FACTORIES.items()
+        if hasattr(loop, name)
+    ]
+    if hasattr(loop, "start_tls"):
+        patches.append(Override(loop, "start_tls", uvloop_source.start_tls))
+    return patches
 
 
 def _trio_patches() -> list[Patch]:
@@ -249,6 +289,7 @@ class _LateImports:
         "trio": _trio_patches,
         "gevent._socket3": _gevent_socket_patches,
         "gevent.ssl": _gevent_tls_patches,
+        "uvloop": _uvloop_patches,
     }
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:

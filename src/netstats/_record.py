@@ -141,7 +141,8 @@ class Connection(Counts):
         # socket (dup, fromfd): the connection ends when the last of them closes
         "_sock",
         "_others",
-        # for a connection the census found (source "kernel"): what reads its figures
+        # what reads the kernel's figures where no socket object of ours holds the descriptor
+        # (a connection the census found; a uvloop transport's, which also sets rx/tx)
         "_probe",
         "_watchers",
         "__weakref__",
