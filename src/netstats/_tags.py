@@ -1,0 +1,96 @@
+"""Tags: which labels the code moving each byte runs under, and the per-connection tally.
+
+`current` holds the `Scope` in force (its labels, and the tags whose own totals it adds to), or
+None, set by `netstats.tag()` (_tagging.py). Nothing here runs until the first tag is set: until then
+`in_use` is False, no connection listens for tags and the kernel still counts plain TCP. From
+`begin()` on, every connection's read/write listener includes `attribute` (see
+`_engine.io_listener`), which adds each read and write to the labels it belongs to:
+
+- a write, and a read done in the code that asked for it, go to the labels in force there;
+- a read done by an asyncio event loop's own callback on a client connection (a protocol's
+  `data_received`, which runs in the context of whoever created the connection) goes to the
+  labels of the connection's last writer: the request's owner gets its response ("turn
+  ownership"). Exact for request/response protocols (HTTP/1.1, redis); on a multiplexed one
+  (HTTP/2) the responses of interleaved requests go to whoever wrote last.
+
+Bytes moved under no label are not tallied: they are a connection's total less its tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable, one per label set
+
+
+class Scope:
+    """What a byte moved now is attributed to: `labels` (the merged labels of the tags in force,
+    inner winning per key) and `sinks`, the [rx, tx] totals of each of those tags."""
+
+    __slots__ = ("labels", "sinks")
+
+    def __init__(self, labels: Labels, sinks: tuple[list[int], ...]) -> None:
+        self.labels = labels
+        self.sinks = sinks
+
+
+current: ContextVar[Scope | None] = ContextVar("netstats_tags", default=None)
+_get = current.get
+in_use = False  # set once by begin(), never unset: tags cost nothing before the first one
+_running_loop: Callable[[], Any] = lambda: None  # asyncio's, from begin() on  # noqa: E731
+_current_task: Callable[[Any], Any] = lambda loop: None  # noqa: E731
+
+
+def begin() -> bool:
+    """The first tag is being set: from now on connections listen for tags. True the first time."""
+    global in_use, _running_loop, _current_task
+    if in_use:
+        return False
+    import asyncio  # (only now: a program that never tags does not pay for importing it)
+
+    _running_loop, _current_task = asyncio._get_running_loop, asyncio.current_task
+    in_use = True
+    return True
+
+
+def attribute(event: str, conn: Any, nbytes: int) -> None:
+    """The read/write listener of tags: add nbytes to the labels it belongs to (see above)."""
+    if event == "write":
+        scope = conn._turn = _get()
+    elif conn.side == "client" and (loop := _running_loop()) is not None and _current_task(loop) is None:
+        scope = conn._turn  # the event loop's own read: the last writer's turn
+    else:
+        scope = _get()
+    if scope is not None:
+        tally = conn._tagged
+        if tally is None:
+            tally = conn._tagged = {}
+        pair = tally.get(scope.labels)
+        if pair is None:
+            pair = tally[scope.labels] = [0, 0]
+        i = 1 if event == "write" else 0
+        pair[i] += nbytes
+        for sink in scope.sinks:
+            sink[i] += nbytes
+
+
+def with_tags(listener: Callable[[str, Any, int], None] | None) -> Callable[[str, Any, int], None]:
+    """`attribute`, then listener (a capture's callback) when there is one."""
+    if listener is None:
+        return attribute
+
+    def both(event: str, conn: Any, nbytes: int) -> None:
+        attribute(event, conn, nbytes)
+        listener(event, conn, nbytes)
+
+    return both
+
+
+def tallies(conn: Any) -> list[tuple[Labels, int, int]]:
+    """(labels, rx, tx) of each label set that moved bytes on conn, in the order first seen."""
+    tally = conn._tagged
+    if not tally:
+        return []
+    return [(labels, pair[0], pair[1]) for labels, pair in list(tally.items())]
