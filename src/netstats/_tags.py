@@ -55,6 +55,13 @@ def begin() -> bool:
     return True
 
 
+def end() -> None:
+    """Connections opened from now on no longer listen for tags (for the tests: a program that
+    has tagged keeps tagging; those already listening keep listening)."""
+    global in_use
+    in_use = False
+
+
 def attribute(event: str, conn: Any, nbytes: int) -> None:
     """The read/write listener of tags: add nbytes to the labels it belongs to (see above)."""
     if event == "write":

@@ -1,0 +1,215 @@
+"""netstats.tag(): bytes per request, task and tenant, equal to what the server counted for the
+requests made under each tag (the http peer's own per-request count, by its X-Tag header)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import requests
+import requests.adapters
+from helpers import MODES, capture_in
+from peers import Peer
+
+import netstats
+from netstats import _tags
+
+PeerFactory = Callable[..., Peer]
+TIMEOUT = 10.0
+SIZES = {"a": 0, "b": 1, "c": 5_000, "d": 300_000}  # response body per tag value
+
+
+@pytest.fixture(autouse=True)
+def tags_off_after() -> Iterator[None]:
+    """Tags switch on for good in a process at the first one; the next test starts without."""
+    yield
+    _tags.end()
+
+
+def expected(http: Peer) -> dict[str, dict[str, int]]:
+    """The server's per-tag counts, turned to the client's side: it read what we wrote."""
+    return {tag: {"rx": tx, "tx": rx} for tag, (rx, tx) in http.tags().items()}
+
+
+def tagged_rows(cap: netstats.Capture, key: str) -> dict[Any, Any]:
+    return {value: row for value, row in cap.by_tag(key).items() if value is not None}
+
+
+def conn_tag_totals(cap: netstats.Capture, key: str) -> dict[str, dict[str, int]]:
+    """The same figures from conn.tags of every connection: the two views agree."""
+    out: dict[str, dict[str, int]] = {}
+    for conn in cap.connections:
+        for entry in conn.tags:
+            value = entry["labels"].get(key)
+            if value is not None:
+                row = out.setdefault(value, {"rx": 0, "tx": 0})
+                row["rx"] += entry["rx"]
+                row["tx"] += entry["tx"]
+    return out
+
+
+def test_tag_rejects_what_is_not_a_label() -> None:
+    with pytest.raises(TypeError, match="at least one label"):
+        netstats.tag()
+    with pytest.raises(TypeError, match="'route' must be a str, not int"):
+        netstats.tag(route=3)  # type: ignore[arg-type]
+    with netstats.capture() as cap:
+        with pytest.raises(TypeError, match="label name"):
+            cap.by_tag(1)  # type: ignore[arg-type]
+    with netstats.capture(keep=False) as cap:
+        with pytest.raises(netstats.NetstatsError, match="keep=True"):
+            cap.by_tag("route")
+
+
+def test_nested_tags_merge_the_inner_one_winning_per_key() -> None:
+    seen = []
+    with netstats.tag(route="/outer", tenant="acme"):
+        with netstats.tag(route="/inner"):
+            scope = _tags.current.get()
+            assert scope is not None
+            seen.append(dict(scope.labels))
+        scope = _tags.current.get()
+        assert scope is not None
+        seen.append(dict(scope.labels))
+    assert _tags.current.get() is None
+    assert seen == [{"route": "/inner", "tenant": "acme"}, {"route": "/outer", "tenant": "acme"}]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_threads_sharing_one_pooled_connection_get_each_their_own_requests_bytes(
+    peer: PeerFactory, mode: str
+) -> None:
+    http = peer("http")
+    url = f"http://127.0.0.1:{http.port}"
+    session = requests.Session()
+    session.trust_env = False
+    session.mount(
+        "http://", requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1, pool_block=True)
+    )
+    errors: list[BaseException] = []
+
+    def worker(value: str) -> None:
+        try:
+            with netstats.tag(route=value):
+                for _ in range(5):
+                    with session.get(
+                        f"{url}/bytes/{SIZES[value]}", headers={"X-Tag": value}, timeout=TIMEOUT
+                    ) as r:
+                        assert len(r.content) == SIZES[value]
+        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+            errors.append(exc)
+
+    with capture_in(mode) as cap:
+        with session:
+            # one untagged request first: the connection exists (kernel-counted, in that mode)
+            # before the first tag is ever set
+            with session.get(f"{url}/bytes/10", timeout=TIMEOUT) as r:
+                assert r.content == b"b" * 10
+            threads = [threading.Thread(target=worker, args=(v,)) for v in SIZES]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert len([c for c in cap.connections if c.error is None]) == 1  # one connection, shared
+    truth = expected(http)
+    assert set(truth) == set(SIZES)
+    assert tagged_rows(cap, "route") == truth
+    assert conn_tag_totals(cap, "route") == truth
+    (rx, tx) = (cap.rx, cap.tx)
+    untagged = cap.by_tag("route")[None]
+    assert untagged["rx"] == rx - sum(r["rx"] for r in truth.values())
+    assert untagged["tx"] == tx - sum(r["tx"] for r in truth.values())
+    assert untagged["rx"] > 10 and untagged["tx"] > 0  # the first request's
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_asyncio_tasks_sharing_an_aiohttp_connection_get_each_their_own_requests_bytes(
+    peer: PeerFactory, mode: str
+) -> None:
+    """aiohttp reads in its protocol's data_received, in the context of the task that opened the
+    connection: the response goes to the task that wrote the request (turn ownership)."""
+    http = peer("http")
+    url = f"http://127.0.0.1:{http.port}"
+
+    async def one(session: aiohttp.ClientSession, value: str) -> None:
+        with netstats.tag(route=value):
+            for _ in range(5):
+                async with session.get(f"{url}/bytes/{SIZES[value]}", headers={"X-Tag": value}) as r:
+                    assert len(await r.read()) == SIZES[value]
+
+    async def main() -> None:
+        connector = aiohttp.TCPConnector(limit=1)
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            # the connection is opened under a tag of its own: its reads run in that context
+            with netstats.tag(route="opener"):
+                async with session.get(f"{url}/bytes/3", headers={"X-Tag": "opener"}) as r:
+                    assert await r.read() == b"bbb"
+            await asyncio.wait_for(asyncio.gather(*(one(session, v) for v in SIZES)), 60)
+
+    with capture_in(mode) as cap:
+        asyncio.run(main())
+    assert len([c for c in cap.connections if c.error is None]) == 1
+    truth = expected(http)
+    assert set(truth) == {*SIZES, "opener"}
+    assert tagged_rows(cap, "route") == truth
+    assert conn_tag_totals(cap, "route") == truth
+    assert cap.by_tag("route")[None] == {"rx": 0, "tx": 0}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_decorated_function_and_coroutine_tag_what_they_move(peer: PeerFactory, mode: str) -> None:
+    http = peer("http")
+    url = f"http://127.0.0.1:{http.port}"
+    session = requests.Session()
+    session.trust_env = False
+
+    @netstats.tag(job="sync")
+    def job(n: int) -> int:
+        with session.get(f"{url}/bytes/{n}", headers={"X-Tag": "sync"}, timeout=TIMEOUT) as r:
+            return len(r.content)
+
+    @netstats.tag(job="async")
+    async def ajob(n: int) -> int:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+            async with s.get(f"{url}/bytes/{n}", headers={"X-Tag": "async"}) as r:
+                return len(await r.read())
+
+    with capture_in(mode) as cap:
+        with session:
+            assert job(1000) == 1000
+            assert job(7) == 7
+        assert asyncio.run(ajob(2000)) == 2000
+    truth = expected(http)
+    assert tagged_rows(cap, "job") == truth
+    assert job.__name__ == "job" and ajob.__name__ == "ajob"
+
+
+def test_a_tag_object_totals_its_own_bytes_and_threads_inherit_through_copy_context(
+    peer: PeerFactory,
+) -> None:
+    http = peer("http")
+    url = f"http://127.0.0.1:{http.port}"
+
+    def get(n: int) -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            with session.get(f"{url}/bytes/{n}", headers={"X-Tag": "copied"}, timeout=TIMEOUT) as r:
+                assert len(r.content) == n
+
+    with netstats.capture() as cap:
+        with netstats.tag(tenant="copied") as t:
+            context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(get, 4321))
+        thread.start()
+        thread.join(30)
+    (rx, tx) = http.tags()["copied"]
+    assert cap.by_tag("tenant")["copied"] == {"rx": tx, "tx": rx}
+    assert (t.rx, t.tx) == (tx, rx)
