@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import csv
+import io
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -213,3 +218,90 @@ def test_a_tag_object_totals_its_own_bytes_and_threads_inherit_through_copy_cont
     (rx, tx) = http.tags()["copied"]
     assert cap.by_tag("tenant")["copied"] == {"rx": tx, "tx": rx}
     assert (t.rx, t.tx) == (tx, rx)
+
+
+# ---- the command line: --by tag:KEY in every format -------------------------------------------
+
+SCRIPT = """
+import http.client, sys
+import netstats
+
+port = int(sys.argv[1])
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+
+def get(path, tag=None):
+    conn.request("GET", path, headers={"X-Tag": tag} if tag else {})
+    response = conn.getresponse()
+    response.read()
+
+
+get("/bytes/100")  # untagged
+for route, size in (("/users", 5000), ("/items", 20), ("/users", 7)):
+    with netstats.tag(route=route, tenant="acme"):
+        get(f"/bytes/{size}", route)
+conn.close()
+"""
+
+
+def cli(*args: str, cwd: Any) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "netstats", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_the_cli_groups_a_runs_bytes_by_a_tag_label_in_every_format(peer: PeerFactory, tmp_path: Any) -> None:
+    http = peer("http")
+    (tmp_path / "app.py").write_text(SCRIPT, encoding="utf-8")
+    cli("run", "--format", "json", "-o", "run.json", "app.py", str(http.port), cwd=tmp_path)
+    truth = expected(http)
+    assert set(truth) == {"/users", "/items"}
+    saved = json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))
+    (conn,) = [c for c in saved["connections"] if c["remote"] == ["127.0.0.1", http.port]]
+    untagged = {"rx": conn["rx"] - sum(t["rx"] for t in truth.values())}
+    untagged["tx"] = conn["tx"] - sum(t["tx"] for t in truth.values())
+    assert untagged["rx"] > 100 and untagged["tx"] > 0
+
+    rows = json.loads(cli("report", "run.json", "--by", "tag:route", "--format", "json", cwd=tmp_path).stdout)
+    assert rows["groups"]["by"] == "tag:route"
+    got = {g["tag:route"]: {"rx": g["rx"], "tx": g["tx"]} for g in rows["groups"]["rows"]}
+    assert got == {**truth, None: untagged}
+
+    text = cli("report", "run.json", "--by", "tag:route", cwd=tmp_path).stdout
+    assert "TAG:ROUTE" in text
+    lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    for value in ("/users", "/items", "(untagged)"):
+        assert value in lines, text
+
+    table = list(
+        csv.DictReader(
+            io.StringIO(
+                cli("report", "run.json", "--by", "tag:route", "--format", "csv", cwd=tmp_path).stdout
+            )
+        )
+    )
+    got = {r["tag:route"] or None: {"rx": int(r["rx"]), "tx": int(r["tx"])} for r in table}
+    assert got == {**truth, None: untagged}
+
+    tenant = json.loads(
+        cli("report", "run.json", "--by", "tag:tenant", "--format", "json", cwd=tmp_path).stdout
+    )
+    acme = {g["tag:tenant"]: g for g in tenant["groups"]["rows"]}["acme"]
+    assert (acme["rx"], acme["tx"]) == (
+        sum(t["rx"] for t in truth.values()),
+        sum(t["tx"] for t in truth.values()),
+    )
+
+
+def test_the_cli_refuses_a_tag_grouping_without_a_label_name(tmp_path: Any) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "netstats", "report", "run.json", "--by", "tag:"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "cannot group by 'tag:'" in done.stderr
