@@ -305,3 +305,101 @@ def test_the_cli_refuses_a_tag_grouping_without_a_label_name(tmp_path: Any) -> N
     )
     assert done.returncode == 2
     assert "cannot group by 'tag:'" in done.stderr
+
+
+# ---- exporters: tag_labels= -----------------------------------------------------------------
+
+
+def fetch(session: requests.Session, url: str, tag: str | None = None) -> bytes:
+    """One GET's body (only the body leaves: a live Response keeps its socket open)."""
+    with session.get(url, headers={"X-Tag": tag} if tag else {}, timeout=TIMEOUT) as r:
+        return r.content
+
+
+def test_exporters_split_the_byte_counts_by_the_tag_labels_asked_for(peer: PeerFactory) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import CollectorRegistry
+
+    from netstats.export import otel, prometheus
+
+    http = peer("http")
+    url = f"http://127.0.0.1:{http.port}"
+    registry, reader = CollectorRegistry(), InMemoryMetricReader()
+    with netstats.capture(keep=False) as cap:
+        collector = prometheus.register(cap, registry, tag_labels=("route",))
+        exporter = otel.register(cap, MeterProvider(metric_readers=[reader]), tag_labels=("route",))
+        with requests.Session() as session:
+            session.trust_env = False
+            assert len(fetch(session, f"{url}/bytes/50")) == 50  # untagged
+            for value, size in SIZES.items():
+                with netstats.tag(route=value, tenant="t"):
+                    assert len(fetch(session, f"{url}/bytes/{size}", value)) == size
+        peer_rx, peer_tx = http.totals(1)
+        data = reader.get_metrics_data()
+        collector.close()
+        exporter.close()
+    truth = expected(http)
+
+    def prom(direction: str, route: str) -> float | None:
+        labels = {"direction": direction, "host": "127.0.0.1", "port": str(http.port), "transport": "tcp"}
+        return registry.get_sample_value("netstats_bytes_total", {**labels, "tls": "none", "route": route})
+
+    for value, row in truth.items():
+        assert (prom("rx", value), prom("tx", value)) == (row["rx"], row["tx"])
+    assert prom("rx", "") == peer_tx - sum(r["rx"] for r in truth.values())
+    assert prom("tx", "") == peer_rx - sum(r["tx"] for r in truth.values())
+    assert (
+        registry.get_sample_value(
+            "netstats_connections_total",
+            {"host": "127.0.0.1", "port": str(http.port), "transport": "tcp", "tls": "none"},
+        )
+        == 1
+    )
+
+    points: dict[tuple[str | None, str], int] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "process.network.io":
+                    for pt in metric.data.data_points:
+                        if pt.attributes.get("network.peer.port") == http.port:
+                            key = (pt.attributes.get("route"), pt.attributes["network.io.direction"])
+                            points[key] = pt.value
+    for value, row in truth.items():
+        assert (points[(value, "receive")], points[(value, "transmit")]) == (row["rx"], row["tx"])
+    assert points[(None, "receive")] == peer_tx - sum(r["rx"] for r in truth.values())
+
+
+def test_tag_labels_stay_within_max_series_and_are_checked(peer: PeerFactory) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from netstats.export import prometheus
+
+    http = peer("http")
+    url = f"http://127.0.0.1:{http.port}"
+    registry = CollectorRegistry()
+    with pytest.raises(TypeError, match="not a string"):
+        prometheus.register(netstats.Capture(), registry, tag_labels="route")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'host' is already"):
+        prometheus.register(netstats.Capture(), registry, tag_labels=("host",))
+    with netstats.capture() as cap:
+        collector = prometheus.register(cap, registry, max_series=2, tag_labels=("route",))
+        with requests.Session() as session:
+            session.trust_env = False
+            for value, size in SIZES.items():
+                with netstats.tag(route=value):
+                    assert len(fetch(session, f"{url}/bytes/{size}", value)) == size
+        peer_rx, peer_tx = http.totals(1)
+        series = [
+            s
+            for m in registry.collect()
+            if m.name == "netstats_bytes"
+            for s in m.samples
+            if s.labels["direction"] == "rx"
+        ]
+        collector.close()
+    assert len(series) == 3  # two label sets, and "other"
+    assert sum(s.value for s in series) == peer_tx
+    other = [s for s in series if s.labels["route"] == "other"]
+    assert len(other) == 1 and other[0].labels["host"] == "other"
