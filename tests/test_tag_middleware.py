@@ -1,0 +1,238 @@
+"""The web middleware (netstats.integrations): a service under a real server (uvicorn for ASGI,
+werkzeug for WSGI) making outbound calls per request; every route's bytes equal what the http
+peer counted for the calls made by that route's requests (each call names its route in X-Tag)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+import requests.adapters
+from peers import Peer
+
+import netstats
+from netstats import _tags
+from netstats.integrations import asgi, wsgi
+
+PeerFactory = Callable[..., Peer]
+TIMEOUT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def tags_off_after() -> Iterator[None]:
+    yield
+    _tags.end()
+
+
+def expected(http: Peer) -> dict[str, dict[str, int]]:
+    return {tag: {"rx": tx, "tx": rx} for tag, (rx, tx) in http.tags().items()}
+
+
+def tagged(cap: netstats.Capture) -> dict[Any, Any]:
+    return {value: row for value, row in cap.by_tag("route").items() if value is not None}
+
+
+def fetch(session: requests.Session, url: str, tag: str | None = None) -> bytes:
+    with session.get(url, headers={"X-Tag": tag} if tag else {}, timeout=TIMEOUT) as r:
+        assert r.status_code == 200, r.text
+        return r.content
+
+
+def hammer(urls: list[str]) -> list[bytes]:
+    """GET every URL, four at a time, each thread with its own session (untagged client side)."""
+
+    def one(url: str) -> bytes:
+        with requests.Session() as session:
+            session.trust_env = False
+            return fetch(session, url)
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, urls, timeout=60))
+
+
+# ---- ASGI under uvicorn ------------------------------------------------------------------
+
+
+def starlette_app(backend: int) -> Any:
+    import aiohttp
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def call(template: str, size: int) -> int:
+        if "session" not in state:  # one connection for every request: limit=1
+            state["session"] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+            )
+        url = f"http://127.0.0.1:{backend}/bytes/{size}"
+        async with state["session"].get(url, headers={"X-Tag": template}) as r:
+            return len(await r.read())
+
+    async def user(request: Any) -> PlainTextResponse:
+        uid = request.path_params["uid"]
+        return PlainTextResponse(str(await call("/users/{uid:int}", 100 * uid)))
+
+    async def items(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(str(await call("/api/items", 7)))
+
+    routes = [Route("/users/{uid:int}", user), Mount("/api", routes=[Route("/items", items)])]
+    return Starlette(routes=routes), state
+
+
+def test_asgi_middleware_under_uvicorn_tags_each_requests_outbound_bytes_with_its_route_template(
+    peer: PeerFactory,
+) -> None:
+    import uvicorn
+
+    http = peer("http")
+    app, state = starlette_app(http.port)
+    config = uvicorn.Config(
+        asgi.TagRequests(app, label="route"), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    with netstats.capture() as cap:
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        urls = [f"{base}/users/{uid}" for uid in (1, 2, 30, 4)] * 3 + [f"{base}/api/items"] * 5
+        bodies = hammer(urls)
+        server.should_exit = True
+        thread.join(20)
+    assert not thread.is_alive()
+    assert bodies[:4] == [b"100", b"200", b"3000", b"400"]
+    truth = expected(http)
+    assert set(truth) == {"/users/{uid:int}", "/api/items"}
+    assert tagged(cap) == truth
+    backend = [c for c in cap.connections if c.remote == ("127.0.0.1", http.port) and c.error is None]
+    assert len(backend) == 1  # every request's call shared it
+
+
+def test_asgi_route_falls_back_to_the_path_for_an_app_without_routes() -> None:
+    import asyncio
+
+    seen: list[Any] = []
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(_tags.current.get())
+
+    asyncio.run(asgi.TagRequests(bare, label="endpoint")({"type": "http", "path": "/x/1"}, None, None))
+    asyncio.run(asgi.TagRequests(bare)({"type": "lifespan"}, None, None))
+    assert seen[0] is not None and dict(seen[0].labels) == {"endpoint": "/x/1"}
+    assert seen[1] is None
+    with pytest.raises(TypeError, match="label must be a non-empty str"):
+        asgi.TagRequests(bare, label="")
+
+
+# ---- WSGI under werkzeug -------------------------------------------------------------------
+
+
+def flask_app(backend: int) -> Any:
+    import flask
+
+    app = flask.Flask("tagged")
+    session = requests.Session()  # one pooled connection for every request
+    session.trust_env = False
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=1, pool_block=True))
+
+    def call(template: str, size: int) -> bytes:
+        return fetch(session, f"http://127.0.0.1:{backend}/bytes/{size}", template)
+
+    @app.route("/users/<int:uid>")
+    def user(uid: int) -> str:
+        return str(len(call("/users/<int:uid>", 100 * uid)))
+
+    @app.route("/stream")
+    def stream() -> Any:
+        def chunks() -> Iterator[bytes]:  # calls out while the server iterates the response
+            for size in (5, 50):
+                yield str(len(call("/stream", size))).encode() + b" "
+
+        return flask.Response(chunks())
+
+    return app, session
+
+
+def serve_wsgi(app: Any) -> Any:
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize("wrap", ["app", "wsgi_app"])
+def test_wsgi_middleware_tags_each_requests_outbound_bytes_with_its_flask_rule(
+    peer: PeerFactory, wrap: str
+) -> None:
+    http = peer("http")
+    app, session = flask_app(http.port)
+    if wrap == "wsgi_app":
+        app.wsgi_app = wsgi.TagRequests(app.wsgi_app)  # type: ignore[method-assign]
+        served = app
+    else:
+        served = wsgi.TagRequests(app)
+    with netstats.capture() as cap:
+        server, thread = serve_wsgi(served)
+        base = f"http://127.0.0.1:{server.server_port}"
+        bodies = hammer([f"{base}/users/{uid}" for uid in (1, 2, 30)] * 3 + [f"{base}/stream"] * 3)
+        server.shutdown()
+        thread.join(20)
+        session.close()
+        server.server_close()
+    assert bodies[:3] == [b"100", b"200", b"3000"] and bodies[-1] == b"5 50 "
+    truth = expected(http)
+    assert set(truth) == {"/users/<int:uid>", "/stream"}
+    assert tagged(cap) == truth
+
+
+def test_wsgi_middleware_tags_a_plain_app_by_path_and_sets_the_span_attributes(peer: PeerFactory) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    http = peer("http")
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("test")
+
+    def plain(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        with requests.Session() as session:
+            session.trust_env = False
+            body = fetch(session, f"http://127.0.0.1:{http.port}/bytes/{len(path) * 10}", path)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(len(body)).encode()]
+
+    tagged_app = wsgi.TagRequests(plain, span_attributes=True)
+
+    def traced(environ: dict[str, Any], start_response: Any) -> Any:
+        with tracer.start_as_current_span(environ["PATH_INFO"]):
+            return list(tagged_app(environ, start_response))  # the span covers the iteration
+
+    with netstats.capture() as cap:
+        server, thread = serve_wsgi(traced)
+        base = f"http://127.0.0.1:{server.server_port}"
+        assert hammer([f"{base}/a", f"{base}/bbbb"]) == [b"20", b"50"]
+        server.shutdown()
+        thread.join(20)
+        server.server_close()
+    truth = expected(http)
+    assert tagged(cap) == truth
+    got = {
+        s.name: (s.attributes["netstats.rx"], s.attributes["netstats.tx"]) for s in spans.get_finished_spans()
+    }
+    assert got == {path: (row["rx"], row["tx"]) for path, row in truth.items()}
