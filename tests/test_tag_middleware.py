@@ -129,7 +129,7 @@ def test_asgi_route_falls_back_to_the_path_for_an_app_without_routes() -> None:
 
     asyncio.run(asgi.TagRequests(bare, label="endpoint")({"type": "http", "path": "/x/1"}, None, None))
     asyncio.run(asgi.TagRequests(bare)({"type": "lifespan"}, None, None))
-    assert seen[0] is not None and dict(seen[0].labels) == {"endpoint": "/x/1"}
+    assert seen[0] is not None and dict(seen[0].key.labels) == {"endpoint": "/x/1"}
     assert seen[1] is None
     with pytest.raises(TypeError, match="label must be a non-empty str"):
         asgi.TagRequests(bare, label="")

@@ -77,10 +77,10 @@ def test_nested_tags_merge_the_inner_one_winning_per_key() -> None:
         with netstats.tag(route="/inner"):
             scope = _tags.current.get()
             assert scope is not None
-            seen.append(dict(scope.labels))
+            seen.append(dict(scope.key.labels))
         scope = _tags.current.get()
         assert scope is not None
-        seen.append(dict(scope.labels))
+        seen.append(dict(scope.key.labels))
     assert _tags.current.get() is None
     assert seen == [{"route": "/inner", "tenant": "acme"}, {"route": "/outer", "tenant": "acme"}]
 

@@ -181,7 +181,7 @@ class Connection(Counts):
         self._others: list[Any] | None = None
         self._probe: Callable[[], _kernel.TcpInfo | None] | None = None
         self._watchers: tuple[Any, ...] = ()
-        self._tagged: dict[_tags.Labels, list[int]] | None = None
+        self._tagged: dict[_tags.LabelSet, list[int]] | None = None
         self._turn: _tags.Scope | None = None
 
     @property

@@ -61,7 +61,7 @@ class tag:  # noqa: N801 (used like a function: `with netstats.tag(route="/users
     def _enter(self) -> Any:
         _start()
         outer = _tags.current.get()
-        merged = dict(outer.labels) if outer is not None else {}
+        merged = dict(outer.key.labels) if outer is not None else {}
         merged.update(self.labels)
         sinks = (*outer.sinks, self._totals) if outer is not None else (self._totals,)
         return _tags.current.set(_tags.Scope(tuple(sorted(merged.items())), sinks))

@@ -18,21 +18,43 @@ Bytes moved under no label are not tallied: they are a connection's total less i
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable, one per label set
+Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs
+
+
+class LabelSet:
+    """One set of labels, made once (`label_set`): the tallies' key, hashed by identity (a
+    tuple of pairs would be hashed anew at every read and write)."""
+
+    __slots__ = ("labels", "__weakref__")
+
+    def __init__(self, labels: Labels) -> None:
+        self.labels = labels
+
+
+_label_sets: weakref.WeakValueDictionary[Labels, LabelSet] = weakref.WeakValueDictionary()
+
+
+def label_set(labels: Labels) -> LabelSet:
+    """The LabelSet of these labels (alive while a tally or a scope holds it)."""
+    found = _label_sets.get(labels)
+    if found is None:
+        found = _label_sets.setdefault(labels, LabelSet(labels))
+    return found
 
 
 class Scope:
-    """What a byte moved now is attributed to: `labels` (the merged labels of the tags in force,
+    """What a byte moved now is attributed to: `key` (the merged labels of the tags in force,
     inner winning per key) and `sinks`, the [rx, tx] totals of each of those tags."""
 
-    __slots__ = ("labels", "sinks")
+    __slots__ = ("key", "sinks")
 
     def __init__(self, labels: Labels, sinks: tuple[list[int], ...]) -> None:
-        self.labels = labels
+        self.key = label_set(labels)
         self.sinks = sinks
 
 
@@ -66,21 +88,24 @@ def attribute(event: str, conn: Any, nbytes: int) -> None:
     """The read/write listener of tags: add nbytes to the labels it belongs to (see above)."""
     if event == "write":
         scope = conn._turn = _get()
+        i = 1
     elif conn.side == "client" and (loop := _running_loop()) is not None and _current_task(loop) is None:
         scope = conn._turn  # the event loop's own read: the last writer's turn
+        i = 0
     else:
         scope = _get()
-    if scope is not None:
-        tally = conn._tagged
-        if tally is None:
-            tally = conn._tagged = {}
-        pair = tally.get(scope.labels)
-        if pair is None:
-            pair = tally[scope.labels] = [0, 0]
-        i = 1 if event == "write" else 0
-        pair[i] += nbytes
-        for sink in scope.sinks:
-            sink[i] += nbytes
+        i = 0
+    if scope is None:
+        return
+    tally = conn._tagged
+    if tally is None:
+        tally = conn._tagged = {}
+    pair = tally.get(scope.key)
+    if pair is None:
+        pair = tally[scope.key] = [0, 0]
+    pair[i] += nbytes
+    for sink in scope.sinks:
+        sink[i] += nbytes
 
 
 def with_tags(listener: Callable[[str, Any, int], None] | None) -> Callable[[str, Any, int], None]:
@@ -100,4 +125,9 @@ def tallies(conn: Any) -> list[tuple[Labels, int, int]]:
     tally = conn._tagged
     if not tally:
         return []
-    return [(labels, pair[0], pair[1]) for labels, pair in list(tally.items())]
+    merged: dict[Labels, list[int]] = {}  # (two threads may have made a label set at once)
+    for key, (rx, tx) in list(tally.items()):
+        pair = merged.setdefault(key.labels, [0, 0])
+        pair[0] += rx
+        pair[1] += tx
+    return [(labels, rx, tx) for labels, (rx, tx) in merged.items()]
