@@ -403,3 +403,29 @@ def test_tag_labels_stay_within_max_series_and_are_checked(peer: PeerFactory) ->
     assert sum(s.value for s in series) == peer_tx
     other = [s for s in series if s.labels["route"] == "other"]
     assert len(other) == 1 and other[0].labels["host"] == "other"
+
+
+def test_asyncio_tasks_and_to_thread_inherit_the_tag_of_the_code_that_started_them(peer: PeerFactory) -> None:
+    http = peer("http")
+    url = f"http://127.0.0.1:{http.port}"
+
+    async def child(session: aiohttp.ClientSession, size: int) -> int:
+        async with session.get(f"{url}/bytes/{size}", headers={"X-Tag": "parent"}) as r:
+            return len(await r.read())
+
+    def in_thread(size: int) -> int:
+        with requests.Session() as session:
+            session.trust_env = False
+            return len(fetch(session, f"{url}/bytes/{size}", "parent"))
+
+    async def main() -> list[int]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+            with netstats.tag(job="parent"):
+                tasks = [asyncio.create_task(child(session, n)) for n in (10, 2000)]
+                threaded = asyncio.to_thread(in_thread, 333)  # to_thread copies the context
+                return list(await asyncio.wait_for(asyncio.gather(*tasks, threaded), 30))
+
+    with netstats.capture() as cap:
+        assert asyncio.run(main()) == [10, 2000, 333]
+    (rx, tx) = http.tags()["parent"]
+    assert cap.by_tag("job") == {"parent": {"rx": tx, "tx": rx}, None: {"rx": 0, "tx": 0}}
