@@ -4,6 +4,7 @@ peer counted for the calls made by that route's requests (each call names its ro
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -236,3 +237,74 @@ def test_wsgi_middleware_tags_a_plain_app_by_path_and_sets_the_span_attributes(p
         s.name: (s.attributes["netstats.rx"], s.attributes["netstats.tx"]) for s in spans.get_finished_spans()
     }
     assert got == {path: (row["rx"], row["tx"]) for path, row in truth.items()}
+
+
+DJANGO_SERVICE = """
+import json, sys, threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import django
+from django.conf import settings
+
+settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="test", MIDDLEWARE=[])
+django.setup()
+
+import requests
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponse
+from django.urls import path
+
+import netstats
+from netstats.integrations.wsgi import TagRequests
+
+backend = int(sys.argv[1])
+session = requests.Session()
+session.trust_env = False
+
+
+def user(request, uid):
+    url = f"http://127.0.0.1:{backend}/bytes/{uid * 100}"
+    with session.get(url, headers={"X-Tag": "/users/<int:uid>"}, timeout=10) as r:
+        return HttpResponse(str(len(r.content)))
+
+
+urlpatterns = [path("users/<int:uid>", user)]
+
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+with netstats.capture() as cap:
+    server = make_server("127.0.0.1", 0, TagRequests(get_wsgi_application()), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    with requests.Session() as client:
+        client.trust_env = False
+        for uid in (1, 2, 30):
+            with client.get(f"http://127.0.0.1:{server.server_port}/users/{uid}", timeout=10) as r:
+                assert r.text == str(uid * 100), r.text
+    server.shutdown()
+    thread.join(10)
+    server.server_close()
+    session.close()
+print(json.dumps({k: v for k, v in cap.by_tag("route").items() if k is not None}))
+"""
+
+
+def test_wsgi_middleware_tags_a_django_request_with_its_url_pattern(peer: PeerFactory, tmp_path: Any) -> None:
+    """In a process of its own: Django's settings are global to a process."""
+    import subprocess
+    import sys
+
+    http = peer("http")
+    script = tmp_path / "service.py"
+    script.write_text(DJANGO_SERVICE, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script), str(http.port)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    truth = expected(http)
+    assert set(truth) == {"/users/<int:uid>"}
+    assert json.loads(done.stdout) == truth

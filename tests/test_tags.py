@@ -70,6 +70,14 @@ def test_tag_rejects_what_is_not_a_label() -> None:
         with pytest.raises(netstats.NetstatsError, match="keep=True"):
             cap.by_tag("route")
 
+    def chunks() -> Iterator[bytes]:
+        yield b""
+
+    with pytest.raises(TypeError, match="cannot decorate the generator function"):
+        netstats.tag(job="x")(chunks)
+    with pytest.raises(TypeError, match="decorates a function, not int"):
+        netstats.tag(job="x")(3)  # type: ignore[type-var]
+
 
 def test_nested_tags_merge_the_inner_one_winning_per_key() -> None:
     seen = []

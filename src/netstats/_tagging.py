@@ -87,6 +87,12 @@ class tag:  # noqa: N801 (used like a function: `with netstats.tag(route="/users
     def __call__(self, fn: F) -> F:
         if not callable(fn):
             raise TypeError(f"tag() decorates a function, not {type(fn).__name__}")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            # its body runs at each next(), long after the call returned: the tag would not cover it
+            raise TypeError(
+                f"tag() cannot decorate the generator function {fn.__qualname__}(); "
+                "use `with netstats.tag(...):` inside it"
+            )
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
