@@ -308,3 +308,39 @@ def test_wsgi_middleware_tags_a_django_request_with_its_url_pattern(peer: PeerFa
     truth = expected(http)
     assert set(truth) == {"/users/<int:uid>"}
     assert json.loads(done.stdout) == truth
+
+
+def test_asgi_middleware_sets_the_requests_bytes_on_the_current_span(peer: PeerFactory) -> None:
+    import asyncio
+
+    import aiohttp
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    http = peer("http")
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("test")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+            url = f"http://127.0.0.1:{http.port}/bytes/{len(scope['path'])}"
+            async with session.get(url, headers={"X-Tag": scope["path"]}) as r:
+                await r.read()
+
+    tagged_app = asgi.TagRequests(app, span_attributes=True)
+
+    async def main() -> None:
+        for path in ("/one", "/three"):
+            with tracer.start_as_current_span(path):
+                await tagged_app({"type": "http", "path": path}, None, None)
+
+    with netstats.capture():
+        asyncio.run(main())
+    truth = expected(http)
+    got = {
+        s.name: (s.attributes["netstats.rx"], s.attributes["netstats.tx"]) for s in spans.get_finished_spans()
+    }
+    assert got == {path: (row["rx"], row["tx"]) for path, row in truth.items()}
