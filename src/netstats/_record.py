@@ -146,7 +146,7 @@ class Connection(Counts):
         # for a connection the census found (source "kernel"): what reads its figures
         "_probe",
         "_watchers",
-        # netstats.tag(): the bytes per label set, and the labels of the last write (_tags.py)
+        # netstats.tag(): the bytes per label set, and the scope of the last write (_tags.py)
         "_tagged",
         "_turn",
         "__weakref__",
@@ -182,7 +182,7 @@ class Connection(Counts):
         self._probe: Callable[[], _kernel.TcpInfo | None] | None = None
         self._watchers: tuple[Any, ...] = ()
         self._tagged: dict[_tags.LabelSet, list[int]] | None = None
-        self._turn: _tags.Scope | None = None
+        self._turn: tuple[_tags.Scope, list[int]] | None = None
 
     @property
     def conn(self) -> Connection:

@@ -63,8 +63,8 @@ class tag:  # noqa: N801 (used like a function: `with netstats.tag(route="/users
         outer = _tags.current.get()
         merged = dict(outer.key.labels) if outer is not None else {}
         merged.update(self.labels)
-        sinks = (*outer.sinks, self._totals) if outer is not None else (self._totals,)
-        return _tags.current.set(_tags.Scope(tuple(sorted(merged.items())), sinks))
+        around = (*outer.outer, outer.sink) if outer is not None else ()
+        return _tags.current.set(_tags.Scope(tuple(sorted(merged.items())), self._totals, around))
 
     def __enter__(self) -> tag:
         self._tokens.append(self._enter())

@@ -49,13 +49,15 @@ def label_set(labels: Labels) -> LabelSet:
 
 class Scope:
     """What a byte moved now is attributed to: `key` (the merged labels of the tags in force,
-    inner winning per key) and `sinks`, the [rx, tx] totals of each of those tags."""
+    inner winning per key), `sink` (the [rx, tx] totals of the innermost tag) and `outer` (those
+    of the tags around it)."""
 
-    __slots__ = ("key", "sinks")
+    __slots__ = ("key", "sink", "outer")
 
-    def __init__(self, labels: Labels, sinks: tuple[list[int], ...]) -> None:
+    def __init__(self, labels: Labels, sink: list[int], outer: tuple[list[int], ...]) -> None:
         self.key = label_set(labels)
-        self.sinks = sinks
+        self.sink = sink
+        self.outer = outer
 
 
 current: ContextVar[Scope | None] = ContextVar("netstats_tags", default=None)
@@ -85,26 +87,54 @@ def end() -> None:
 
 
 def attribute(event: str, conn: Any, nbytes: int) -> None:
-    """The read/write listener of tags: add nbytes to the labels it belongs to (see above)."""
+    """The read/write listener of tags: add nbytes to the labels it belongs to (see above).
+
+    `conn._turn` is (scope, its tally on conn) of the last write, or None: the turn's owner,
+    and a one-entry cache (a connection's reads and writes mostly run under one scope)."""
+    turn = conn._turn
     if event == "write":
-        scope = conn._turn = _get()
+        scope = _get()
+        if turn is None or turn[0] is not scope:
+            if scope is None:
+                conn._turn = None
+                return
+            turn = conn._turn = (scope, _tally(conn, scope))
         i = 1
     elif conn.side == "client" and (loop := _running_loop()) is not None and _current_task(loop) is None:
-        scope = conn._turn  # the event loop's own read: the last writer's turn
+        if turn is None:  # the event loop's own read: the last writer's turn
+            return
         i = 0
     else:
         scope = _get()
+        if scope is None:
+            return
+        if turn is None or turn[0] is not scope:
+            _add(scope, _tally(conn, scope), 0, nbytes)  # a read under another scope than the turn's
+            return
         i = 0
-    if scope is None:
-        return
+    scope, pair = turn
+    pair[i] += nbytes
+    scope.sink[i] += nbytes
+    if scope.outer:
+        for sink in scope.outer:
+            sink[i] += nbytes
+
+
+def _tally(conn: Any, scope: Scope) -> list[int]:
+    """conn's [rx, tx] for scope's labels, made at their first byte on it."""
     tally = conn._tagged
     if tally is None:
         tally = conn._tagged = {}
     pair = tally.get(scope.key)
     if pair is None:
         pair = tally[scope.key] = [0, 0]
+    return pair  # type: ignore[no-any-return]
+
+
+def _add(scope: Scope, pair: list[int], i: int, nbytes: int) -> None:
     pair[i] += nbytes
-    for sink in scope.sinks:
+    scope.sink[i] += nbytes
+    for sink in scope.outer:
         sink[i] += nbytes
 
 
