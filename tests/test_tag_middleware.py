@@ -4,10 +4,11 @@ peer counted for the calls made by that route's requests (each call names its ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -83,8 +84,14 @@ def starlette_app(backend: int) -> Any:
     async def items(request: Any) -> PlainTextResponse:
         return PlainTextResponse(str(await call("/api/items", 7)))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:  # (passed through by the middleware)
+        yield
+        if "session" in state:
+            await state["session"].close()
+
     routes = [Route("/users/{uid:int}", user), Mount("/api", routes=[Route("/items", items)])]
-    return Starlette(routes=routes), state
+    return Starlette(routes=routes, lifespan=lifespan), state
 
 
 def test_asgi_middleware_under_uvicorn_tags_each_requests_outbound_bytes_with_its_route_template(
@@ -95,7 +102,7 @@ def test_asgi_middleware_under_uvicorn_tags_each_requests_outbound_bytes_with_it
     http = peer("http")
     app, state = starlette_app(http.port)
     config = uvicorn.Config(
-        asgi.TagRequests(app, label="route"), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+        asgi.TagRequests(app, label="route"), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
     )
     server = uvicorn.Server(config)
     with netstats.capture() as cap:
