@@ -12,8 +12,10 @@ Every connection is a blocking socket with TCP_NODELAY.
 Variants: "stock" (no capture), "wrapped" (netstats.capture() with the kernel's counters
 switched off, so the per-call wrappers count: the engine as it was before the kernel counted
 plain TCP, and what every platform without TCP_INFO gets), "count" (netstats.capture(), no
-callback) and "callback" (netstats.capture(cb) with a trivial cb that receives the read/write
-events).
+callback), "callback" (netstats.capture(cb) with a trivial cb that receives the read/write
+events) and "tagged" (netstats.capture(), the transfer inside `netstats.tag(bench=...)`: every
+read and write attributed to its labels; tags are switched off again after each such run, so
+the other variants run as in a program that never tagged).
 
 The server is a separate process (`python -I -c SERVER`) that never imports netstats: one
 per test, serving one connection per run. The variants are interleaved run by run (stock,
@@ -51,13 +53,13 @@ from collections.abc import Callable
 from typing import Any
 
 import netstats
-from netstats import _kernel
+from netstats import _kernel, _tags
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
 MSG = 64
 MiB = 1024 * 1024
-VARIANTS = ("stock", "wrapped", "count", "callback")
+VARIANTS = ("stock", "wrapped", "count", "callback", "tagged")
 RUN_TIMEOUT = 120  # seconds; SIGALRM ends a run that hangs
 STOCK_SOCKET = socket.socket  # taken before any capture replaces it
 
@@ -73,6 +75,7 @@ TARGETS = {
     ("chatty", "wrapped"): 1.03,
     ("chatty", "count"): 1.02,
     ("chatty", "callback"): 1.15,
+    ("chatty", "tagged"): 1.05,
 }
 
 # The peer. Each connection starts with an 8-byte header (a byte count or a number of round
@@ -261,19 +264,31 @@ def run_once(
         cap = netstats.capture()
     elif variant == "callback":
         cap = netstats.capture(on_io, events={"read", "write"})
+    elif variant == "tagged":
+        cap = netstats.capture()
     signal.alarm(RUN_TIMEOUT)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # created during the capture
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.connect((HOST, port))
-            seconds, tx, rx = client(sock, size)
+            if variant == "tagged":
+                with netstats.tag(bench=client.__name__):
+                    seconds, tx, rx = client(sock, size)
+            else:
+                seconds, tx, rx = client(sock, size)
             captured = type(sock) is not STOCK_SOCKET
     finally:
         signal.alarm(0)
         if cap is not None:
             cap.stop()
         _kernel.supported = kernel_counting
-    return seconds, check(variant, cap, captured, tx, rx, seen)
+        _tags.end()  # the next run starts as in a program that never tagged
+    how = check(variant, cap, captured, tx, rx, seen)
+    if variant == "tagged" and cap is not None:
+        tags = cap.connections[0].tags
+        if tags != [{"labels": {"bench": client.__name__}, "rx": rx, "tx": tx}]:
+            raise RuntimeError(f"tagged: the tags counted {tags}, transferred tx={tx} rx={rx}")
+    return seconds, how
 
 
 def check(variant: str, cap: Any, captured: bool, tx: int, rx: int, seen: dict[str, int]) -> str:

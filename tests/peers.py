@@ -6,8 +6,10 @@ test over stdin/stdout: it prints {"port": ...} when listening, then answers eac
 line with the per-connection counts as JSON.
 
 Kinds: echo (echo every byte), http (GET /bytes/N answers N bytes; any body is read and
-acknowledged; keep-alive), resp (a small Redis: PING, ECHO, SET, GET, DEL, QUIT), smtp (enough
-for smtplib), starttls (a line protocol that upgrades to TLS), udp (echo datagrams), websocket
+acknowledged; keep-alive; a request with an X-Tag header has its bytes, as read and written,
+added to that tag's total: the "tags" line answers them as JSON), resp (a small Redis: PING,
+ECHO, SET, GET, DEL, QUIT), smtp (enough for smtplib), starttls (a line protocol that upgrades
+to TLS), udp (echo datagrams), websocket
 (a `websockets` echo server that counts nothing itself: put a relay in front), relay (forwards
 to --backend, counting what passes; terminates TLS when given a certificate, so its counts are
 the plaintext).
@@ -33,6 +35,13 @@ class PeerCounts:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
+        self.tags: dict[str, list[int]] = {}  # X-Tag value -> [bytes read, bytes written]
+
+    def add_tag(self, tag: str, rx: int, tx: int) -> None:
+        with self.lock:
+            pair = self.tags.setdefault(tag, [0, 0])
+            pair[0] += rx
+            pair[1] += tx
 
     def new(self) -> dict[str, Any]:
         record = {"rx": 0, "tx": 0, "closed": False}
@@ -103,10 +112,12 @@ def serve_http(conn: Counted, args: Any) -> None:
         if request is None:
             return
         headers = {}
+        read = len(request)  # this request's bytes, as parsed (keep-alive: the buffer holds more)
         while True:
             line = _read_line(conn, buf)
             if line is None:
                 return
+            read += len(line)
             if line in (b"\r\n", b"\n"):
                 break
             name, _, value = line.decode("latin-1").partition(":")
@@ -123,6 +134,8 @@ def serve_http(conn: Counted, args: Any) -> None:
             f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nContent-Type: application/octet-stream\r\n"
             f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
         ).encode()
+        if "x-tag" in headers:  # before sending: once the client has the answer, so does "tags"
+            args.tally.add_tag(headers["x-tag"], read + length, len(head) + len(body))
         conn.send(head + body)
         if close:
             return
@@ -266,6 +279,7 @@ def _tcp_main(args: Any, tally: PeerCounts) -> int:
         context.load_cert_chain(args.cert)
     serve = SERVERS[args.kind]
     args.context = context
+    args.tally = tally
     if args.kind in TLS_LATER:
         if context is None:
             raise SystemExit(f"the {args.kind} peer needs --cert")
@@ -343,6 +357,9 @@ def peer_main(argv: list[str]) -> None:
         if line.strip() == "counts":
             with tally.lock:
                 print(json.dumps(tally.records), flush=True)
+        elif line.strip() == "tags":
+            with tally.lock:
+                print(json.dumps(tally.tags), flush=True)
 
 
 # ---- the test side ----------------------------------------------------------------------
@@ -370,6 +387,13 @@ class Peer:
     def counts(self) -> list[dict[str, Any]]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("counts\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
+
+    def tags(self) -> dict[str, list[int]]:
+        """{X-Tag value: [bytes read, bytes written]} over the requests that carried one (http)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("tags\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
 

@@ -13,6 +13,7 @@ from ._api import mark, register, reset, stats
 from ._capture import EVENTS, Capture, capture, release
 from ._errors import NetstatsError, NotCaptured
 from ._record import FIELDS, Connection
+from ._tagging import tag
 from ._version import __version__
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "release",
     "reset",
     "stats",
+    "tag",
     "__version__",
 ]
 

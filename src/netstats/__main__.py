@@ -8,7 +8,7 @@ import os
 import sys
 from typing import NoReturn
 
-from ._report import FORMATS, GROUPS, SORTS, BadRun, Run, render, unwritable, write
+from ._report import FORMATS, GROUPS, SORTS, TAG, BadRun, Run, render, unwritable, write
 from ._version import __version__
 
 EXAMPLES = """\
@@ -39,9 +39,22 @@ def _positive(text: str) -> int:
     return n
 
 
+def _grouping(text: str) -> str:
+    if text in GROUPS or (text.startswith(TAG) and len(text) > len(TAG)):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"cannot group by {text!r}; choose one of {', '.join(GROUPS)} or tag:KEY"
+    )
+
+
 def _output_options(parser: argparse.ArgumentParser, where: str) -> None:
     parser.add_argument("--format", choices=FORMATS, default="text", help="report format (default text)")
-    parser.add_argument("--by", choices=GROUPS, help="group connections by host, origin, caller or pid")
+    parser.add_argument(
+        "--by",
+        type=_grouping,
+        metavar="{host,origin,caller,pid,tag:KEY}",
+        help="group connections by host, origin, caller or pid, or bytes by the netstats.tag() label KEY",
+    )
     parser.add_argument(
         "--sort", choices=SORTS, default="bytes", help="largest first by (default bytes: tx+rx)"
     )

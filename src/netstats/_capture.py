@@ -11,7 +11,7 @@ from threading import get_ident
 from types import TracebackType
 from typing import Any
 
-from . import _engine, _patch, _state
+from . import _engine, _patch, _state, _tagging
 from ._errors import NetstatsError
 from ._record import Connection
 
@@ -86,6 +86,16 @@ class Capture:
         """Application bytes written on this capture's connections (up to stop()); None once a
         connection's application bytes could not be known (see `unknown`)."""
         return self._totals()[1]
+
+    def by_tag(self, key: str) -> dict[str | None, dict[str, int | None]]:
+        """Application bytes per value of the `netstats.tag()` label `key`; under None, the
+        bytes moved without it. Needs keep=True (closed connections carry their tags).
+
+        >>> cap.by_tag("route")  # {"/users": {"rx": 5123, "tx": 312}, None: {"rx": 0, "tx": 0}}
+        """
+        if not self.keep:
+            raise NetstatsError("by_tag() needs a capture with keep=True (it adds up every connection)")
+        return _tagging.by_tag(self._kept, key)
 
     def _totals(self) -> tuple[int, int] | tuple[None, None]:
         if self._final is not None:

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _handshakes, _kernel, _names, _origin, _state
+from . import _handshakes, _kernel, _names, _origin, _state, _tags
 from ._record import Connection, StreamCounts
 
 log = logging.getLogger("netstats")
@@ -66,6 +66,12 @@ def notify(conn: Connection, event: str) -> None:
 
 def io_listener(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | None:
     """The function the wrappers call per read/write, or None when nobody listens."""
+    if _tags.in_use:  # netstats.tag() has been used: every read and write goes to its labels
+        return _tags.with_tags(_listeners(watchers))
+    return _listeners(watchers)
+
+
+def _listeners(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | None:
     if len(watchers) == 1:  # the usual case, kept short: it runs once per connection
         return watchers[0]._io_listener()
     targets = [f for f in (w._io_listener() for w in watchers) if f is not None]
@@ -389,6 +395,18 @@ def count_in_python(conn: Connection) -> None:
             wrapped = getattr(type(sock), "_python_twin", None)
             if wrapped is not None:
                 sock.__class__ = wrapped
+
+
+@guarded
+def start_tagging() -> None:
+    """The first netstats.tag(): every open connection listens for tags from now on, counted
+    by its wrappers (the kernel's counters cannot say whose a byte was)."""
+    for ref in list(_by_fd.values()):
+        sock = ref()
+        c = getattr(sock, "_netstats_counts", None) if sock is not None else None
+        if c is not None and c.conn.closed is None:
+            refresh(c.conn)
+            count_in_python(c.conn)
 
 
 @guarded

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _kernel
+from . import _kernel, _tags
 
 FIELDS = (
     "id",
@@ -43,6 +43,7 @@ FIELDS = (
     "closed",
     "duration",
     "marks",
+    "tags",
     "origin",
     "caller",
     "error",
@@ -61,7 +62,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
 _COMPUTED = frozenset(
-    {"rx", "tx", "reads", "writes", "duration", *(set(_kernel.TcpInfo._fields) & set(FIELDS))}
+    {"rx", "tx", "reads", "writes", "duration", "tags", *(set(_kernel.TcpInfo._fields) & set(FIELDS))}
 )
 
 
@@ -119,7 +120,8 @@ class Connection(Counts):
     ``rtt``/``min_rtt``, ``retransmits``/``retrans_bytes``
     (from the kernel: None where it cannot tell), ``reads``/``writes`` (calls that moved data;
     None when the kernel counts), ``opened``/``connected``/``closed`` (wall-clock seconds),
-    ``duration``, ``marks``, ``origin``, ``caller``, ``error`` (exception name of a failed connect).
+    ``duration``, ``marks``, ``tags`` (bytes per `netstats.tag()` label set), ``origin``,
+    ``caller``, ``error`` (exception name of a failed connect).
     """
 
     __slots__ = (
@@ -145,6 +147,9 @@ class Connection(Counts):
         # (a connection the census found; a uvloop transport's, which also sets rx/tx)
         "_probe",
         "_watchers",
+        # netstats.tag(): the bytes per label set, and the scope of the last write (_tags.py)
+        "_tagged",
+        "_turn",
         "__weakref__",
     )
 
@@ -177,6 +182,8 @@ class Connection(Counts):
         self._others: list[Any] | None = None
         self._probe: Callable[[], _kernel.TcpInfo | None] | None = None
         self._watchers: tuple[Any, ...] = ()
+        self._tagged: dict[_tags.LabelSet, list[int]] | None = None
+        self._turn: tuple[_tags.Scope, list[int]] | None = None
 
     @property
     def conn(self) -> Connection:
@@ -240,6 +247,16 @@ class Connection(Counts):
     min_rtt = _kernel_field("min_rtt")
     retransmits = _kernel_field("retransmits")
     retrans_bytes = _kernel_field("retrans_bytes")
+
+    @property
+    def tags(self) -> list[dict[str, Any]] | None:
+        """The bytes moved under each set of `netstats.tag()` labels, since open (not reset):
+        ``[{"labels": {"route": "/users"}, "rx": 5123, "tx": 312}, ...]``; bytes moved under no
+        tag are the connection's totals less these. None where they cannot be split by tag (a
+        connection counted only by the kernel while tags were in use)."""
+        if not _tags.splittable(self):
+            return None
+        return [{"labels": dict(labels), "rx": rx, "tx": tx} for labels, rx, tx in _tags.tallies(self)]
 
     @property
     def duration(self) -> float:

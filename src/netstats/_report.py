@@ -41,6 +41,8 @@ from ._format import (
 
 SCHEMA = "netstats.run/1"
 GROUPS = ("host", "origin", "caller", "pid")
+TAG = "tag:"  # --by tag:KEY: a row per value of the netstats.tag() label KEY
+UNTAGGED = "(untagged)"  # the text report's name for the bytes moved without that label
 FORMATS = ("text", "json", "csv")
 SORTS = ("bytes", "tx", "rx", "wire", "time")
 WIDTH = 120  # the default text layout fits this many columns
@@ -162,6 +164,23 @@ def _check_connection(i: int, conn: Any) -> None:
     marks = conn.get("marks")
     if marks is not None and not isinstance(marks, list):
         raise BadRun(f"connection {i}: 'marks' must be a list or null, not {_show(marks)}")
+    if conn.get("tags") is not None and not isinstance(conn["tags"], list):
+        raise BadRun(f"connection {i}: 'tags' must be a list or null, not {_show(conn['tags'])}")
+    for entry in conn.get("tags") or ():
+        if not _is_tag_entry(entry):
+            raise BadRun(
+                f"connection {i}: each of 'tags' must be "
+                f'{{"labels": {{name: text}}, "rx": integer >= 0, "tx": integer >= 0}}, not {_show(entry)}'
+            )
+
+
+def _is_tag_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("labels"), dict):
+        return False
+    labels = entry["labels"]
+    return all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()) and all(
+        _is_int(entry.get(n)) and entry[n] >= 0 for n in ("rx", "tx")
+    )
 
 
 def _is_address(value: Any) -> bool:
@@ -387,9 +406,13 @@ def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
     Each summed figure is the sum of its known parts; `incomplete` names the figures with an
     unknown part. A figure is None when no part is known (it is then in `incomplete`) or when
     there is nothing to add up: wire bytes of a group with no TCP connection, `tls_overhead`
-    (over the group's TLS connections) of one with no TLS connection."""
+    (over the group's TLS connections) of one with no TLS connection.
+
+    `by` "tag:KEY": see `tag_groups`."""
+    if by.startswith(TAG):
+        return tag_groups(run, by, sort)
     if by not in GROUPS:
-        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)} or tag:KEY")
     members: dict[str, list[dict[str, Any]]] = {}
     for c in run.connections:
         members.setdefault(_group_key(c, by), []).append(c)
@@ -411,6 +434,58 @@ def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
     return sorted(out, key=lambda g: (by_size(g) is None, -(by_size(g) or 0), g[by]))
 
 
+def tag_groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
+    """Rows per value of the netstats.tag() label named after "tag:" (`connections`: how many
+    carried bytes of it), and a row under None for the bytes moved without that label (each
+    connection's rx/tx less its tags). Wire bytes, TLS overhead and time are not split by tag:
+    None. A figure of the None row with an unknown part (a connection whose application bytes
+    are not known, or reset since it opened) is None, named in `incomplete`; every row's are
+    None when a connection's bytes cannot be split by tag ("tags": null)."""
+    key = by[len(TAG) :]
+    if not key:
+        raise ValueError("--by tag: needs a label name, e.g. tag:route")
+    rows: dict[str | None, dict[str, Any]] = {}
+
+    def row(value: str | None) -> dict[str, Any]:
+        if value not in rows:
+            rows[value] = {by: value, "connections": 0, "tx": 0, "rx": 0, "incomplete": []}
+            rows[value].update(dict.fromkeys(("wire_tx", "wire_rx", "duration", "tls_overhead")))
+        return rows[value]
+
+    unsplit = False  # a connection whose bytes cannot be split by tag ("tags": null)
+    for c in run.connections:
+        rest: dict[str, int | None] = {"rx": c.get("rx"), "tx": c.get("tx")}
+        if "tags" in c and c["tags"] is None:
+            unsplit = True
+        for value in dict.fromkeys(e["labels"][key] for e in c.get("tags") or () if key in e["labels"]):
+            row(value)["connections"] += 1
+        for entry in c.get("tags") or ():
+            value = entry["labels"].get(key)
+            if value is None:
+                continue
+            for name in ("rx", "tx"):
+                row(value)[name] += entry[name]
+                left = rest[name]
+                rest[name] = None if left is None or left < entry[name] else left - entry[name]
+        if rest["rx"] != 0 or rest["tx"] != 0:
+            untagged = row(None)
+            untagged["connections"] += 1
+            for name in ("rx", "tx"):
+                part = rest[name]
+                if part is None:
+                    untagged["incomplete"].append(name)
+                else:
+                    untagged[name] += part
+    for untagged in rows.values():
+        if unsplit:
+            untagged["incomplete"].extend(("rx", "tx"))
+        for name in sorted(set(untagged["incomplete"])):
+            untagged[name] = None
+        untagged["incomplete"] = sorted(set(untagged["incomplete"]))
+    by_size = _SORT_KEYS[sort]
+    return sorted(rows.values(), key=lambda g: (by_size(g) is None, -(by_size(g) or 0), g[by] or ""))
+
+
 def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[str]:
     rows_data = groups(run, by, sort)
     shown = rows_data[:top] if top else rows_data
@@ -424,7 +499,7 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
 
     rows = [
         [
-            g[by],
+            g[by] if g[by] is not None else UNTAGGED,
             str(g["connections"]),
             *(figure(g, name, size) for name in ("tx", "rx", "wire_tx", "wire_rx", "tls_overhead")),
             figure(g, "duration", duration),

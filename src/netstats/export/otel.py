@@ -14,6 +14,9 @@ Attributes: `network.peer.address`, `network.peer.port`, `network.transport` ("t
 TLS `tls.protocol.name` / `tls.protocol.version`. A connection accepted with `servers=True`
 has `server.port` (ours) instead of the peer's ephemeral port and no `server.address`.
 
+With `tag_labels=("route",)`, `process.network.io` also has an attribute per `netstats.tag()`
+key named: the bytes moved under each value of it (left out for bytes moved without it).
+
 Counters are live (open connections report what they moved so far) and never go down. At most
 `max_series` attribute sets (1000 by default) are reported; the rest are counted in one series
 whose attributes are "other".
@@ -34,6 +37,7 @@ from .._capture import Capture
 from .._record import Connection
 from . import MissingExtra
 from ._series import DURATION_BUCKETS, MAX_SERIES, Figures, Key, SeriesTable, peer_labels
+from ._tagged import TagTable, checked
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
@@ -88,7 +92,9 @@ class OtelExporter:
         *,
         max_series: int = MAX_SERIES,
         buckets: Sequence[float] = DURATION_BUCKETS,
+        tag_labels: Sequence[str] = (),
     ) -> None:
+        self._tag_labels = checked(tag_labels, ())
         metrics = _api()
         from .. import __version__
 
@@ -104,6 +110,10 @@ class OtelExporter:
         self._table = SeriesTable(
             capture, key, OTHER, max_series=max_series, buckets=(), on_close=self._closed
         )
+        self._tagged: TagTable | None = None
+        if self._tag_labels:
+            other = (*OTHER, *("other",) * len(self._tag_labels))
+            self._tagged = TagTable(capture, key, self._tag_labels, other, max_series=max_series)
         self._stopped = False
         meter.create_observable_counter(
             "process.network.io", [self._io], unit="By", description="Network bytes transferred."
@@ -122,12 +132,23 @@ class OtelExporter:
         """Stop reporting: the observable counters report nothing more, closes are not recorded."""
         self._stopped = True
         self._table.close()
+        if self._tagged is not None:
+            self._tagged.close()
 
     def _closed(self, key: Key, conn: Connection) -> None:
         self._duration.record(conn.duration, attributes(key))
 
     def _io(self, options: CallbackOptions) -> Iterable[Observation]:
         out = []
+        if self._tagged is not None:
+            n = len(self._tag_labels)
+            for tagged_key, (rx, tx) in [] if self._stopped else self._tagged.snapshot().items():
+                own, values = tagged_key[:-n], tagged_key[-n:]
+                attrs = attributes(own)
+                attrs.update((k, v) for k, v in zip(self._tag_labels, values, strict=True) if v)
+                out.append(self._observation(rx, {**attrs, "network.io.direction": "receive"}))
+                out.append(self._observation(tx, {**attrs, "network.io.direction": "transmit"}))
+            return out
         for key, fig in self._series():
             attrs = attributes(key)
             out.append(self._observation(fig.rx, {**attrs, "network.io.direction": "receive"}))
@@ -157,11 +178,13 @@ def register(
     *,
     max_series: int = MAX_SERIES,
     buckets: Sequence[float] = DURATION_BUCKETS,
+    tag_labels: Sequence[str] = (),
 ) -> OtelExporter:
     """Report `capture` through OpenTelemetry (the global MeterProvider when None is given).
 
-    `max_series` caps the attribute sets reported; `buckets` are the duration histogram's
-    boundaries, in seconds (an advisory the SDK's views may override).
+    `max_series` caps the attribute sets reported (per instrument); `buckets` are the duration
+    histogram's boundaries, in seconds (an advisory the SDK's views may override); `tag_labels`
+    are netstats.tag() keys to split `process.network.io` by.
 
     >>> from opentelemetry.sdk.metrics import MeterProvider
     >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -169,4 +192,6 @@ def register(
     >>> exporter = otel.register(netstats.capture(keep=False), MeterProvider(metric_readers=[reader]))
     >>> reader.get_metrics_data()
     """
-    return OtelExporter(capture, meter_provider, max_series=max_series, buckets=buckets)
+    return OtelExporter(
+        capture, meter_provider, max_series=max_series, buckets=buckets, tag_labels=tag_labels
+    )

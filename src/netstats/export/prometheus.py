@@ -9,6 +9,9 @@ Metrics, each with the labels `host` (the name asked for where known, else the p
 - `netstats_connections_total`: connections opened, connect attempts included
 - `netstats_connection_duration_seconds`: histogram of the durations of closed connections
 
+With `tag_labels=("route",)`, `netstats_bytes_total` also has a label per `netstats.tag()` key
+named: the bytes moved under each value of it ("" for bytes moved without it).
+
 Figures are live (open connections count what they moved so far) and never go down. At most
 `max_series` label sets (1000 by default) are reported; connections beyond are counted in one
 series whose labels are all "other".
@@ -33,6 +36,7 @@ from .._capture import Capture
 from .._record import Connection
 from . import MissingExtra
 from ._series import DURATION_BUCKETS, MAX_SERIES, Key, SeriesTable, peer_labels
+from ._tagged import TagTable, checked
 
 if TYPE_CHECKING:
     import threading
@@ -64,8 +68,14 @@ class NetstatsCollector:
     """A prometheus_client collector of one capture's connections. Made by `register()`."""
 
     def __init__(
-        self, capture: Capture, *, max_series: int = MAX_SERIES, buckets: Sequence[float] = DURATION_BUCKETS
+        self,
+        capture: Capture,
+        *,
+        max_series: int = MAX_SERIES,
+        buckets: Sequence[float] = DURATION_BUCKETS,
+        tag_labels: Sequence[str] = (),
     ) -> None:
+        self._tag_labels = checked(tag_labels, ("direction", *LABELS))
         client = _client()
         self._counter = client.core.CounterMetricFamily
         self._histogram = client.core.HistogramMetricFamily
@@ -73,19 +83,30 @@ class NetstatsCollector:
             capture, labels, ("other",) * len(LABELS), max_series=max_series, buckets=buckets
         )
         self._le = [client.utils.floatToGoString(b) for b in (*self._table.bounds, math.inf)]
+        self._tagged: TagTable | None = None
+        if self._tag_labels:
+            other = ("other",) * (len(LABELS) + len(self._tag_labels))
+            self._tagged = TagTable(capture, labels, self._tag_labels, other, max_series=max_series)
 
     def close(self) -> None:
         """Stop following the capture; unregister it from its registry too (`Server.stop()` does both)."""
         self._table.close()
+        if self._tagged is not None:
+            self._tagged.close()
 
     def describe(self) -> list[Metric]:
         return list(self._families())
 
     def collect(self) -> list[Metric]:
         app, wire, opened, durations = self._families()
+        if self._tagged is not None:
+            for key, (rx, tx) in self._tagged.snapshot().items():
+                app.add_metric(["rx", *key], rx)
+                app.add_metric(["tx", *key], tx)
         for key, fig in self._table.snapshot().items():
-            app.add_metric(["rx", *key], fig.rx)
-            app.add_metric(["tx", *key], fig.tx)
+            if self._tagged is None:
+                app.add_metric(["rx", *key], fig.rx)
+                app.add_metric(["tx", *key], fig.tx)
             if fig.wire_rx is not None:
                 wire.add_metric(["rx", *key], fig.wire_rx)
             if fig.wire_tx is not None:
@@ -102,7 +123,11 @@ class NetstatsCollector:
     ) -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
         counter, direction = self._counter, ("direction", *LABELS)
         return (
-            counter("netstats_bytes", "Application bytes read (rx) and written (tx).", labels=direction),
+            counter(
+                "netstats_bytes",
+                "Application bytes read (rx) and written (tx).",
+                labels=(*direction, *self._tag_labels),
+            ),
             counter(
                 "netstats_wire_bytes", "Bytes of the TCP stream, where the kernel tells.", labels=direction
             ),
@@ -119,10 +144,12 @@ def register(
     *,
     max_series: int = MAX_SERIES,
     buckets: Sequence[float] = DURATION_BUCKETS,
+    tag_labels: Sequence[str] = (),
 ) -> NetstatsCollector:
     """Register a collector of `capture` in `registry` (prometheus_client's default one when None).
 
-    `max_series` caps the label sets reported; `buckets` are the duration histogram's bounds.
+    `max_series` caps the label sets reported (per metric); `buckets` are the duration
+    histogram's bounds; `tag_labels` are netstats.tag() keys to split the byte counts by.
 
     >>> cap = netstats.capture(keep=False)
     >>> collector = prometheus.register(cap)
@@ -130,7 +157,7 @@ def register(
     """
     client = _client()
     target = client.REGISTRY if registry is None else registry
-    collector = NetstatsCollector(capture, max_series=max_series, buckets=buckets)
+    collector = NetstatsCollector(capture, max_series=max_series, buckets=buckets, tag_labels=tag_labels)
     try:
         target.register(collector)
     except BaseException:
@@ -177,6 +204,7 @@ def serve(
     registry: CollectorRegistry | None = None,
     max_series: int = MAX_SERIES,
     buckets: Sequence[float] = DURATION_BUCKETS,
+    tag_labels: Sequence[str] = (),
 ) -> Server:
     """`register()` the capture, then serve the registry over HTTP on addr:port (0: any free port).
 
@@ -189,7 +217,7 @@ def serve(
     """
     client = _client()
     target = client.REGISTRY if registry is None else registry
-    collector = register(capture, target, max_series=max_series, buckets=buckets)
+    collector = register(capture, target, max_series=max_series, buckets=buckets, tag_labels=tag_labels)
     try:
         httpd, thread = client.start_http_server(port, addr, registry=target)
     except BaseException:

@@ -1,0 +1,175 @@
+"""Tags: which labels the code moving each byte runs under, and the per-connection tally.
+
+`current` holds the `Scope` in force (its labels, and the tags whose own totals it adds to), or
+None, set by `netstats.tag()` (_tagging.py). Nothing here runs until the first tag is set: until then
+`in_use` is False, no connection listens for tags and the kernel still counts plain TCP. From
+`begin()` on, every connection's read/write listener includes `attribute` (see
+`_engine.io_listener`), which adds each read and write to the labels it belongs to:
+
+- a write, and a read done in the code that asked for it, go to the labels in force there;
+- a read done by an asyncio event loop's own callback on a client connection (a protocol's
+  `data_received`, which runs in the context of whoever created the connection) goes to the
+  labels of the connection's last writer: the request's owner gets its response ("turn
+  ownership"). Exact for request/response protocols (HTTP/1.1, redis); on a multiplexed one
+  (HTTP/2) the responses of interleaved requests go to whoever wrote last.
+
+Bytes moved under no label are not tallied: they are a connection's total less its tags.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs
+
+
+class LabelSet:
+    """One set of labels, made once (`label_set`): the tallies' key, hashed by identity (a
+    tuple of pairs would be hashed anew at every read and write)."""
+
+    __slots__ = ("labels", "__weakref__")
+
+    def __init__(self, labels: Labels) -> None:
+        self.labels = labels
+
+
+_label_sets: weakref.WeakValueDictionary[Labels, LabelSet] = weakref.WeakValueDictionary()
+
+
+def label_set(labels: Labels) -> LabelSet:
+    """The LabelSet of these labels (alive while a tally or a scope holds it)."""
+    found = _label_sets.get(labels)
+    if found is None:
+        found = _label_sets.setdefault(labels, LabelSet(labels))
+    return found
+
+
+class Scope:
+    """What a byte moved now is attributed to: `key` (the merged labels of the tags in force,
+    inner winning per key), `sink` (the [rx, tx] totals of the innermost tag) and `outer` (those
+    of the tags around it)."""
+
+    __slots__ = ("key", "sink", "outer")
+
+    def __init__(self, labels: Labels, sink: list[int], outer: tuple[list[int], ...]) -> None:
+        self.key = label_set(labels)
+        self.sink = sink
+        self.outer = outer
+
+
+current: ContextVar[Scope | None] = ContextVar("netstats_tags", default=None)
+_get = current.get
+in_use = False  # set once by begin(), never unset: tags cost nothing before the first one
+began: float | None = None  # when (time.time()) the first tag was set
+_running_loop: Callable[[], Any] = lambda: None  # asyncio's, from begin() on  # noqa: E731
+_current_task: Callable[[Any], Any] = lambda loop: None  # noqa: E731
+
+
+def begin() -> bool:
+    """The first tag is being set: from now on connections listen for tags. True the first time."""
+    global in_use, began, _running_loop, _current_task
+    if in_use:
+        return False
+    if began is None:
+        began = time.time()
+    import asyncio  # (only now: a program that never tags does not pay for importing it)
+
+    _running_loop, _current_task = asyncio._get_running_loop, asyncio.current_task
+    in_use = True
+    return True
+
+
+def end() -> None:
+    """Connections opened from now on no longer listen for tags (for the tests: a program that
+    has tagged keeps tagging; those already listening keep listening)."""
+    global in_use, began
+    in_use = False
+    began = None
+
+
+def attribute(event: str, conn: Any, nbytes: int) -> None:
+    """The read/write listener of tags: add nbytes to the labels it belongs to (see above).
+
+    `conn._turn` is (scope, its tally on conn) of the last write, or None: the turn's owner,
+    and a one-entry cache (a connection's reads and writes mostly run under one scope)."""
+    turn = conn._turn
+    if event == "write":
+        scope = _get()
+        if turn is None or turn[0] is not scope:
+            if scope is None:
+                conn._turn = None
+                return
+            turn = conn._turn = (scope, _tally(conn, scope))
+        i = 1
+    elif conn.side == "client" and (loop := _running_loop()) is not None and _current_task(loop) is None:
+        if turn is None:  # the event loop's own read: the last writer's turn
+            return
+        i = 0
+    else:
+        scope = _get()
+        if scope is None:
+            return
+        if turn is None or turn[0] is not scope:
+            _add(scope, _tally(conn, scope), 0, nbytes)  # a read under another scope than the turn's
+            return
+        i = 0
+    scope, pair = turn
+    pair[i] += nbytes
+    scope.sink[i] += nbytes
+    if scope.outer:
+        for sink in scope.outer:
+            sink[i] += nbytes
+
+
+def _tally(conn: Any, scope: Scope) -> list[int]:
+    """conn's [rx, tx] for scope's labels, made at their first byte on it."""
+    tally = conn._tagged
+    if tally is None:
+        tally = conn._tagged = {}
+    pair = tally.get(scope.key)
+    if pair is None:
+        pair = tally[scope.key] = [0, 0]
+    return pair  # type: ignore[no-any-return]
+
+
+def _add(scope: Scope, pair: list[int], i: int, nbytes: int) -> None:
+    pair[i] += nbytes
+    scope.sink[i] += nbytes
+    for sink in scope.outer:
+        sink[i] += nbytes
+
+
+def with_tags(listener: Callable[[str, Any, int], None] | None) -> Callable[[str, Any, int], None]:
+    """`attribute`, then listener (a capture's callback) when there is one."""
+    if listener is None:
+        return attribute
+
+    def both(event: str, conn: Any, nbytes: int) -> None:
+        attribute(event, conn, nbytes)
+        listener(event, conn, nbytes)
+
+    return both
+
+
+def splittable(conn: Any) -> bool:
+    """Whether conn's bytes can be split by tag: False for a connection that moved bytes while
+    tags were in use with no netstats code on its reads and writes (`reads` None: the kernel
+    counted them, e.g. uvloop's plain TCP), whose bytes cannot be said to be any tag's."""
+    return began is None or conn.reads is not None or (conn.closed is not None and conn.closed <= began)
+
+
+def tallies(conn: Any) -> list[tuple[Labels, int, int]]:
+    """(labels, rx, tx) of each label set that moved bytes on conn, in the order first seen."""
+    tally = conn._tagged
+    if not tally:
+        return []
+    merged: dict[Labels, list[int]] = {}  # (two threads may have made a label set at once)
+    for key, (rx, tx) in list(tally.items()):
+        pair = merged.setdefault(key.labels, [0, 0])
+        pair[0] += rx
+        pair[1] += tx
+    return [(labels, rx, tx) for labels, (rx, tx) in merged.items()]
