@@ -144,7 +144,17 @@ def another_descriptor(sock: Any) -> None:
     """A socket object made for an existing descriptor (dup, fromfd, socket(fileno=...)): if its
     kernel socket is an open connection's, it counts into that connection, in the same mode."""
     conn = _by_identity.get(_kernel.identity(sock))
-    if conn is None or conn.closed is not None or conn._sock is None:
+    if conn is None or conn.closed is not None:
+        return
+    if conn._sock is None:
+        if conn._probe is not None and conn.source == "python":  # handed on by detach(): taken back
+            conn._probe = None
+            twin = getattr(type(sock), "_kernel_twin", None)
+            if twin is not None:
+                sock.__class__ = twin
+            attach(conn, sock)
+            if conn._on_io is not None:  # someone listens to reads and writes: the wrappers again
+                count_in_python(conn)
         return
     sock._netstats_counts = conn
     twin = type(sock)._kernel_twin if conn._kernel_counted else type(sock)._python_twin
@@ -607,9 +617,47 @@ def found(
     return conn
 
 
+def handed_on(conn: Connection, sock: Any) -> bool:
+    """sock gives its descriptor up (detach()) to code that does its I/O on the bare number
+    (multiprocessing.connection): a plain TCP connection goes on, counted by the kernel from
+    here. False where it cannot be (TLS, not TCP, not connected, no kernel figures)."""
+    if (
+        conn.transport != "tcp"
+        or conn.tls is not None
+        or conn.closed is not None
+        or conn.connected is None
+        or conn._others
+        or getattr(sock, "_netstats_counts", None) is not conn
+        or not _kernel.usable(sock)
+    ):
+        return False
+    count_in_python(conn)  # rx/tx up to date
+    info = _kernel.read(sock, conn.side == "client", conn._ident)
+    if info is None:
+        return False
+    conn._kernel_base = (info.wire_rx - info.unread - conn._rx, info.wire_tx - conn._tx)
+    conn._kernel_counted = True
+    conn._on_io = io_listener(conn._watchers)
+    sock._netstats_counts = None
+    conn._sock = None
+    fd = _fd_of(sock)
+    if fd in _by_fd and _by_fd[fd]() is sock:
+        del _by_fd[fd]
+    _claims.pop(fd, None)
+    return True
+
+
+def probe_from(conn: Connection, probe: Callable[[], _kernel.TcpInfo | None]) -> None:
+    """A handed-on connection's kernel figures come from the census's readings from now on."""
+    conn._probe = probe
+
+
 @guarded
 def found_closed(conn: Connection, final: _kernel.TcpInfo | None) -> None:
     """A found connection's last descriptor closed (or the kernel destroyed it): its figures are final."""
     if final is not None and conn.closed is None:
         conn._final_info = final
+        if conn._kernel_counted and conn.source == "python":  # handed on by detach()
+            conn._rx = final.wire_rx - final.unread - conn._kernel_base[0]
+            conn._tx = final.wire_tx - conn._kernel_base[1]
     finish(conn, None)
