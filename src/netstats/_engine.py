@@ -15,6 +15,7 @@ from __future__ import annotations
 import _socket
 import errno
 import functools
+import ipaddress
 import itertools
 import logging
 import socket as _socketmod
@@ -507,10 +508,23 @@ def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
 # ---- TLS --------------------------------------------------------------------------------
 
 
+def _host_name(tls_obj: Any) -> str | None:
+    """The name TLS was asked to verify, if a name: an address literal names no host (as a
+    connection made to an address gets host None), nor replaces the name a proxy was asked by."""
+    name = getattr(tls_obj, "server_hostname", None)
+    if not name:
+        return None
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return name  # type: ignore[no-any-return]
+    return None
+
+
 @guarded
 def tls_established(conn: Connection, tls_obj: Any) -> None:
     conn.tls = tls_obj.version()
-    name = getattr(tls_obj, "server_hostname", None)
+    name = _host_name(tls_obj)
     if name:
         conn.host = name
 
@@ -529,10 +543,27 @@ def link_tls(conn: Connection, sock: Any, tls_obj: Any) -> StreamCounts:
     stream = StreamCounts(conn)
     sock._netstats_counts = stream
     tls_obj._netstats_counts = conn
-    name = getattr(tls_obj, "server_hostname", None)
+    name = _host_name(tls_obj)
     if name:
         conn.host = name
     return stream
+
+
+@guarded
+def link_inner_tls(tls_sock: Any, counts: Any, nbytes: int) -> None:
+    """TLS inside TLS: a write of tls_sock's plaintext that is a bare SSLObject's first flight
+    (urllib3's SSLTransport through an HTTPS proxy) makes that object count the plaintext, and
+    tls_sock's plaintext (the inner TLS's ciphertext) go to a StreamCounts, as on a TCP socket."""
+    if type(counts) is not Connection or counts.closed is not None:
+        return
+    inner = _handshakes.claim(nbytes, lambda obj: obj._netstats_counts is not None)
+    if inner is None:
+        return
+    counts._tx -= nbytes  # (the bytes just counted were the inner TLS's ciphertext)
+    counts._writes -= 1
+    stream = link_tls(counts, tls_sock, inner)
+    stream._tx += nbytes
+    stream._writes += 1
 
 
 @guarded
