@@ -88,4 +88,4 @@ def test_an_address_as_server_hostname_names_no_host(peer, client_context):
             assert tls.recv(4) == b"ping"
     (conn,) = cap.connections
     assert conn.host is None and conn.tls is not None
-    assert (conn.tx, conn.rx) == target.totals(1)[::-1]
+    assert (conn.tx, conn.rx) == target.totals(1)

@@ -11,7 +11,8 @@ While at least one capture is active:
   socket counts the plaintext (_sources/gevent.py);
 - if trio is imported: its socket methods call the socket's own, its sockets take netstats'
   classes, and its SSLStream links its TLS object to the socket (_sources/trio.py);
-  either imported during a capture gets these as soon as it has loaded (`_LateImports`).
+- if pyOpenSSL is imported: its `OpenSSL.SSL.Connection` counts the plaintext (_sources/pyopenssl.py);
+  any of these imported during a capture gets its patches as soon as it has loaded (`_LateImports`).
 When the last capture stops, each of these is the stock object again (the same object).
 Meanwhile the kernel census (_sources/census.py) sweeps the process's descriptors on a thread
 of its own, for the TCP connections that C code makes.
@@ -40,7 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _engine, _state
-from ._sources import census, functions, sockets, tls
+from ._sources import census, functions, pyopenssl, sockets, tls
 from ._sources import gevent as gevent_source
 from ._sources import trio as trio_source
 
@@ -188,7 +189,17 @@ def _patches() -> list[Patch]:
         )
     patches += _trio_patches()
     patches += _gevent_socket_patches() + _gevent_tls_patches()
+    patches += _pyopenssl_patches()
     return patches
+
+
+def _pyopenssl_patches() -> list[Patch]:
+    connection = pyopenssl.connection_class()
+    if connection is None:
+        return []
+    without = "pyOpenSSL's TLS (Twisted, treq) is counted as its ciphertext, with no TLS version"
+    lacking = lacks(connection, *pyopenssl.WRAPPED, "get_protocol_version_name", "get_servername")
+    return [Patch(connection, name, pyopenssl.MAKERS[name], lacking, without) for name in pyopenssl.WRAPPED]
 
 
 def _gevent_socket_patches() -> list[Patch]:
@@ -249,6 +260,7 @@ class _LateImports:
         "trio": _trio_patches,
         "gevent._socket3": _gevent_socket_patches,
         "gevent.ssl": _gevent_tls_patches,
+        "OpenSSL.SSL": _pyopenssl_patches,
     }
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:

@@ -1,0 +1,111 @@
+"""pyOpenSSL's TLS (OpenSSL.SSL.Connection): socket-backed, and memory-BIO as Twisted and treq
+drive it. rx/tx are the plaintext and `tls` the negotiated version, as with the ssl module.
+Every expected count is the server's own (peers.py counts its plaintext).
+
+Twisted's reactor runs once per process: each Twisted client runs in a child process of its
+own, captured there, and prints its records as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from helpers import MODES, capture_in
+
+SSL = pytest.importorskip("OpenSSL.SSL")
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _context(ca_file: str) -> object:
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.load_verify_locations(ca_file)
+    ctx.set_verify(SSL.VERIFY_PEER, lambda *args: bool(args[-1]))
+    return ctx
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_socket_backed_connection_counts_the_plaintext(peer, ca_file, mode):
+    echo = peer("echo", tls=True)
+    sizes = (1, 1000, 100_000)
+    with capture_in(mode) as cap:
+        sock = socket.create_connection(("127.0.0.1", echo.port))
+        tls = SSL.Connection(_context(ca_file), sock)
+        tls.set_tlsext_host_name(b"localhost")
+        tls.set_connect_state()
+        tls.do_handshake()
+        for size in sizes:
+            tls.sendall(b"x" * size)
+            got = 0
+            while got < size:
+                got += len(tls.recv(65536))
+        buf = bytearray(10)
+        tls.send(b"0123456789")
+        assert tls.recv(4, socket.MSG_PEEK)  # a peek is not a read
+        got = 0
+        while got < 10:
+            got += tls.recv_into(buf, 10 - got)
+        tls.shutdown()
+        sock.close()
+    (conn,) = cap.connections
+    assert conn.closed is not None and conn.error is None
+    assert (conn.tx, conn.rx) == echo.totals(1) == (sum(sizes) + 10,) * 2
+    assert conn.tls == tls.get_protocol_version_name() == "TLSv1.3"
+    assert conn.host == "localhost"
+    assert conn.wire_tx is None or conn.wire_tx > conn.tx  # the ciphertext, apart
+
+
+CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from helpers import capture_in
+    if {early!r}:
+        import treq  # imported before the capture: patched when it starts
+    with capture_in({mode!r}) as cap:
+        import treq
+        from twisted.internet import reactor
+        from twisted.internet.ssl import Certificate, trustRootFromCertificates
+        from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+        with open({ca_file!r}, "rb") as f:
+            root = trustRootFromCertificates([Certificate.loadPEM(f.read())])
+        agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=root))
+        out = {{}}
+        d = treq.post({url!r}, data=b"u" * {up}, agent=agent, headers={{"Connection": "close"}})
+        d.addCallback(treq.content)
+        d.addCallback(lambda body: out.update(n=len(body)))
+        d.addErrback(lambda failure: out.update(error=repr(failure.value)))
+        d.addBoth(lambda _: reactor.stop())
+        reactor.callLater(60, reactor.stop)
+        reactor.run()
+    records = [c.as_dict() for c in cap.connections]
+    print(json.dumps({{"out": out, "records": records}}, default=str))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("early", [False, True], ids=["imported-during", "imported-before"])
+def test_treq_over_tls(peer, ca_file, tmp_path, mode, early):
+    pytest.importorskip("treq")
+    server = peer("http", tls=True)
+    up, down = 160, 1_000_000
+    script = tmp_path / "client.py"
+    url = f"https://localhost:{server.port}/bytes/{down}"
+    script.write_text(CLIENT.format(tests=TESTS, early=early, mode=mode, ca_file=ca_file, url=url, up=up))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["out"] == {"n": down}
+    (record,) = [r for r in result["records"] if r["transport"] == "tcp"]
+    assert (record["tx"], record["rx"]) == server.totals(1)  # (the peer's rx, tx)
+    assert record["tx"] > up and record["rx"] > down  # (the HTTP heads: the peer counted them)
+    assert record["tls"] == "TLSv1.3"
+    assert record["host"] == "localhost"
+    assert record["closed"] is not None and record["error"] is None
