@@ -12,6 +12,7 @@ While at least one capture is active:
 - if trio is imported: its socket methods call the socket's own, its sockets take netstats'
   classes, and its SSLStream links its TLS object to the socket (_sources/trio.py);
 - if pyOpenSSL is imported: its `OpenSSL.SSL.Connection` counts the plaintext (_sources/pyopenssl.py);
+- if Twisted's resolver is imported: it resolves through `socket.getaddrinfo` (_sources/twisted.py);
   any of these imported during a capture gets its patches as soon as it has loaded (`_LateImports`).
 When the last capture stops, each of these is the stock object again (the same object).
 Meanwhile the kernel census (_sources/census.py) sweeps the process's descriptors on a thread
@@ -44,6 +45,7 @@ from . import _engine, _state
 from ._sources import census, functions, pyopenssl, sockets, tls
 from ._sources import gevent as gevent_source
 from ._sources import trio as trio_source
+from ._sources import twisted as twisted_source
 
 
 class Patch:
@@ -189,8 +191,17 @@ def _patches() -> list[Patch]:
         )
     patches += _trio_patches()
     patches += _gevent_socket_patches() + _gevent_tls_patches()
-    patches += _pyopenssl_patches()
+    patches += _pyopenssl_patches() + _twisted_patches()
     return patches
+
+
+def _twisted_patches() -> list[Patch]:
+    resolver = twisted_source.resolver_class()
+    if resolver is None:
+        return []
+    lacking = lacks(resolver, "resolveHostName") or never_sets(resolver, "__init__", "_getaddrinfo")
+    without = "Twisted's connections get no host (its resolver keeps its own getaddrinfo)"
+    return [Patch(resolver, "resolveHostName", twisted_source.resolve_host_name, lacking, without)]
 
 
 def _pyopenssl_patches() -> list[Patch]:
@@ -261,6 +272,7 @@ class _LateImports:
         "gevent._socket3": _gevent_socket_patches,
         "gevent.ssl": _gevent_tls_patches,
         "OpenSSL.SSL": _pyopenssl_patches,
+        "twisted.internet._resolver": _twisted_patches,
     }
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
