@@ -35,6 +35,7 @@ _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket (sendfile
 # included: the kernel census leaves these descriptors alone.
 _claims: dict[int, Connection] = {}
 _by_identity: dict[Any, Connection] = {}  # kernel socket identity -> its open TCP connection
+_handed: dict[int, Connection] = {}  # id -> a connection whose descriptor detach() handed on
 FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
@@ -148,7 +149,7 @@ def another_descriptor(sock: Any) -> None:
     if conn is None or conn.closed is not None:
         return
     if conn._sock is None:
-        if conn._probe is not None and conn.source == "python":  # handed on by detach(): taken back
+        if _handed.pop(conn.id, None) is conn:  # handed on by detach(): this object takes it back
             conn._probe = None
             twin = getattr(type(sock), "_kernel_twin", None)
             if twin is not None:
@@ -669,6 +670,7 @@ def handed_on(conn: Connection, sock: Any) -> bool:
     conn._kernel_base = (info.wire_rx - info.unread - conn._rx, info.wire_tx - conn._tx)
     conn._kernel_counted = True
     conn._on_io = io_listener(conn._watchers)
+    _handed[conn.id] = conn
     sock._netstats_counts = None
     conn._sock = None
     fd = _fd_of(sock)
@@ -688,7 +690,8 @@ def found_closed(conn: Connection, final: _kernel.TcpInfo | None) -> None:
     """A found connection's last descriptor closed (or the kernel destroyed it): its figures are final."""
     if final is not None and conn.closed is None:
         conn._final_info = final
-        if conn._kernel_counted and conn.source == "python":  # handed on by detach()
+        if _handed.pop(conn.id, None) is conn:  # handed on by detach(): rx/tx are the kernel's
             conn._rx = final.wire_rx - final.unread - conn._kernel_base[0]
             conn._tx = final.wire_tx - conn._kernel_base[1]
+    _handed.pop(conn.id, None)
     finish(conn, None)
