@@ -116,3 +116,64 @@ def test_treq(peer, ca_file, tmp_path, mode, early, tls):
     assert record["tls"] == ("TLSv1.3" if tls else None)
     assert record["host"] == "localhost"
     assert record["closed"] is not None and record["error"] is None
+
+
+SERVER = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from helpers import capture_in
+    with capture_in({mode!r}, servers=True) as cap:
+        from twisted.internet import endpoints, protocol, reactor
+
+        class Echo(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.write(data)
+
+            def connectionLost(self, reason):
+                reactor.callLater(0.2, reactor.stop)
+
+        spec = "ssl:0:interface=127.0.0.1:privateKey={cert_file}:certKey={cert_file}"
+        endpoint = endpoints.serverFromString(reactor, spec)
+        d = endpoint.listen(protocol.Factory.forProtocol(Echo))
+        d.addCallback(lambda port: print(json.dumps({{"port": port.getHost().port}}), flush=True))
+        reactor.callLater(60, reactor.stop)
+        reactor.run()
+    records = [c.as_dict() for c in cap.connections]
+    print(json.dumps({{"records": records}}, default=str))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_twisted_tls_server(cert_file, client_context, tmp_path, mode):
+    """A Twisted TLS server (pyOpenSSL's memory BIO) with servers=True: the plaintext, as the
+    client (stock ssl, not captured, in this process) counted it."""
+    pytest.importorskip("twisted")
+    script = tmp_path / "server.py"
+    script.write_text(SERVER.format(tests=TESTS, mode=mode, cert_file=cert_file))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        port = json.loads(child.stdout.readline())["port"]
+        sent = received = 0
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+                for size in (1, 5_000, 300_000):
+                    tls.sendall(b"s" * size)
+                    sent += size
+                    got = 0
+                    while got < size:
+                        chunk = tls.recv(65536)
+                        assert chunk, "the server closed early"
+                        got += len(chunk)
+                    received += got
+        out, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        child.wait(10)
+    result = json.loads(out.strip().splitlines()[-1])
+    (record,) = [r for r in result["records"] if r["side"] == "server"]
+    assert (record["rx"], record["tx"]) == (sent, received)
+    assert record["tls"] == "TLSv1.3"
+    assert record["closed"] is not None

@@ -12,7 +12,8 @@ While at least one capture is active:
 - if trio is imported: its socket methods call the socket's own, its sockets take netstats'
   classes, and its SSLStream links its TLS object to the socket (_sources/trio.py);
 - if pyOpenSSL is imported: its `OpenSSL.SSL.Connection` counts the plaintext (_sources/pyopenssl.py);
-- if Twisted's resolver is imported: it resolves through `socket.getaddrinfo` (_sources/twisted.py);
+- if Twisted is imported: its resolver goes through `socket.getaddrinfo`, and its TLS protocol
+  links its pyOpenSSL Connection to the socket (_sources/twisted.py);
   any of these imported during a capture gets its patches as soon as it has loaded (`_LateImports`).
 When the last capture stops, each of these is the stock object again (the same object).
 Meanwhile the kernel census (_sources/census.py) sweeps the process's descriptors on a thread
@@ -191,7 +192,7 @@ def _patches() -> list[Patch]:
         )
     patches += _trio_patches()
     patches += _gevent_socket_patches() + _gevent_tls_patches()
-    patches += _pyopenssl_patches() + _twisted_patches()
+    patches += _pyopenssl_patches() + _twisted_patches() + _twisted_tls_patches()
     return patches
 
 
@@ -202,6 +203,15 @@ def _twisted_patches() -> list[Patch]:
     lacking = lacks(resolver, "resolveHostName") or never_sets(resolver, "__init__", "_getaddrinfo")
     without = "Twisted's connections get no host (its resolver keeps its own getaddrinfo)"
     return [Patch(resolver, "resolveHostName", twisted_source.resolve_host_name, lacking, without)]
+
+
+def _twisted_tls_patches() -> list[Patch]:
+    protocol = twisted_source.tls_protocol_class()
+    if protocol is None:
+        return []
+    lacking = lacks(protocol, "makeConnection") or never_sets(protocol, "makeConnection", "_tlsConnection")
+    without = "Twisted's TLS servers are counted as their ciphertext, with no TLS version"
+    return [Patch(protocol, "makeConnection", twisted_source.make_connection, lacking, without)]
 
 
 def _pyopenssl_patches() -> list[Patch]:
@@ -273,6 +283,7 @@ class _LateImports:
         "gevent.ssl": _gevent_tls_patches,
         "OpenSSL.SSL": _pyopenssl_patches,
         "twisted.internet._resolver": _twisted_patches,
+        "twisted.protocols.tls": _twisted_tls_patches,
     }
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:

@@ -8,9 +8,10 @@ wraps, never importing OpenSSL itself (_patch.py patches the class once the modu
   Connection is linked to the captured socket under it: the plaintext counts into the socket's
   connection, and the socket's own counts go to a StreamCounts (as for asyncio's TLS).
 - Memory-BIO (`Connection(context, None)`, Twisted's TLSMemoryBIOProtocol): the caller moves
-  the ciphertext itself (bio_read/bio_write, then the socket). A client's first handshake flight,
-  taken by bio_read, waits for its socket (see _handshakes.py): the new TCP connection whose first
-  write is that flight is linked to it.
+  the ciphertext itself (bio_read/bio_write, then the socket). Twisted's protocol links it to its
+  transport's socket (_sources/twisted.py, client and server). Otherwise a client's first
+  handshake flight, taken by bio_read, waits for its socket (see _handshakes.py): the new TCP
+  connection whose first write is that flight is linked to it.
 
 send/sendall/write count what they were given, recv/recv_into/read what they return (a peek,
 MSG_PEEK, is not a read). `tls` is the negotiated version, `host` the name sent in the SNI
@@ -64,7 +65,10 @@ def _link(tls_obj: Any) -> Any:
 
 @_engine.guarded
 def _established(conn: Any, tls_obj: Any) -> None:
-    _engine.tls_established(conn, _Negotiated(tls_obj))
+    negotiated = _Negotiated(tls_obj)
+    if conn.side == "server":
+        negotiated.server_hostname = None  # (the name the client asked for, as ssl's server side)
+    _engine.tls_established(conn, negotiated)
 
 
 def _counts(self: Any) -> Any:
