@@ -12,7 +12,8 @@ ECHO, SET, GET, DEL, QUIT), smtp (enough for smtplib), starttls (a line protocol
 to TLS), udp (echo datagrams), websocket
 (a `websockets` echo server that counts nothing itself: put a relay in front), relay (forwards
 to --backend, counting what passes; terminates TLS when given a certificate, so its counts are
-the plaintext).
+the plaintext), proxy (an HTTP CONNECT proxy, HTTPS with a certificate: a relay whose backend
+the client names).
 """
 
 from __future__ import annotations
@@ -178,7 +179,33 @@ def serve_resp(conn: Counted, args: Any) -> None:
 
 
 def serve_relay(conn: Counted, args: Any) -> None:
-    backend = socket.create_connection((args.backend_host, args.backend_port))
+    _relay(conn, socket.create_connection((args.backend_host, args.backend_port)))
+
+
+def serve_proxy(conn: Counted, args: Any) -> None:
+    """An HTTP proxy that tunnels (CONNECT host:port), over TLS with --cert. The record keeps
+    the CONNECT exchange apart (connect_rx, connect_tx); the rest is the tunnel, relayed."""
+    buf = bytearray()
+    request = b""
+    while True:
+        line = _read_line(conn, buf)
+        if line is None:
+            return
+        request += line
+        if line == b"\r\n":
+            break
+    method, target = request.split(b" ")[:2]
+    if method != b"CONNECT" or buf:
+        conn.send(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+        return
+    host, _, port = target.decode().rpartition(":")
+    backend = socket.create_connection((host.strip("[]"), int(port)))
+    conn.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    conn.record["connect_rx"], conn.record["connect_tx"] = conn.record["rx"], conn.record["tx"]
+    _relay(conn, backend)
+
+
+def _relay(conn: Counted, backend: socket.socket) -> None:
     done = threading.Event()
 
     def downstream() -> None:
@@ -256,6 +283,7 @@ SERVERS = {
     "http": serve_http,
     "resp": serve_resp,
     "relay": serve_relay,
+    "proxy": serve_proxy,
     "starttls": serve_starttls,
     "smtp": serve_smtp,
 }

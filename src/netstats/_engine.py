@@ -15,6 +15,7 @@ from __future__ import annotations
 import _socket
 import errno
 import functools
+import ipaddress
 import itertools
 import logging
 import socket as _socketmod
@@ -34,6 +35,7 @@ _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket (sendfile
 # included: the kernel census leaves these descriptors alone.
 _claims: dict[int, Connection] = {}
 _by_identity: dict[Any, Connection] = {}  # kernel socket identity -> its open TCP connection
+_handed: dict[int, Connection] = {}  # id -> a connection whose descriptor detach() handed on
 FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
@@ -150,7 +152,17 @@ def another_descriptor(sock: Any) -> None:
     """A socket object made for an existing descriptor (dup, fromfd, socket(fileno=...)): if its
     kernel socket is an open connection's, it counts into that connection, in the same mode."""
     conn = _by_identity.get(_kernel.identity(sock))
-    if conn is None or conn.closed is not None or conn._sock is None:
+    if conn is None or conn.closed is not None:
+        return
+    if conn._sock is None:
+        if _handed.pop(conn.id, None) is conn:  # handed on by detach(): this object takes it back
+            conn._probe = None
+            twin = getattr(type(sock), "_kernel_twin", None)
+            if twin is not None:
+                sock.__class__ = twin
+            attach(conn, sock)
+            if conn._on_io is not None:  # someone listens to reads and writes: the wrappers again
+                count_in_python(conn)
         return
     sock._netstats_counts = conn
     twin = type(sock)._kernel_twin if conn._kernel_counted else type(sock)._python_twin
@@ -515,10 +527,23 @@ def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
 # ---- TLS --------------------------------------------------------------------------------
 
 
+def _host_name(tls_obj: Any) -> str | None:
+    """The name TLS was asked to verify, if a name: an address literal names no host (as a
+    connection made to an address gets host None), nor replaces the name a proxy was asked by."""
+    name = getattr(tls_obj, "server_hostname", None)
+    if not name:
+        return None
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return name  # type: ignore[no-any-return]
+    return None
+
+
 @guarded
 def tls_established(conn: Connection, tls_obj: Any) -> None:
     conn.tls = tls_obj.version()
-    name = getattr(tls_obj, "server_hostname", None)
+    name = _host_name(tls_obj)
     if name:
         conn.host = name
 
@@ -537,10 +562,27 @@ def link_tls(conn: Connection, sock: Any, tls_obj: Any) -> StreamCounts:
     stream = StreamCounts(conn)
     sock._netstats_counts = stream
     tls_obj._netstats_counts = conn
-    name = getattr(tls_obj, "server_hostname", None)
+    name = _host_name(tls_obj)
     if name:
         conn.host = name
     return stream
+
+
+@guarded
+def link_inner_tls(tls_sock: Any, counts: Any, nbytes: int) -> None:
+    """TLS inside TLS: a write of tls_sock's plaintext that is a bare SSLObject's first flight
+    (urllib3's SSLTransport through an HTTPS proxy) makes that object count the plaintext, and
+    tls_sock's plaintext (the inner TLS's ciphertext) go to a StreamCounts, as on a TCP socket."""
+    if type(counts) is not Connection or counts.closed is not None:
+        return
+    inner = _handshakes.claim(nbytes, lambda obj: obj._netstats_counts is not None)
+    if inner is None:
+        return
+    counts._tx -= nbytes  # (the bytes just counted were the inner TLS's ciphertext)
+    counts._writes -= 1
+    stream = link_tls(counts, tls_sock, inner)
+    stream._tx += nbytes
+    stream._writes += 1
 
 
 @guarded
@@ -711,9 +753,49 @@ def found(
     return conn
 
 
+def handed_on(conn: Connection, sock: Any) -> bool:
+    """sock gives its descriptor up (detach()) to code that does its I/O on the bare number
+    (multiprocessing.connection): a plain TCP connection goes on, counted by the kernel from
+    here. False where it cannot be (TLS, not TCP, not connected, no kernel figures)."""
+    if (
+        conn.transport != "tcp"
+        or conn.tls is not None
+        or conn.closed is not None
+        or conn.connected is None
+        or conn._others
+        or getattr(sock, "_netstats_counts", None) is not conn
+        or not _kernel.usable(sock)
+    ):
+        return False
+    count_in_python(conn)  # rx/tx up to date
+    info = _kernel.read(sock, conn.side == "client", conn._ident)
+    if info is None:
+        return False
+    conn._kernel_base = (info.wire_rx - info.unread - conn._rx, info.wire_tx - conn._tx)
+    conn._kernel_counted = True
+    conn._on_io = io_listener(conn._watchers)
+    _handed[conn.id] = conn
+    sock._netstats_counts = None
+    conn._sock = None
+    fd = _fd_of(sock)
+    if fd in _by_fd and _by_fd[fd]() is sock:
+        del _by_fd[fd]
+    _claims.pop(fd, None)
+    return True
+
+
+def probe_from(conn: Connection, probe: Callable[[], _kernel.TcpInfo | None]) -> None:
+    """A handed-on connection's kernel figures come from the census's readings from now on."""
+    conn._probe = probe
+
+
 @guarded
 def found_closed(conn: Connection, final: _kernel.TcpInfo | None) -> None:
     """A found connection's last descriptor closed (or the kernel destroyed it): its figures are final."""
     if final is not None and conn.closed is None:
         conn._final_info = final
+        if _handed.pop(conn.id, None) is conn:  # handed on by detach(): rx/tx are the kernel's
+            conn._rx = final.wire_rx - final.unread - conn._kernel_base[0]
+            conn._tx = final.wire_tx - conn._kernel_base[1]
+    _handed.pop(conn.id, None)
     finish(conn, None)

@@ -14,8 +14,11 @@ While at least one capture is active:
 - if uvloop is imported: its Loop's create_connection, create_server, connect_accepted_socket
   and start_tls (overridden on the Python subclass) tell netstats of each transport through a
   one-shot hook on the program's protocol (_sources/uvloop.py);
-  trio, gevent or uvloop imported during a capture gets these as soon as it has loaded
-  (`_LateImports`).
+- if pyOpenSSL is imported: its `OpenSSL.SSL.Connection` counts the plaintext (_sources/pyopenssl.py);
+- if Twisted is imported: its resolver goes through `socket.getaddrinfo`, and its TLS protocol
+  links its pyOpenSSL Connection to the socket (_sources/twisted.py);
+  any of these (and trio, gevent) imported during a capture gets its patches as soon as it has
+  loaded (`_LateImports`).
 When the last capture stops, each of these is the stock object again (the same object).
 Meanwhile the kernel census (_sources/census.py) sweeps the process's descriptors on a thread
 of its own, for the TCP connections that C code makes.
@@ -44,9 +47,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _engine, _state
-from ._sources import census, functions, sockets, tls
+from ._sources import census, functions, pyopenssl, sockets, tls
 from ._sources import gevent as gevent_source
 from ._sources import trio as trio_source
+from ._sources import twisted as twisted_source
 from ._sources import uvloop as uvloop_source
 
 
@@ -214,7 +218,35 @@ def _patches() -> list[Patch]:
         )
     patches += _trio_patches() + _uvloop_patches()
     patches += _gevent_socket_patches() + _gevent_tls_patches()
+    patches += _pyopenssl_patches() + _twisted_patches() + _twisted_tls_patches()
     return patches
+
+
+def _twisted_patches() -> list[Patch]:
+    resolver = twisted_source.resolver_class()
+    if resolver is None:
+        return []
+    lacking = lacks(resolver, "resolveHostName") or never_sets(resolver, "__init__", "_getaddrinfo")
+    without = "Twisted's connections get no host (its resolver keeps its own getaddrinfo)"
+    return [Patch(resolver, "resolveHostName", twisted_source.resolve_host_name, lacking, without)]
+
+
+def _twisted_tls_patches() -> list[Patch]:
+    protocol = twisted_source.tls_protocol_class()
+    if protocol is None:
+        return []
+    lacking = lacks(protocol, "makeConnection") or never_sets(protocol, "makeConnection", "_tlsConnection")
+    without = "Twisted's TLS servers are counted as their ciphertext, with no TLS version"
+    return [Patch(protocol, "makeConnection", twisted_source.make_connection, lacking, without)]
+
+
+def _pyopenssl_patches() -> list[Patch]:
+    connection = pyopenssl.connection_class()
+    if connection is None:
+        return []
+    without = "pyOpenSSL's TLS (Twisted, treq) is counted as its ciphertext, with no TLS version"
+    lacking = lacks(connection, *pyopenssl.WRAPPED, "get_protocol_version_name", "get_servername")
+    return [Patch(connection, name, pyopenssl.MAKERS[name], lacking, without) for name in pyopenssl.WRAPPED]
 
 
 def _gevent_socket_patches() -> list[Patch]:
@@ -290,6 +322,9 @@ class _LateImports:
         "gevent._socket3": _gevent_socket_patches,
         "gevent.ssl": _gevent_tls_patches,
         "uvloop": _uvloop_patches,
+        "OpenSSL.SSL": _pyopenssl_patches,
+        "twisted.internet._resolver": _twisted_patches,
+        "twisted.protocols.tls": _twisted_tls_patches,
     }
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:

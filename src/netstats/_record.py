@@ -196,16 +196,17 @@ class Connection(Counts):
         `final`: netstats' own last reading, as the last descriptor closes."""
         if self.closed is not None or self.transport != "tcp":
             return self._final_info
-        if self._probe is not None:
-            return self._probe()
-        ref = self._sock
-        if ref is None:
-            return self._final_info
-        sock = ref()
-        if sock is None:
-            return None
-        addresses = (self.local, self.remote) if self.local and self.remote else None
-        info = _kernel.read(sock, self.side == "client", self._ident, self._peer_fin, addresses, final)
+        if self._probe is not None:  # found by the census, or its descriptor handed on (detach())
+            info = self._probe()
+        else:
+            ref = self._sock
+            if ref is None:
+                return self._final_info
+            sock = ref()
+            if sock is None:
+                return None
+            addresses = (self.local, self.remote) if self.local and self.remote else None
+            info = _kernel.read(sock, self.side == "client", self._ident, self._peer_fin, addresses, final)
         if info is not None and info.peer_fin:
             self._peer_fin = True
         if info is not None and self._kernel_counted:

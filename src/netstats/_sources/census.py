@@ -82,7 +82,11 @@ class _Seen:
 
 def _figures(diag: _diag.Diag, client: bool, fin: int | None = None) -> _kernel.TcpInfo | None:
     fields = _kernel.unpack(diag.info) if diag.info is not None else None
-    return _kernel.decode(fields, diag.unread, client, fin) if fields is not None else None
+    if fields is None:
+        return None
+    info = _kernel.decode(fields, diag.unread, client, fin)
+    # sock_diag's unread is rcv_nxt - copied_seq: a FIN received and not read (as EOF) is in it.
+    return info._replace(unread=max(0, diag.unread - 1)) if info.peer_fin else info
 
 
 def _inspect(fd: int) -> _Seen:
@@ -225,6 +229,30 @@ class Census:
                 elif seen.kind == _Seen.WAITING and seen.remote is not None:
                     self._settle(seen, listening)
 
+    def hand_on(self, conn: Any, sock: Any) -> bool:
+        """sock's descriptor leaves it (detach()) with conn live on it: the census follows the
+        kernel socket from here, conn's figures are its readings, and conn ends when the last
+        descriptor closes (or the kernel destroys it). False if the census cannot (not running)."""
+        if self._thread is None:
+            return False
+        fd = sock.fileno()
+        with self._lock:
+            try:
+                inode = os.fstat(fd).st_ino
+            except OSError:
+                return False
+            seen = _inspect(fd)
+            if seen.kind != _Seen.WAITING or seen.cookie is None:
+                return False
+            if not _engine.handed_on(conn, sock):
+                return False
+            seen.kind, seen.conn, seen.side = _Seen.FOUND, conn, conn.side
+            seen.last = seen.figures()
+            _engine.probe_from(conn, seen.figures)
+            self._known[inode] = seen
+            self._by_cookie[seen.cookie] = seen
+        return True
+
     def _classify(self, fd: int, before: _Seen | None, baseline: bool) -> _Seen:
         if _engine.claims_descriptor(fd):
             return _Seen(_Seen.IGNORED)
@@ -314,6 +342,11 @@ def start() -> None:
         _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
         os.register_at_fork(after_in_child=census.forget_after_fork)
     census.start()
+
+
+def hand_on(conn: Any, sock: Any) -> bool:
+    """See Census.hand_on; False where the census does not run."""
+    return supported and census.hand_on(conn, sock)
 
 
 def stop() -> None:

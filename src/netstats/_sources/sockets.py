@@ -12,6 +12,7 @@ import weakref
 from typing import Any
 
 from .. import _engine, _state
+from . import census
 
 _StockSocket = _socketmod.socket  # the Python class; kept even while socket.socket is ours
 _C: Any = _socket.socket  # the C type, whose methods the wrappers call directly
@@ -102,7 +103,7 @@ class _Lifecycle:
 
     def detach(self) -> int:
         c = self._netstats_counts
-        if c is not None:
+        if c is not None and not census.hand_on(c.conn, self):  # the kernel counts on (census)
             _engine.finish(c.conn, self)  # the descriptor leaves this object: its record ends
         return _stock_detach(self)  # type: ignore[arg-type,no-any-return]
 

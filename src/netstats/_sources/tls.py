@@ -25,6 +25,7 @@ from .sockets import nbytes, stock_del
 _WANT = (_sslmod.SSLWantReadError, _sslmod.SSLWantWriteError, BlockingIOError)
 _PEEK = _socket.MSG_PEEK  # before TLS starts (or after unwrap()), a peek is not a read
 _len = len
+_flights_waiting = _handshakes._waiting  # (the same deque, never rebound: a truth test per send)
 
 
 class _Plaintext:
@@ -91,6 +92,8 @@ class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
         c = self._netstats_counts
         if c is not None and n:
             c.add_write(n)
+            if _flights_waiting:  # TLS inside this TLS (urllib3 through an HTTPS proxy)?
+                _engine.link_inner_tls(self, c, n)
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
