@@ -151,11 +151,12 @@ def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = No
             fin = 1 if acked - (1 if client else 0) > sent - retrans else 0
         else:
             fin = 1 if state in _FIN_RECEIVED else 0
+    wire_rx = received - fin
     # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin
     return TcpInfo(
-        max(0, received - fin),
+        wire_rx if wire_rx > 0 else 0,
         sent - retrans + notsent,
-        max(0, inq),
+        inq if inq > 0 else 0,
         rtt / 1e6,
         min_rtt / 1e6,
         retransmits,
