@@ -27,7 +27,7 @@ NLM_F_REQUEST = 1
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH: every socket of the family
 INET_DIAG_INFO = 2
 SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
-SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NETLINK_DROP_MEMBERSHIP = 270, 1, 2
 DESTROY_GROUPS = (1, 3)  # SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY
 _TCP_STATES_ALL = 0xFFF
 TIME_WAIT, CLOSE = 6, 7
@@ -248,7 +248,8 @@ def fin_at_destroy(dead: Diag, fin_seen: bool) -> int | None:
 
 
 def destroy_feed() -> Any:
-    """A netlink socket that receives every TCP socket's destruction in this network namespace."""
+    """A netlink socket that can receive every TCP socket's destruction in this network
+    namespace, once listen() has joined it to the destroy groups."""
     if not supported:
         return None
     try:
@@ -258,12 +259,23 @@ def destroy_feed() -> Any:
     try:
         feed.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         feed.bind((0, 0))
-        for group in DESTROY_GROUPS:
-            feed.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
     except OSError:
         feed.close()
         return None
     return feed
+
+
+def listen(feed: Any, on: bool) -> bool:
+    """Join (on) or leave the destroy groups; whether that worked. While anyone listens, the
+    kernel builds a notification for every TCP socket that dies in the namespace and wakes the
+    listener for each (about 45 us of this process's CPU per short connection, measured): listen
+    only while some socket's end is awaited."""
+    try:
+        for group in DESTROY_GROUPS:
+            feed.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP if on else NETLINK_DROP_MEMBERSHIP, group)
+    except OSError:
+        return False
+    return True
 
 
 _feed_buffer = bytearray(262144)  # one for the process: drain() runs on the census thread

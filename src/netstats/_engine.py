@@ -63,7 +63,8 @@ def guarded(fn: F) -> F:
 def notify(conn: Connection, event: str) -> None:
     """A lifecycle event ("open", "connect", "close") for every capture watching conn."""
     for watcher in conn._watchers:
-        watcher._notify(event, conn, None)
+        if watcher.callback is not None:  # (three times per connection: skip the empty call)
+            watcher._notify(event, conn, None)
 
 
 def io_listener(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | None:

@@ -29,7 +29,6 @@ SIOCINQ = 0x541B  # FIONREAD on Linux: bytes received and not yet read (a receiv
 _NEEDED = 216  # through tcpi_bytes_retrans
 _getsockopt: Any = _socket.socket.getsockopt
 _INFO = struct.Struct("=B67xI28xI16xQQ8xII48xQQ")  # state, rtt, total_retrans, bytes_acked, ...
-_RECEIVED = slice(128, 136)  # tcpi_bytes_received, within _INFO
 _TCP, _SIZE = socket.IPPROTO_TCP, 232
 _INQ, _NO_BYTES = struct.Struct("i"), bytes(4)
 _fstat = os.fstat
@@ -116,20 +115,19 @@ def read(
             return None
         # The kernel reads tcpi_state before it locks the socket, and SIOCINQ is another call:
         # take the figures only when two reads around the SIOCINQ agree (nothing arrived between).
-        first = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
+        raw = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
+        if len(raw) < _NEEDED:
+            return None
+        before = _INFO.unpack_from(raw)
         for _ in range(5):
-            if len(first) < _NEEDED:
-                return None
             inq = _INQ.unpack(_ioctl(fd, SIOCINQ, _NO_BYTES))[0]
             second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
-            if second[0] == first[0] and second[_RECEIVED] == first[_RECEIVED]:
+            fields = _INFO.unpack_from(second)
+            if fields[0] == before[0] and fields[4] == before[4]:  # the state, bytes received
                 break
-            first = second
-    except (OSError, ValueError, TypeError):
+            before = fields
+    except (OSError, ValueError, TypeError, struct.error):
         return None
-    if len(second) < _NEEDED:
-        return None
-    fields = _INFO.unpack_from(second)
     fin: int | None = None
     if fields[0] == _CLOSE:
         state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = fields
@@ -153,11 +151,12 @@ def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = No
             fin = 1 if acked - (1 if client else 0) > sent - retrans else 0
         else:
             fin = 1 if state in _FIN_RECEIVED else 0
+    wire_rx = received - fin
     # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin
     return TcpInfo(
-        max(0, received - fin),
+        wire_rx if wire_rx > 0 else 0,
         sent - retrans + notsent,
-        max(0, inq),
+        inq if inq > 0 else 0,
         rtt / 1e6,
         min_rtt / 1e6,
         retransmits,

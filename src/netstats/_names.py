@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-_lookups = threading.local()  # .last: (name or None, frozenset of addresses) of this thread
+_lookups = threading.local()  # .last: (name or None, list of addresses) of this thread
 _names: dict[str, tuple[str, float]] = {}  # address -> (name, when)
 _NAMES_MAX = 4096
 _NAME_SECONDS = 60.0
@@ -22,8 +22,10 @@ def resolved(host: Any, results: Any) -> None:
     """getaddrinfo(host, ...) returned results: remember which name gave which addresses."""
     if isinstance(host, bytes):
         host = host.decode("idna")
-    name = host if isinstance(host, str) and host and not is_address(host) else None
-    addresses = frozenset([result[4][0] for result in results])  # (family, type, proto, name, sockaddr)
+    addresses = [result[4][0] for result in results]  # (family, type, proto, name, sockaddr)
+    # A host that is one of its own results is an address literal (the usual case, and cheap).
+    literal = host in addresses or not isinstance(host, str) or not host or is_address(host)
+    name = None if literal else host
     _lookups.last = (name, addresses)
     if name is None:
         return

@@ -86,16 +86,20 @@ def where() -> tuple[str | None, str | None]:
     """
     origin = caller = None
     outside = False  # seen a frame that is not netstats'
+    kinds = _kinds
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
-        kind = _kind(frame.f_code.co_filename)
+        filename = frame.f_code.co_filename
+        kind = kinds.get(filename)  # (known files without a call: this runs once per connection)
+        if kind is None:
+            kind = _kind(filename)
         if kind == _NETSTATS_KIND:
             if outside:
                 here = _place(frame)
                 return origin or here, caller or here
         else:
             outside = True
-            if kind != _USER and _is_main(frame):
+            if kind != _USER and frame.f_globals.get("__name__") == "__main__" and _is_main(frame):
                 kind = _USER
             if kind >= _PACKAGE:
                 here = _place(frame)

@@ -154,7 +154,8 @@ class Connection(Counts):
     )
 
     def __init__(self, id: int, side: str, transport: str) -> None:
-        super().__init__()
+        self._rx = self._tx = self._reads = self._writes = 0  # (Counts.__init__, inlined: one per connection)
+        self._on_io = None
         self.id = id
         self.pid = _pid
         self.side = side
@@ -309,7 +310,8 @@ class StreamCounts(Counts):
     __slots__ = ("_conn",)
 
     def __init__(self, conn: Connection) -> None:
-        super().__init__()
+        self._rx = self._tx = self._reads = self._writes = 0  # (Counts.__init__, inlined)
+        self._on_io = None
         self._conn = conn
 
     @property

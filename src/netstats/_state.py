@@ -24,6 +24,7 @@ class Watcher(Protocol):
     """What the engine needs of a capture (netstats.Capture, or a register()ed socket's callback)."""
 
     servers: bool
+    callback: Any  # None: no event to tell (the engine then skips _notify)
     # May raise to refuse a connect before any byte leaves (the pytest plugin's block), or None.
     _gate: Callable[[Connection], None] | None
 

@@ -128,6 +128,7 @@ class Census:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._feed: Any = None
+        self._listening = False  # the feed is joined to the destroy groups (see _hear_destroys)
         self.dropped = False  # the kernel dropped destroy notifications (figures from last reads)
 
     def start(self) -> None:
@@ -158,6 +159,7 @@ class Census:
             if self._feed is not None:
                 self._feed.close()
                 self._feed = None
+                self._listening = False
             self._known.clear()
             self._by_cookie.clear()
             self._closing.clear()
@@ -168,6 +170,7 @@ class Census:
         """In a forked child: the thread did not follow, and the parent's sockets are the parent's."""
         self._thread = None
         self._feed = None
+        self._listening = False
         self._lock = threading.Lock()
         self._known.clear()
         self._by_cookie.clear()
@@ -228,6 +231,13 @@ class Census:
                         self._gone(seen)
                 elif seen.kind == _Seen.WAITING and seen.remote is not None:
                     self._settle(seen, listening)
+            self._hear_destroys(bool(self._by_cookie))
+
+    def _hear_destroys(self, on: bool) -> None:
+        """Take the kernel's destroy notifications only while a found connection awaits its
+        own: while joined, every TCP socket that dies in the namespace costs a wake-up here."""
+        if self._feed is not None and on != self._listening and _diag.listen(self._feed, on):
+            self._listening = on
 
     def hand_on(self, conn: Any, sock: Any) -> bool:
         """sock's descriptor leaves it (detach()) with conn live on it: the census follows the
@@ -278,6 +288,7 @@ class Census:
             seen.kind = _Seen.IGNORED
             return
         seen.kind = _Seen.FOUND
+        self._hear_destroys(True)  # before the reading: a socket that dies after it is heard of
         seen.last = seen.figures()
         seen.conn = _engine.found(seen.side, seen.local, seen.remote, seen.figures, seen.first)
         if seen.conn is None:

@@ -109,8 +109,8 @@ class _Lifecycle:
 
     def _real_close(self, _ss: Any = _C) -> None:
         c = self._netstats_counts
-        if c is not None and c.conn.closed is None:
-            _engine.finish(c.conn, self, True)
+        if c is not None:
+            _engine.finish(c.conn, self, True)  # (once: a finished record stays as it is)
         _stock_real_close(self, _ss)  # type: ignore[arg-type]
 
     def __del__(self) -> None:
