@@ -218,6 +218,7 @@ def open_connection(
     conn = _new(side, transport, watchers)
     conn.remote = remote
     conn.host = _names.name_for(remote)
+    conn.dns_time = _names.lookup_time(remote)
     if remote is None or side != "client":  # a connecting client learns its address once connected
         try:
             conn.local = sock.getsockname()
@@ -262,6 +263,8 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
     if conn.connected is not None:
         return
     conn.connected = time.time()
+    if conn.side == "client" and conn.transport != "udp":  # (a UDP connect() sends nothing)
+        conn.connect_time = max(0.0, conn.connected - conn.opened)
     asked = conn.remote
     try:
         # An IPv4 address asked for by number is the peer's address: no need to ask the kernel.
@@ -272,6 +275,7 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
         pass
     if conn.host is None and conn.remote != asked:  # (the address asked for was looked up at open)
         conn.host = _names.name_for(conn.remote)
+        conn.dns_time = _names.lookup_time(conn.remote)
     notify(conn, "connect")
 
 
@@ -420,10 +424,29 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
         return
     if _handshakes.any_waiting() and _link_client_hello(conn, nbytes):
         return
+    conn._first_write = time.time()
     if conn._on_io is not None:
         conn._on_io(event, conn, nbytes)
     elif sock is not None:
         count_in_kernel(conn, sock)
+    if not conn._kernel_counted:  # (kernel-counted: the kernel tells the first byte in; see ttfb)
+        conn._on_io = _until_first_read(conn._on_io)
+
+
+def _until_first_read(listener: _state.IoListener | None) -> _state.IoListener:
+    """A wrapped connection's listener until its first read after its first write: its ttfb."""
+
+    @guarded
+    def first_read(event: str, conn: Connection, nbytes: int) -> None:
+        if event == "read":
+            if conn._on_io is first_read:
+                conn._on_io = listener
+            if conn._first_write is not None and conn.ttfb is None:
+                conn.ttfb = max(0.0, time.time() - conn._first_write)
+        if listener is not None:
+            listener(event, conn, nbytes)
+
+    return first_read
 
 
 def _link_client_hello(conn: Connection, nbytes: int) -> bool:
@@ -498,8 +521,21 @@ def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
 
 
 @guarded
+def tls_starting(conn: Connection, sock: Any) -> None:
+    """A TLS handshake begins on conn: its TCP connect is over (a TLS connect() handshakes before
+    it returns), and tls_time counts from here."""
+    if sock is not None and conn.connected is None and conn.error is None:
+        _mark_connected(conn, sock)
+    if conn._tls_start is None:
+        conn._tls_start = time.time()
+
+
+@guarded
 def tls_established(conn: Connection, tls_obj: Any) -> None:
     conn.tls = tls_obj.version()
+    if conn.tls_time is None and conn._tls_start is not None:
+        conn.tls_time = max(0.0, time.time() - conn._tls_start)
+        conn.tls_resumed = bool(tls_obj.session_reused)
     name = getattr(tls_obj, "server_hostname", None)
     if name:
         conn.host = name
@@ -516,6 +552,7 @@ def tls_failed(conn: Connection, sock: Any, exc: BaseException) -> None:
 def link_tls(conn: Connection, sock: Any, tls_obj: Any) -> StreamCounts:
     """asyncio-style TLS: tls_obj counts the plaintext; sock's ciphertext goes to a StreamCounts."""
     count_in_python(conn)
+    tls_starting(conn, None)
     stream = StreamCounts(conn)
     sock._netstats_counts = stream
     tls_obj._netstats_counts = conn

@@ -42,6 +42,11 @@ FIELDS = (
     "connected",
     "closed",
     "duration",
+    "dns_time",
+    "connect_time",
+    "tls_time",
+    "tls_resumed",
+    "ttfb",
     "marks",
     "origin",
     "caller",
@@ -120,6 +125,8 @@ class Connection(Counts):
     (from the kernel: None where it cannot tell), ``reads``/``writes`` (calls that moved data;
     None when the kernel counts), ``opened``/``connected``/``closed`` (wall-clock seconds),
     ``duration``, ``marks``, ``origin``, ``caller``, ``error`` (exception name of a failed connect).
+    Phases, in seconds, None where not observed (set by _engine.py): ``dns_time``, ``connect_time``,
+    ``tls_time``, ``tls_resumed`` (bool), ``ttfb``.
     """
 
     __slots__ = (
@@ -144,6 +151,9 @@ class Connection(Counts):
         # for a connection the census found (source "kernel"): what reads its figures
         "_probe",
         "_watchers",
+        # when the first application write ended, and when TLS began (wall clock), for the phases
+        "_first_write",
+        "_tls_start",
         "__weakref__",
     )
 
@@ -176,6 +186,13 @@ class Connection(Counts):
         self._others: list[Any] | None = None
         self._probe: Callable[[], _kernel.TcpInfo | None] | None = None
         self._watchers: tuple[Any, ...] = ()
+        self.dns_time: float | None = None
+        self.connect_time: float | None = None
+        self.tls_time: float | None = None
+        self.tls_resumed: bool | None = None
+        self.ttfb: float | None = None
+        self._first_write: float | None = None
+        self._tls_start: float | None = None
 
     @property
     def conn(self) -> Connection:
@@ -203,6 +220,8 @@ class Connection(Counts):
         if info is not None and self._kernel_counted:
             self._rx = info.wire_rx - info.unread - self._kernel_base[0]
             self._tx = info.wire_tx - self._kernel_base[1]
+            if self.ttfb is None and self._first_write is not None:
+                self.ttfb = _kernel.first_byte_after(info, self._first_write)
         return info
 
     def totals(self) -> tuple[int, int] | tuple[None, None]:
