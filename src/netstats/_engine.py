@@ -424,7 +424,7 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
         return
     if _handshakes.any_waiting() and _link_client_hello(conn, nbytes):
         return
-    conn._first_write = time.time()
+    conn.first_write = time.time()
     if conn._on_io is not None:
         conn._on_io(event, conn, nbytes)
     elif sock is not None:
@@ -441,8 +441,8 @@ def _until_first_read(listener: _state.IoListener | None) -> _state.IoListener:
         if event == "read":
             if conn._on_io is first_read:
                 conn._on_io = listener
-            if conn._first_write is not None and conn.ttfb is None:
-                conn.ttfb = max(0.0, time.time() - conn._first_write)
+            if conn.first_write is not None and conn.ttfb is None:
+                conn.ttfb = max(0.0, time.time() - conn.first_write)
         if listener is not None:
             listener(event, conn, nbytes)
 
@@ -526,15 +526,15 @@ def tls_starting(conn: Connection, sock: Any) -> None:
     it returns), and tls_time counts from here."""
     if sock is not None and conn.connected is None and conn.error is None:
         _mark_connected(conn, sock)
-    if conn._tls_start is None:
-        conn._tls_start = time.time()
+    if conn.tls_started is None:
+        conn.tls_started = time.time()
 
 
 @guarded
 def tls_established(conn: Connection, tls_obj: Any) -> None:
     conn.tls = tls_obj.version()
-    if conn.tls_time is None and conn._tls_start is not None:
-        conn.tls_time = max(0.0, time.time() - conn._tls_start)
+    if conn.tls_time is None and conn.tls_started is not None:
+        conn.tls_time = max(0.0, time.time() - conn.tls_started)
         conn.tls_resumed = bool(tls_obj.session_reused)
     name = getattr(tls_obj, "server_hostname", None)
     if name:

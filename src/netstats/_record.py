@@ -47,6 +47,8 @@ FIELDS = (
     "tls_time",
     "tls_resumed",
     "ttfb",
+    "tls_started",
+    "first_write",
     "marks",
     "origin",
     "caller",
@@ -126,7 +128,8 @@ class Connection(Counts):
     None when the kernel counts), ``opened``/``connected``/``closed`` (wall-clock seconds),
     ``duration``, ``marks``, ``origin``, ``caller``, ``error`` (exception name of a failed connect).
     Phases, in seconds, None where not observed (set by _engine.py): ``dns_time``, ``connect_time``,
-    ``tls_time``, ``tls_resumed`` (bool), ``ttfb``.
+    ``tls_time``, ``tls_resumed`` (bool), ``ttfb``; and where they sit on the clock (wall-clock
+    seconds, None where not observed): ``tls_started``, ``first_write`` (the first write's end).
     """
 
     __slots__ = (
@@ -151,9 +154,6 @@ class Connection(Counts):
         # for a connection the census found (source "kernel"): what reads its figures
         "_probe",
         "_watchers",
-        # when the first application write ended, and when TLS began (wall clock), for the phases
-        "_first_write",
-        "_tls_start",
         "__weakref__",
     )
 
@@ -191,8 +191,8 @@ class Connection(Counts):
         self.tls_time: float | None = None
         self.tls_resumed: bool | None = None
         self.ttfb: float | None = None
-        self._first_write: float | None = None
-        self._tls_start: float | None = None
+        self.first_write: float | None = None
+        self.tls_started: float | None = None
 
     @property
     def conn(self) -> Connection:
@@ -220,8 +220,8 @@ class Connection(Counts):
         if info is not None and self._kernel_counted:
             self._rx = info.wire_rx - info.unread - self._kernel_base[0]
             self._tx = info.wire_tx - self._kernel_base[1]
-            if self.ttfb is None and self._first_write is not None:
-                self.ttfb = _kernel.first_byte_after(info, self._first_write)
+            if self.ttfb is None and self.first_write is not None:
+                self.ttfb = _kernel.first_byte_after(info, self.first_write)
         return info
 
     def totals(self) -> tuple[int, int] | tuple[None, None]:

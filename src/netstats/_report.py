@@ -38,10 +38,11 @@ from ._format import (
     size_total,
     total,
 )
+from ._trace import render_trace
 
 SCHEMA = "netstats.run/1"
 GROUPS = ("host", "origin", "caller", "pid")
-FORMATS = ("text", "json", "csv")
+FORMATS = ("text", "json", "csv", "trace")
 SORTS = ("bytes", "tx", "rx", "wire", "time")
 WIDTH = 120  # the default text layout fits this many columns
 PHASES = ("dns_time", "connect_time", "tls_time", "ttfb")  # seconds; see Connection
@@ -132,7 +133,17 @@ def _need(data: dict[str, Any], key: str, kind: type) -> Any:
 
 # Connection fields the renderers read, and what each may hold besides null.
 _COUNTS = ("rx", "tx", "wire_rx", "wire_tx", "retransmits", "retrans_bytes", "reads", "writes")
-_TIMES = ("rtt", "min_rtt", "opened", "connected", "closed", "duration", *PHASES)
+_TIMES = (
+    "rtt",
+    "min_rtt",
+    "opened",
+    "connected",
+    "closed",
+    "duration",
+    *PHASES,
+    "tls_started",
+    "first_write",
+)
 _TEXTS = ("side", "host", "tls", "origin", "caller", "error", "source")
 
 
@@ -503,7 +514,12 @@ def render_csv(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any
     return buffer.getvalue()
 
 
-RENDERERS: dict[str, Callable[..., str]] = {"text": render_text, "json": render_json, "csv": render_csv}
+RENDERERS: dict[str, Callable[..., str]] = {
+    "text": render_text,
+    "json": render_json,
+    "csv": render_csv,
+    "trace": render_trace,
+}
 
 
 def render(
