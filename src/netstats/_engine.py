@@ -427,24 +427,39 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
     conn.first_write = time.time()
     if conn._on_io is not None:
         conn._on_io(event, conn, nbytes)
-    elif sock is not None:
-        count_in_kernel(conn, sock)
-    if not conn._kernel_counted:  # (kernel-counted: the kernel tells the first byte in; see ttfb)
-        conn._on_io = _until_first_read(conn._on_io)
+    conn._on_io = _until_first_read(conn._on_io, sock if conn._on_io is None else None)
 
 
-def _until_first_read(listener: _state.IoListener | None) -> _state.IoListener:
-    """A wrapped connection's listener until its first read after its first write: its ttfb."""
+# Writes before a first read after which the wait for it stops: the kernel counts from there,
+# and the first byte's time is then what the kernel says of it (see _kernel.first_byte_after).
+_WRITES_BEFORE_READ = 16
+
+
+def _until_first_read(listener: _state.IoListener | None, sock: Any) -> _state.IoListener:
+    """A TCP client's listener from its first write to its first read: that read's time gives
+    ttfb, then `listener` takes over, or, for a socket the kernel can count (`sock`), nobody:
+    the few calls in between are the only ones that run netstats' code.
+
+    The kernel alone cannot tell when the first byte came unless it came in the only data
+    segment yet (TCP_INFO keeps the last one's time): a response of more is usual."""
+    writes = 0
 
     @guarded
     def first_read(event: str, conn: Connection, nbytes: int) -> None:
-        if event == "read":
-            if conn._on_io is first_read:
-                conn._on_io = listener
-            if conn.first_write is not None and conn.ttfb is None:
-                conn.ttfb = max(0.0, time.time() - conn.first_write)
+        nonlocal writes
         if listener is not None:
             listener(event, conn, nbytes)
+        if event == "read":
+            if conn.first_write is not None and conn.ttfb is None:
+                conn.ttfb = max(0.0, time.time() - conn.first_write)
+        else:
+            writes += 1
+            if writes < _WRITES_BEFORE_READ:
+                return
+        if conn._on_io is first_read:
+            conn._on_io = listener
+            if listener is None and sock is not None:
+                count_in_kernel(conn, sock)
 
     return first_read
 

@@ -2,19 +2,21 @@
 
 The page (`_timeline.html`, shipped with the package) carries its own styles and script and
 fetches nothing: the run is embedded as JSON in a `<script type="application/json">`, with `<`,
-`>`, `&` and `/` escaped so no text of the run can end that element or read as a URL. The
-phases come from `_trace.segments()`, the same as `--format trace`.
+`>`, `&`, `/` and the colon of `http:` escaped, so no text of the run can end that element or
+read as a URL. The phases come from `_trace.segments()`, the same as `--format trace`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any
 
 from ._trace import PHASES, segments
 
 _MARK = "/*NETSTATS_DATA*/"
+_SCHEME = re.compile(r"(https?):", re.I)  # no text of the run reads as a URL, even escaped
 
 
 def _peer(c: dict[str, Any]) -> str:
@@ -80,5 +82,6 @@ def render_html(run: Any) -> str:
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("/", "\\/")):
         text = text.replace(char, escaped)
+    text = _SCHEME.sub(r"\1\\u003a", text)  # (only in strings: the keys are netstats' own)
     page = resources.files(__package__).joinpath("_timeline.html").read_text(encoding="utf-8")
     return page.replace(_MARK, text, 1)
