@@ -427,7 +427,7 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
     conn.first_write = time.time()
     if conn._on_io is not None:
         conn._on_io(event, conn, nbytes)
-    conn._on_io = _until_first_read(conn._on_io, sock if conn._on_io is None else None)
+    conn._on_io = _UntilFirstRead(conn._on_io, conn._on_io is None and sock is not None)
 
 
 # Writes before a first read after which the wait for it stops: the kernel counts from there,
@@ -435,33 +435,37 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
 _WRITES_BEFORE_READ = 16
 
 
-def _until_first_read(listener: _state.IoListener | None, sock: Any) -> _state.IoListener:
+class _UntilFirstRead:
     """A TCP client's listener from its first write to its first read: that read's time gives
-    ttfb, then `listener` takes over, or, for a socket the kernel can count (`sock`), nobody:
+    ttfb, then `listener` takes over, or, for a socket the kernel can count (`kernel`), nobody:
     the few calls in between are the only ones that run netstats' code.
 
     The kernel alone cannot tell when the first byte came unless it came in the only data
-    segment yet (TCP_INFO keeps the last one's time): a response of more is usual."""
-    writes = 0
+    segment yet (TCP_INFO keeps the last one's time): a response of more is usual. (A plain
+    object, not a closure: it holds neither the socket nor itself.)"""
+
+    __slots__ = ("listener", "kernel", "writes")
+
+    def __init__(self, listener: _state.IoListener | None, kernel: bool) -> None:
+        self.listener, self.kernel, self.writes = listener, kernel, 0
 
     @guarded
-    def first_read(event: str, conn: Connection, nbytes: int) -> None:
-        nonlocal writes
+    def __call__(self, event: str, conn: Connection, nbytes: int) -> None:
+        listener, kernel = self.listener, self.kernel
         if listener is not None:
             listener(event, conn, nbytes)
         if event == "read":
             if conn.first_write is not None and conn.ttfb is None:
                 conn.ttfb = max(0.0, time.time() - conn.first_write)
         else:
-            writes += 1
-            if writes < _WRITES_BEFORE_READ:
+            self.writes += 1
+            if self.writes < _WRITES_BEFORE_READ:
                 return
-        if conn._on_io is first_read:
+        if conn._on_io is self:
             conn._on_io = listener
-            if listener is None and sock is not None:
+            sock = conn._sock() if conn._sock is not None else None
+            if listener is None and kernel and sock is not None:
                 count_in_kernel(conn, sock)
-
-    return first_read
 
 
 def _link_client_hello(conn: Connection, nbytes: int) -> bool:
