@@ -193,3 +193,13 @@ def test_phases_are_in_the_json_and_text_reports(slow: SlowServer) -> None:
     assert conn["ttfb"] >= THINK - 0.011 and conn["tls_time"] is None
     text = render_text(run, wide=True)
     assert "TTFB" in text
+
+
+def test_the_kernel_counts_a_plain_client_from_its_first_read(slow: SlowServer) -> None:
+    """The wait for ttfb's first read is the only time a kernel-counted client runs wrappers."""
+    with capture_in("kernel-counted"):
+        with socket.create_connection(("127.0.0.1", slow.port), timeout=20) as sock:
+            sock.sendall(b"question\n")
+            drain(sock, len(b"answer\n"))
+            assert netstats.stats(sock, "reads") is None  # no per-call counting any more
+            assert netstats.stats(sock, "rx") == len(b"answer\n")

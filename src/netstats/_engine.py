@@ -83,7 +83,9 @@ def io_listener(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | Non
 
 def refresh(conn: Connection) -> None:
     """A watcher of conn stopped: ask again who listens to its reads and writes."""
-    if conn._on_io is not _settle_at_first_write:
+    if isinstance(conn._on_io, _UntilFirstRead):  # waiting for its first read: it stays so
+        conn._on_io.listener = io_listener(conn._watchers)
+    elif conn._on_io is not _settle_at_first_write:
         conn._on_io = io_listener(conn._watchers)
 
 
