@@ -265,8 +265,6 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
     if conn.connected is not None:
         return
     conn.connected = time.time()
-    if conn.side == "client" and conn.transport != "udp":  # (a UDP connect() sends nothing)
-        conn.connect_time = max(0.0, conn.connected - conn.opened)
     asked = conn.remote
     try:
         # An IPv4 address asked for by number is the peer's address: no need to ask the kernel.
@@ -388,6 +386,8 @@ def count_in_kernel(conn: Connection, sock: Any) -> None:
 def count_in_python(conn: Connection) -> None:
     """From now on rx/tx come from the wrappers: TLS starts on this stream (the TLS object counts
     the plaintext), or another process is about to share the kernel socket."""
+    if isinstance(conn._on_io, _UntilFirstRead):  # waiting for its first read: it stays wrapped
+        conn._on_io.kernel = False
     if conn._kernel_counted:
         conn.tcp_info()
         conn._kernel_counted = False
@@ -494,9 +494,9 @@ def shutting_down(conn: Connection, sock: Any) -> None:
     """shutdown(): a reading now says whether the peer's FIN is in (a later CLOSE state cannot),
     and the wrappers count from here, so rx stays exact however the connection ends."""
     if conn.transport == "tcp" and conn.closed is None and conn.connected is not None:
-        if conn._kernel_counted:
-            count_in_python(conn)
-        else:
+        kernel_counted = conn._kernel_counted
+        count_in_python(conn)  # (one waiting for its first read stays wrapped too)
+        if not kernel_counted:
             conn.tcp_info()
 
 
@@ -547,16 +547,16 @@ def tls_starting(conn: Connection, sock: Any) -> None:
     it returns), and tls_time counts from here."""
     if sock is not None and conn.connected is None and conn.error is None:
         _mark_connected(conn, sock)
-    if conn.tls_started is None:
-        conn.tls_started = time.time()
+    if conn._tls_phase is None:
+        conn._tls_phase = (time.time(), None, None)
 
 
 @guarded
 def tls_established(conn: Connection, tls_obj: Any) -> None:
     conn.tls = tls_obj.version()
-    if conn.tls_time is None and conn.tls_started is not None:
-        conn.tls_time = max(0.0, time.time() - conn.tls_started)
-        conn.tls_resumed = bool(tls_obj.session_reused)
+    phase = conn._tls_phase
+    if phase is not None and phase[1] is None:
+        conn._tls_phase = (phase[0], max(0.0, time.time() - phase[0]), bool(tls_obj.session_reused))
     name = getattr(tls_obj, "server_hostname", None)
     if name:
         conn.host = name

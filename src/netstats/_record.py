@@ -68,7 +68,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
 _COMPUTED = frozenset(
-    {"rx", "tx", "reads", "writes", "duration", *(set(_kernel.TcpInfo._fields) & set(FIELDS))}
+    {
+        "rx",
+        "tx",
+        "reads",
+        "writes",
+        "duration",
+        "connect_time",
+        "tls_time",
+        "tls_resumed",
+        "tls_started",
+        *(set(_kernel.TcpInfo._fields) & set(FIELDS)),
+    }
 )
 
 
@@ -154,6 +165,9 @@ class Connection(Counts):
         # for a connection the census found (source "kernel"): what reads its figures
         "_probe",
         "_watchers",
+        # (when the TLS handshake began, its seconds, whether it resumed a session) or None:
+        # one slot for three fields that plain connections lack (a kept record stays under 1 KB)
+        "_tls_phase",
         "__weakref__",
     )
 
@@ -187,12 +201,9 @@ class Connection(Counts):
         self._probe: Callable[[], _kernel.TcpInfo | None] | None = None
         self._watchers: tuple[Any, ...] = ()
         self.dns_time: float | None = None
-        self.connect_time: float | None = None
-        self.tls_time: float | None = None
-        self.tls_resumed: bool | None = None
         self.ttfb: float | None = None
         self.first_write: float | None = None
-        self.tls_started: float | None = None
+        self._tls_phase: tuple[float, float | None, bool | None] | None = None
 
     @property
     def conn(self) -> Connection:
@@ -258,6 +269,27 @@ class Connection(Counts):
     min_rtt = _kernel_field("min_rtt")
     retransmits = _kernel_field("retransmits")
     retrans_bytes = _kernel_field("retrans_bytes")
+
+    @property
+    def connect_time(self) -> float | None:
+        """Seconds from connect start to established: a client's (not UDP's: its connect() sends
+        nothing); None for a record that began connected (register(), the census)."""
+        connected = self.connected
+        if connected is None or self.side != "client" or self.transport == "udp" or connected == self.opened:
+            return None
+        return max(0.0, connected - self.opened)
+
+    @property
+    def tls_started(self) -> float | None:
+        return self._tls_phase[0] if self._tls_phase is not None else None
+
+    @property
+    def tls_time(self) -> float | None:
+        return self._tls_phase[1] if self._tls_phase is not None else None
+
+    @property
+    def tls_resumed(self) -> bool | None:
+        return self._tls_phase[2] if self._tls_phase is not None else None
 
     @property
     def duration(self) -> float:
