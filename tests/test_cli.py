@@ -872,6 +872,10 @@ def test_the_text_report_fits_120_columns_with_top_and_sort(tmp_path):
         "WIRE RX",
         "TLS+",
         "TIME",
+        "DNS",
+        "CONNECT",
+        "TLS",
+        "TTFB",
         "CALLER",
         "ORIGIN",
     ]

@@ -61,6 +61,9 @@ def _output_options(parser: argparse.ArgumentParser, where: str) -> None:
     parser.add_argument("--top", type=_positive, metavar="N", help="show only the first N rows (totals: all)")
     parser.add_argument("--wide", action="store_true", help="text: every column, nothing shortened")
     parser.add_argument("-o", "--output", metavar="FILE", help=f"write the report to FILE (default: {where})")
+    parser.add_argument(
+        "--html", metavar="FILE", help="also write the timeline to FILE: one HTML page, offline"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,6 +143,13 @@ def _render(run: Run, args: argparse.Namespace) -> str:
     return render(run, args.format, args.by, top=args.top, sort=args.sort, wide=args.wide)
 
 
+def _write_html(run: Run, args: argparse.Namespace) -> None:
+    if args.html:
+        from ._html import render_html
+
+        write(render_html(run), args.html)
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ._errors import NoSuchProgram
     from ._run import run_program
@@ -151,13 +161,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     else:
         parser.exit(2, "netstats run: error: give a script or -m module (see netstats run --help)\n")
 
-    if args.output:  # checked before the program runs (no run lost to a typo), and kept absolute
-        if unwritable(args.output):  # for a program that changes directory
-            parser.exit(2, f"netstats run: error: cannot write {args.output}: {unwritable(args.output)}\n")
-        args.output = os.path.abspath(args.output)
+    for option in ("output", "html"):  # checked before the program runs (no run lost to a typo),
+        path = getattr(args, option)  # and kept absolute for a program that changes directory
+        if path:
+            if unwritable(path):
+                parser.exit(2, f"netstats run: error: cannot write {path}: {unwritable(path)}\n")
+            setattr(args, option, os.path.abspath(path))
 
     def report(result: Run) -> None:
         write(_render(result, args), args.output)
+        _write_html(result, args)
 
     watch = None
     if args.live:
@@ -215,10 +228,12 @@ def _report(args: argparse.Namespace) -> int:
             f"netstats report: {args.file}: {what.splitlines()[0] if what else 'malformed'}", file=sys.stderr
         )
         return 2
-    if args.output and unwritable(args.output):
-        print(f"netstats report: cannot write {args.output}: {unwritable(args.output)}", file=sys.stderr)
-        return 2
+    for path in (args.output, args.html):
+        if path and unwritable(path):
+            print(f"netstats report: cannot write {path}: {unwritable(path)}", file=sys.stderr)
+            return 2
     write(_render(run, args), args.output, sys.stdout)
+    _write_html(run, args)
     return 0
 
 

@@ -92,7 +92,9 @@ def _listeners(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | None
 
 def refresh(conn: Connection) -> None:
     """A watcher of conn stopped: ask again who listens to its reads and writes."""
-    if conn._on_io is not _settle_at_first_write:
+    if isinstance(conn._on_io, _UntilFirstRead):  # waiting for its first read: it stays so
+        conn._on_io.listener = io_listener(conn._watchers)
+    elif conn._on_io is not _settle_at_first_write:
         conn._on_io = io_listener(conn._watchers)
 
 
@@ -237,6 +239,7 @@ def open_connection(
     conn = _new(side, transport, watchers)
     conn.remote = remote
     conn.host = _names.name_for(remote)
+    conn.dns_time = _names.lookup_time(remote)
     if remote is None or side != "client":  # a connecting client learns its address once connected
         try:
             conn.local = sock.getsockname()
@@ -291,6 +294,7 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
         pass
     if conn.host is None and conn.remote != asked:  # (the address asked for was looked up at open)
         conn.host = _names.name_for(conn.remote)
+        conn.dns_time = _names.lookup_time(conn.remote)
     notify(conn, "connect")
 
 
@@ -401,6 +405,8 @@ def count_in_kernel(conn: Connection, sock: Any) -> None:
 def count_in_python(conn: Connection) -> None:
     """From now on rx/tx come from the wrappers: TLS starts on this stream (the TLS object counts
     the plaintext), or another process is about to share the kernel socket."""
+    if isinstance(conn._on_io, _UntilFirstRead):  # waiting for its first read: it stays wrapped
+        conn._on_io.kernel = False
     if conn._kernel_counted:
         conn.tcp_info()
         conn._kernel_counted = False
@@ -451,10 +457,48 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
         return
     if _handshakes.any_waiting() and _link_client_hello(conn, nbytes):
         return
+    conn.first_write = time.time()
     if conn._on_io is not None:
         conn._on_io(event, conn, nbytes)
-    elif sock is not None:
-        count_in_kernel(conn, sock)
+    conn._on_io = _UntilFirstRead(conn._on_io, conn._on_io is None and sock is not None)
+
+
+# Writes before a first read after which the wait for it stops: the kernel counts from there,
+# and the first byte's time is then what the kernel says of it (see _kernel.first_byte_after).
+_WRITES_BEFORE_READ = 16
+
+
+class _UntilFirstRead:
+    """A TCP client's listener from its first write to its first read: that read's time gives
+    ttfb, then `listener` takes over, or, for a socket the kernel can count (`kernel`), nobody:
+    the few calls in between are the only ones that run netstats' code.
+
+    The kernel alone cannot tell when the first byte came unless it came in the only data
+    segment yet (TCP_INFO keeps the last one's time): a response of more is usual. (A plain
+    object, not a closure: it holds neither the socket nor itself.)"""
+
+    __slots__ = ("listener", "kernel", "writes")
+
+    def __init__(self, listener: _state.IoListener | None, kernel: bool) -> None:
+        self.listener, self.kernel, self.writes = listener, kernel, 0
+
+    @guarded
+    def __call__(self, event: str, conn: Connection, nbytes: int) -> None:
+        listener, kernel = self.listener, self.kernel
+        if listener is not None:
+            listener(event, conn, nbytes)
+        if event == "read":
+            if conn.first_write is not None and conn.ttfb is None:
+                conn.ttfb = max(0.0, time.time() - conn.first_write)
+        else:
+            self.writes += 1
+            if self.writes < _WRITES_BEFORE_READ:
+                return
+        if conn._on_io is self:
+            conn._on_io = listener
+            sock = conn._sock() if conn._sock is not None else None
+            if listener is None and kernel and sock is not None:
+                count_in_kernel(conn, sock)
 
 
 def _link_client_hello(conn: Connection, nbytes: int) -> bool:
@@ -481,9 +525,9 @@ def shutting_down(conn: Connection, sock: Any) -> None:
     """shutdown(): a reading now says whether the peer's FIN is in (a later CLOSE state cannot),
     and the wrappers count from here, so rx stays exact however the connection ends."""
     if conn.transport == "tcp" and conn.closed is None and conn.connected is not None:
-        if conn._kernel_counted:
-            count_in_python(conn)
-        else:
+        kernel_counted = conn._kernel_counted
+        count_in_python(conn)  # (one waiting for its first read stays wrapped too)
+        if not kernel_counted:
             conn.tcp_info()
 
 
@@ -542,8 +586,21 @@ def _host_name(tls_obj: Any) -> str | None:
 
 
 @guarded
+def tls_starting(conn: Connection, sock: Any) -> None:
+    """A TLS handshake begins on conn: its TCP connect is over (a TLS connect() handshakes before
+    it returns), and tls_time counts from here."""
+    if sock is not None and conn.connected is None and conn.error is None:
+        _mark_connected(conn, sock)
+    if conn._tls_phase is None:
+        conn._tls_phase = (time.time(), None, None)
+
+
+@guarded
 def tls_established(conn: Connection, tls_obj: Any) -> None:
     conn.tls = tls_obj.version()
+    phase = conn._tls_phase
+    if phase is not None and phase[1] is None:
+        conn._tls_phase = (phase[0], max(0.0, time.time() - phase[0]), bool(tls_obj.session_reused))
     name = _host_name(tls_obj)
     if name:
         conn.host = name
@@ -560,6 +617,7 @@ def tls_failed(conn: Connection, sock: Any, exc: BaseException) -> None:
 def link_tls(conn: Connection, sock: Any, tls_obj: Any) -> StreamCounts:
     """asyncio-style TLS: tls_obj counts the plaintext; sock's ciphertext goes to a StreamCounts."""
     count_in_python(conn)
+    tls_starting(conn, None)
     stream = StreamCounts(conn)
     sock._netstats_counts = stream
     tls_obj._netstats_counts = conn

@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from typing import Any, NamedTuple
 
 from . import _diag
@@ -29,9 +30,11 @@ SIOCINQ = 0x541B  # FIONREAD on Linux: bytes received and not yet read (a receiv
 _NEEDED = 216  # through tcpi_bytes_retrans
 _getsockopt: Any = _socket.socket.getsockopt
 _INFO = struct.Struct("=B67xI28xI16xQQ8xII48xQQ")  # state, rtt, total_retrans, bytes_acked, ...
+_TIMES = struct.Struct("=52xI96xI")  # tcpi_last_data_recv (ms ago), tcpi_data_segs_in (Linux 4.6)
 _TCP, _SIZE = socket.IPPROTO_TCP, 232
 _INQ, _NO_BYTES = struct.Struct("i"), bytes(4)
 _fstat = os.fstat
+_time = time.time
 _ioctl: Any = fcntl.ioctl if fcntl is not None else None
 supported = sys.platform.startswith("linux") and TCP_INFO is not None and fcntl is not None
 
@@ -53,6 +56,8 @@ class TcpInfo(NamedTuple):
     retransmits: int  # segments retransmitted
     retrans_bytes: int  # bytes retransmitted
     peer_fin: bool = False  # the peer's FIN has arrived (counted in the kernel's bytes received)
+    data_segs_in: int | None = None  # segments that carried data in
+    last_data_in: float | None = None  # when the last of them came (wall clock, to the kernel's tick)
 
 
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
@@ -133,7 +138,26 @@ def read(
         state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = fields
         our_fin_acked = acked - (1 if client else 0) > sent - retrans  # past the data (and SYN)
         fin = 1 if peer_fin or _fin_in_close(sock, our_fin_acked, addresses, final) else 0
-    return decode(fields, inq, client, fin)
+    last_recv_ms, segs_in = _TIMES.unpack_from(second)
+    return decode(fields, inq, client, fin)._replace(
+        data_segs_in=segs_in, last_data_in=_time() - last_recv_ms / 1000
+    )
+
+
+# The kernel counts tcpi_last_data_recv in ticks (1 to 10 ms): a first byte that seems to come
+# before the write it answers, by less than this, came right after it.
+_TICK = 0.011
+
+
+def first_byte_after(info: TcpInfo, write_end: float) -> float | None:
+    """Seconds from `write_end` (wall clock) to the first data in, where the kernel says it: only
+    while a single data segment has come in (the last one is then the first); else None."""
+    if info.data_segs_in != 1 or info.last_data_in is None:
+        return None
+    waited = info.last_data_in - write_end
+    if waited < -_TICK:
+        return None  # that segment came before the write (the peer spoke first)
+    return max(0.0, waited)
 
 
 def unpack(raw: bytes) -> tuple[int, ...] | None:

@@ -13,13 +13,14 @@ import time
 from typing import Any
 
 _lookups = threading.local()  # .last: (name or None, list of addresses) of this thread
+# .took: [seconds] that lookup took, emptied once a connection to one of its addresses has it
 _names: dict[str, tuple[str, float]] = {}  # address -> (name, when)
 _NAMES_MAX = 4096
 _NAME_SECONDS = 60.0
 
 
-def resolved(host: Any, results: Any) -> None:
-    """getaddrinfo(host, ...) returned results: remember which name gave which addresses."""
+def resolved(host: Any, results: Any, seconds: float | None = None) -> None:
+    """getaddrinfo(host, ...) returned results in `seconds`: remember which name gave which addresses."""
     if isinstance(host, bytes):
         host = host.decode("idna")
     addresses = [result[4][0] for result in results]  # (family, type, proto, name, sockaddr)
@@ -27,6 +28,7 @@ def resolved(host: Any, results: Any) -> None:
     literal = host in addresses or not isinstance(host, str) or not host or is_address(host)
     name = None if literal else host
     _lookups.last = (name, addresses)
+    _lookups.took = [seconds] if name is not None and seconds is not None else []
     if name is None:
         return
     now = time.monotonic()
@@ -48,6 +50,18 @@ def name_for(address: Any) -> str | None:
     if entry is not None and time.monotonic() - entry[1] < _NAME_SECONDS:
         return entry[0]
     return None
+
+
+def lookup_time(address: Any) -> float | None:
+    """Seconds of this thread's last lookup of a name, if it gave `address` and no connection
+    has had it yet (a connection's dns_time); else None (a literal, another thread's lookup)."""
+    last = getattr(_lookups, "last", None)
+    took = getattr(_lookups, "took", None)
+    if not took or last is None or not isinstance(address, tuple) or not address:
+        return None
+    if address[0] not in last[1]:
+        return None
+    return took.pop()  # type: ignore[no-any-return]
 
 
 def is_address(host: str) -> bool:

@@ -42,6 +42,13 @@ FIELDS = (
     "connected",
     "closed",
     "duration",
+    "dns_time",
+    "connect_time",
+    "tls_time",
+    "tls_resumed",
+    "ttfb",
+    "tls_started",
+    "first_write",
     "marks",
     "tags",
     "origin",
@@ -62,7 +69,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
 _COMPUTED = frozenset(
-    {"rx", "tx", "reads", "writes", "duration", "tags", *(set(_kernel.TcpInfo._fields) & set(FIELDS))}
+    {
+        "rx",
+        "tx",
+        "reads",
+        "writes",
+        "duration",
+        "tags",
+        "connect_time",
+        "tls_time",
+        "tls_resumed",
+        "tls_started",
+        *(set(_kernel.TcpInfo._fields) & set(FIELDS)),
+    }
 )
 
 
@@ -122,6 +141,9 @@ class Connection(Counts):
     None when the kernel counts), ``opened``/``connected``/``closed`` (wall-clock seconds),
     ``duration``, ``marks``, ``tags`` (bytes per `netstats.tag()` label set), ``origin``,
     ``caller``, ``error`` (exception name of a failed connect).
+    Phases, in seconds, None where not observed (set by _engine.py): ``dns_time``, ``connect_time``,
+    ``tls_time``, ``tls_resumed`` (bool), ``ttfb``; and where they sit on the clock (wall-clock
+    seconds, None where not observed): ``tls_started``, ``first_write`` (the first write's end).
     """
 
     __slots__ = (
@@ -150,6 +172,9 @@ class Connection(Counts):
         # netstats.tag(): the bytes per label set, and the scope of the last write (_tags.py)
         "_tagged",
         "_turn",
+        # (when the TLS handshake began, its seconds, whether it resumed a session) or None:
+        # one slot for three fields that plain connections lack (a kept record stays under 1 KB)
+        "_tls_phase",
         "__weakref__",
     )
 
@@ -185,6 +210,10 @@ class Connection(Counts):
         self._watchers: tuple[Any, ...] = ()
         self._tagged: dict[_tags.LabelSet, list[int]] | None = None
         self._turn: tuple[_tags.Scope, list[int]] | None = None
+        self.dns_time: float | None = None
+        self.ttfb: float | None = None
+        self.first_write: float | None = None
+        self._tls_phase: tuple[float, float | None, bool | None] | None = None
 
     @property
     def conn(self) -> Connection:
@@ -213,6 +242,8 @@ class Connection(Counts):
         if info is not None and self._kernel_counted:
             self._rx = info.wire_rx - info.unread - self._kernel_base[0]
             self._tx = info.wire_tx - self._kernel_base[1]
+            if self.ttfb is None and self.first_write is not None:
+                self.ttfb = _kernel.first_byte_after(info, self.first_write)
         return info
 
     def totals(self) -> tuple[int, int] | tuple[None, None]:
@@ -259,6 +290,27 @@ class Connection(Counts):
         if not _tags.splittable(self):
             return None
         return [{"labels": dict(labels), "rx": rx, "tx": tx} for labels, rx, tx in _tags.tallies(self)]
+
+    @property
+    def connect_time(self) -> float | None:
+        """Seconds from connect start to established: a client's (not UDP's: its connect() sends
+        nothing); None for a record that began connected (register(), the census)."""
+        connected = self.connected
+        if connected is None or self.side != "client" or self.transport == "udp" or connected == self.opened:
+            return None
+        return max(0.0, connected - self.opened)
+
+    @property
+    def tls_started(self) -> float | None:
+        return self._tls_phase[0] if self._tls_phase is not None else None
+
+    @property
+    def tls_time(self) -> float | None:
+        return self._tls_phase[1] if self._tls_phase is not None else None
+
+    @property
+    def tls_resumed(self) -> bool | None:
+        return self._tls_phase[2] if self._tls_phase is not None else None
 
     @property
     def duration(self) -> float:

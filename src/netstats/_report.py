@@ -38,14 +38,16 @@ from ._format import (
     size_total,
     total,
 )
+from ._trace import render_trace
 
 SCHEMA = "netstats.run/1"
 GROUPS = ("host", "origin", "caller", "pid")
 TAG = "tag:"  # --by tag:KEY: a row per value of the netstats.tag() label KEY
 UNTAGGED = "(untagged)"  # the text report's name for the bytes moved without that label
-FORMATS = ("text", "json", "csv")
+FORMATS = ("text", "json", "csv", "trace")
 SORTS = ("bytes", "tx", "rx", "wire", "time")
 WIDTH = 120  # the default text layout fits this many columns
+PHASES = ("dns_time", "connect_time", "tls_time", "ttfb")  # seconds; see Connection
 
 
 class BadRun(ValueError):
@@ -133,7 +135,17 @@ def _need(data: dict[str, Any], key: str, kind: type) -> Any:
 
 # Connection fields the renderers read, and what each may hold besides null.
 _COUNTS = ("rx", "tx", "wire_rx", "wire_tx", "retransmits", "retrans_bytes", "reads", "writes")
-_TIMES = ("rtt", "min_rtt", "opened", "connected", "closed", "duration")
+_TIMES = (
+    "rtt",
+    "min_rtt",
+    "opened",
+    "connected",
+    "closed",
+    "duration",
+    *PHASES,
+    "tls_started",
+    "first_write",
+)
 _TEXTS = ("side", "host", "tls", "origin", "caller", "error", "source")
 
 
@@ -161,6 +173,9 @@ def _check_connection(i: int, conn: Any) -> None:
         value = conn.get(key)
         if value is not None and not (isinstance(value, str) or _is_address(value)):
             raise BadRun(f"connection {i}: {key!r} must be [address, port, ...], a path or null")
+    resumed = conn.get("tls_resumed")
+    if resumed is not None and not isinstance(resumed, bool):
+        raise BadRun(f"connection {i}: 'tls_resumed' must be true, false or null, not {_show(resumed)}")
     marks = conn.get("marks")
     if marks is not None and not isinstance(marks, list):
         raise BadRun(f"connection {i}: 'marks' must be a list or null, not {_show(marks)}")
@@ -354,6 +369,23 @@ def _summed(name: str) -> Callable[[list[dict[str, Any]]], str]:
     return lambda conns: size_total(c.get(name) for c in conns if _has(c, name))
 
 
+_PHASE_TITLES = ("DNS", "CONNECT", "TLS", "TTFB")
+
+
+def _phase(name: str) -> Callable[[dict[str, Any]], str]:
+    """A phase's cell: "-" for TLS on a plain connection or DNS for a literal, else the time or "?"."""
+
+    def cell(c: dict[str, Any]) -> str:
+        value = c.get(name)
+        if value is None and (
+            name == "tls_time" and not c.get("tls") or name == "dns_time" and not c.get("host")
+        ):
+            return NOT_APPLICABLE
+        return duration(value)
+
+    return cell
+
+
 COLUMNS = (
     _Column("PID", lambda c: str(c["pid"]), right=True),
     _Column("PROTO", _proto, lambda conns: "total"),
@@ -365,6 +397,10 @@ COLUMNS = (
     _Column("WIRE RX", _figure("wire_rx"), _summed("wire_rx"), right=True, wide=True),
     _Column("TLS+", lambda c: size(overhead(c)) if _maybe_tls(c) else NOT_APPLICABLE, _tls_plus, right=True),
     _Column("TIME", lambda c: duration(c.get("duration")), right=True),
+    *(
+        _Column(title, _phase(name), right=True, wide=True)
+        for title, name in zip(_PHASE_TITLES, PHASES, strict=True)
+    ),
     _Column("CALLER", _caller),
     _Column("ORIGIN", lambda c: short_frame(c.get("origin")), wide=True),  # usually a library
 )
@@ -553,7 +589,12 @@ def render_csv(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any
     return buffer.getvalue()
 
 
-RENDERERS: dict[str, Callable[..., str]] = {"text": render_text, "json": render_json, "csv": render_csv}
+RENDERERS: dict[str, Callable[..., str]] = {
+    "text": render_text,
+    "json": render_json,
+    "csv": render_csv,
+    "trace": render_trace,
+}
 
 
 def render(

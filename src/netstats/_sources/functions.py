@@ -5,6 +5,7 @@ Each maker takes the stock function and returns its replacement, for _patch.py t
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .. import _engine, _names
@@ -16,12 +17,13 @@ def getaddrinfo(original: Any) -> Any:
     def getaddrinfo(
         host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
     ) -> Any:
+        start = _monotonic()
         try:
             results = original(host, port, family, type, proto, flags)
         except OSError as exc:  # gaierror: the attempt is recorded, the error goes on unchanged
             _engine.lookup_failed(host, type, exc)
             raise
-        _remember(host, results)
+        _remember(host, results, _monotonic() - start)
         return results
 
     getaddrinfo.__doc__ = original.__doc__
@@ -30,6 +32,7 @@ def getaddrinfo(original: Any) -> Any:
 
 
 _remember = _engine.guarded(_names.resolved)
+_monotonic = time.monotonic
 
 
 def sendfile(original: Any) -> Any:

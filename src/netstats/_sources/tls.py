@@ -59,6 +59,7 @@ class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
         conn = _engine.detach_from(sock)
         if conn is None:
             return super()._create(sock, *args, **kwargs)  # type: ignore[misc]
+        _engine.tls_starting(conn, None)
         try:
             self = super()._create(sock, *args, **kwargs)  # type: ignore[misc]
         except BaseException as exc:
@@ -74,6 +75,9 @@ class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
         return self
 
     def do_handshake(self, block: bool = False) -> None:
+        c = self._netstats_counts
+        if c is not None:
+            _engine.tls_starting(c.conn, self)
         try:
             super().do_handshake(block)
         except _WANT:
