@@ -181,8 +181,8 @@ def browser() -> Iterator[Any]:
         pytest.skip("playwright is not installed (the test extra)")
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: .ci/chromium.sh installs it")
-        pytest.skip("Debian's chromium is not installed (.ci/chromium.sh)")
+            pytest.fail("chromium is not installed: .ci/run installs it")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, timeout=60_000)
         yield b
