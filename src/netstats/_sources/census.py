@@ -257,6 +257,7 @@ class Census:
             if not _engine.handed_on(conn, sock):
                 return False
             seen.kind, seen.conn, seen.side = _Seen.FOUND, conn, conn.side
+            self._hear_destroys(True)  # before the reading: a socket that dies after it is heard of
             seen.last = seen.figures()
             _engine.probe_from(conn, seen.figures)
             self._known[inode] = seen
