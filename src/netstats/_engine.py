@@ -564,6 +564,7 @@ def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
         del _claims[fd]
     if conn._ident is not None and _by_identity.get(conn._ident) is conn:
         del _by_identity[conn._ident]
+    conn._ident = None  # (nothing reads the kernel for it again: a kept record is smaller)
     for watcher in conn._watchers:
         watcher._closed(conn)
     notify(conn, "close")
@@ -600,7 +601,12 @@ def tls_established(conn: Connection, tls_obj: Any) -> None:
     conn.tls = tls_obj.version()
     phase = conn._tls_phase
     if phase is not None and phase[1] is None:
-        conn._tls_phase = (phase[0], max(0.0, time.time() - phase[0]), bool(tls_obj.session_reused))
+        reused = getattr(tls_obj, "session_reused", None)  # (None where the TLS object cannot tell)
+        conn._tls_phase = (
+            phase[0],
+            max(0.0, time.time() - phase[0]),
+            None if reused is None else bool(reused),
+        )
     name = _host_name(tls_obj)
     if name:
         conn.host = name

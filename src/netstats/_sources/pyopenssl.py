@@ -46,6 +46,7 @@ class _Negotiated:
         self._obj = tls_obj
         name = tls_obj.get_servername()
         self.server_hostname = name.decode("ascii", "replace") if isinstance(name, bytes) else None
+        self.session_reused = None  # pyOpenSSL does not say: tls_resumed stays unknown
 
     def version(self) -> str | None:
         version = self._obj.get_protocol_version_name()
