@@ -833,7 +833,7 @@ def handed_on(conn: Connection, sock: Any) -> bool:
     ):
         return False
     count_in_python(conn)  # rx/tx up to date
-    info = _kernel.read(sock, conn.side == "client", conn._ident)
+    info = conn.tcp_info()  # (with what tells the peer's FIN in the CLOSE state, as every reading)
     if info is None:
         return False
     conn._kernel_base = (info.wire_rx - info.unread - conn._rx, info.wire_tx - conn._tx)

@@ -252,16 +252,25 @@ class Census:
             except OSError:
                 return False
             seen = _inspect(fd)
-            if seen.kind != _Seen.WAITING or seen.cookie is None:
+            if seen.kind != _Seen.WAITING:
                 return False
+            cookie, reading = seen.cookie, None
+            closed = cookie is None  # CLOSE: both ends done, its queue may still be read
+            if cookie is None:  # (sock_diag cannot look it up: its final figures come when it is destroyed)
+                cookie, seen.remote = _diag.cookie_of(sock), conn.remote
+                if cookie is None or seen.remote is None:
+                    return False
+                self._hear_destroys(True)
+                reading = conn.tcp_info()  # through the socket, while it still holds the descriptor
             if not _engine.handed_on(conn, sock):
                 return False
-            seen.kind, seen.conn, seen.side = _Seen.FOUND, conn, conn.side
+            seen.kind, seen.conn, seen.side, seen.cookie = _Seen.FOUND, conn, conn.side, cookie
             self._hear_destroys(True)  # before the reading: a socket that dies after it is heard of
-            seen.last = seen.figures()
+            seen.last = reading if closed else seen.figures()
+            seen.fin_seen = seen.fin_seen or bool(closed and conn._peer_fin)
             _engine.probe_from(conn, seen.figures)
             self._known[inode] = seen
-            self._by_cookie[seen.cookie] = seen
+            self._by_cookie[cookie] = seen
         return True
 
     def _classify(self, fd: int, before: _Seen | None, baseline: bool) -> _Seen:
