@@ -394,26 +394,39 @@ def test_an_urgent_byte_nobody_reads_is_not_counted_as_read(mode):
 # ---- 5. close() from another thread while a recv() is blocked ------------------------------
 
 
+def in_a_call_on(thread: threading.Thread, fd: int) -> bool:
+    """Whether thread is inside a system call on descriptor fd (its first argument), per the kernel."""
+    with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+        fields = f.read().split()
+    return len(fields) > 1 and fields[0] != "running" and int(fields[1], 16) == fd
+
+
+@linux
 @pytest.mark.parametrize("mode", MODES)
-def test_a_close_from_another_thread_freezes_the_record_in_both_modes(mode):
+def test_a_close_from_another_thread_counts_what_the_blocked_recv_reads_in_both_modes(mode):
     events: list[tuple[str, int | None]] = []
     with listening() as listener, capture_in(mode, events) as cap:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
         with server:
             client.sendall(b"GET\n")
-            server.recv(4)
+            assert server.recv(4) == b"GET\n"
             server.sendall(b"a" * 100)
             drain(client, 100)
             got: list[int] = []
             reader = threading.Thread(target=lambda: got.append(len(client.recv(1000))))
             reader.start()
-            wait_until(lambda: reader.is_alive())
-            time.sleep(0.2)  # the reader is blocked in recv()
+            wait_until(lambda: in_a_call_on(reader, client.fileno()))  # blocked in recv()
             client.close()  # from this thread
             server.sendall(b"b" * 300)  # the blocked recv() still gets these
             reader.join(10)
+            assert not reader.is_alive()
+            sent = 100 + 300  # the peer's own count: what the application read, all of it
         assert got == [300]
     (conn,) = cap.connections
-    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (100, 4)  # as at close, in either mode
-    assert [e for e, _ in events][-1] == "close"
+    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (sent, 4)
+    assert conn.closed is not None
+    names = [e for e, _ in events]
+    assert names[-1] == "close" and names.count("close") == 1
+    if mode == "wrapped":
+        assert [n for e, n in events if e == "read"] == [100, 300]
