@@ -19,6 +19,7 @@ import ipaddress
 import itertools
 import logging
 import socket as _socketmod
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -592,13 +593,15 @@ def end(conn: Connection, sock: Any) -> None:
 # ---- a close() while another thread's call holds the kernel socket ---------------------------
 
 
-def holdable(conn: Connection, sock: Any) -> bool:
-    """Whether conn's end may wait for the kernel to let go of its socket, should a call of
-    another thread hold it past close() (a blocked recv): a connected plain TCP connection
-    whose last descriptor is sock's, not shared with another process, its bytes the stream's
-    (the kernel's figures then say when every byte the application moved is counted)."""
-    return (
-        conn.transport == "tcp"
+def holdable(conn: Connection, sock: Any) -> int | None:
+    """The kernel socket's cookie if conn's end may wait for the kernel to let go of it, should a
+    call of another thread hold it past close() (a blocked recv): a connected plain TCP
+    connection whose last descriptor is sock's, not shared with another process, its bytes the
+    stream's (the kernel's figures then say when every byte the application moved is counted)."""
+    ident = conn._ident  # (SO_COOKIE's 8 bytes; an inode where the kernel has no cookies)
+    if (
+        type(ident) is bytes
+        and conn.transport == "tcp"
         and conn.closed is None
         and conn.connected is not None
         and conn.error is None
@@ -610,7 +613,9 @@ def holdable(conn: Connection, sock: Any) -> bool:
         and getattr(sock, "_netstats_counts", None) is conn
         and not any(s is not sock for s in _holders(conn))
         and conn not in _shared
-    )
+    ):
+        return int.from_bytes(ident, sys.byteorder)
+    return None
 
 
 def hold(conn: Connection, probe: Callable[[], _kernel.TcpInfo | None]) -> None:

@@ -50,6 +50,7 @@ _OPENING = frozenset({_SYN_SENT, _SYN_RECV})
 _FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
 _TCP_FAMILIES = (_socket.AF_INET, _socket.AF_INET6)
 _FD_DIR = "/proc/self/fd"
+_family_of = _socket.socket.family.__get__  # (a plain int)
 
 
 class _Seen:
@@ -107,7 +108,7 @@ class _Held:
     def __init__(self, conn: Any, sock: Any, cookie: int) -> None:
         self.conn = conn
         self.sock = weakref.ref(sock)  # (a count after the end goes nowhere: _engine.held_ended)
-        self.family = int(sock.family)
+        self.family = _family_of(sock)
         self.local, self.remote, self.cookie = conn.local, conn.remote, cookie
         self.last: _kernel.TcpInfo | None = conn.tcp_info()  # the reading taken at close
         self.fin_seen = self.last is not None and self.last.peer_fin
@@ -331,35 +332,34 @@ class Census:
         on, unorphaned, and conn goes on until the kernel lets go of it. False (nothing done) if
         conn cannot be followed so (see _engine.holdable): close it as usual."""
         try:
-            if self._thread is None or not _engine.holdable(conn, sock):
-                return False
-            cookie = _diag.cookie_of(sock)
+            cookie = _engine.holdable(conn, sock) if self._thread is not None else None
             if cookie is None or not _engine.release(conn, sock, True):
                 return False
-            held = _Held(conn, sock, cookie)
         except Exception:
             log.exception("netstats: internal error at close (the observed code is unaffected)")
             return False
         try:
             close(sock, ss)
         finally:
-            self._follow(held, sock)
+            self._follow(conn, sock, cookie)
         return True
 
-    def _follow(self, held: _Held, sock: Any) -> None:
-        """After the close: follow held while a call holds its socket, else it ends now."""
+    def _follow(self, conn: Any, sock: Any, cookie: int) -> None:
+        """After the close: follow conn while a call holds its socket, else it ends now."""
         try:
-            if held.look():  # (the usual close costs this one query)
+            diag = _diag.query(_family_of(sock), conn.local, conn.remote, cookie)  # (the usual cost)
+            if diag is not None and diag.inode != 0:  # not orphaned: a call holds it
+                held = _Held(conn, sock, cookie)
                 with self._lock:
                     self._hear_destroys(True)  # before the next look: a destruction is heard of
-                    self._held[held.cookie] = held
-                    _engine.hold(held.conn, held.reading)
+                    self._held[cookie] = held
+                    _engine.hold(conn, held.reading)
                     held.look()
                 return
         except Exception:
             log.exception("netstats: internal error at close (the observed code is unaffected)")
         try:
-            _engine.end(held.conn, sock)
+            _engine.end(conn, sock)
         except Exception:
             log.exception("netstats: internal error at close (the observed code is unaffected)")
 
