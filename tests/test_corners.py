@@ -396,6 +396,7 @@ def test_an_urgent_byte_nobody_reads_is_not_counted_as_read(mode):
 
 def in_a_call_on(thread: threading.Thread, fd: int) -> bool:
     """Whether thread is inside a system call on descriptor fd (its first argument), per the kernel."""
+    assert thread.is_alive(), "the call returned before the test could close its socket"
     with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
         fields = f.read().split()
     return len(fields) > 1 and fields[0] != "running" and int(fields[1], 16) == fd
@@ -430,3 +431,55 @@ def test_a_close_from_another_thread_counts_what_the_blocked_recv_reads_in_both_
     assert names[-1] == "close" and names.count("close") == 1
     if mode == "wrapped":
         assert [n for e, n in events if e == "read"] == [100, 300]
+
+
+@linux
+@pytest.mark.parametrize("mode", MODES)
+def test_a_close_from_another_thread_counts_what_the_blocked_sendall_sends_in_both_modes(mode):
+    events: list[tuple[str, int | None]] = []
+    payload = b"z" * 3_000_000  # far more than both socket buffers: sendall() blocks
+    with listening() as listener, capture_in(mode, events) as cap:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # (accepted ones inherit it)
+        client = socket.create_connection(listener.getsockname())
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        server, _ = listener.accept()
+        with server:
+            client.sendall(b"GET\n")
+            assert server.recv(4) == b"GET\n"
+            writer = threading.Thread(target=client.sendall, args=(payload,))
+            writer.start()
+            wait_until(lambda: in_a_call_on(writer, client.fileno()))  # blocked in sendall()
+            client.close()  # from this thread
+            received = 4 + read_all(server)  # the peer's own count; EOF once the sendall is done
+            writer.join(10)
+            assert not writer.is_alive()
+    assert received == 4 + len(payload)
+    (conn,) = cap.connections
+    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (0, received)
+    names = [e for e, _ in events]
+    assert names[-1] == "close" and names.count("close") == 1
+
+
+@linux
+@pytest.mark.parametrize("mode", MODES)
+def test_a_close_from_another_thread_ends_the_record_when_the_blocked_recv_gets_eof(mode):
+    events: list[tuple[str, int | None]] = []
+    with listening() as listener, capture_in(mode, events) as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"GET\n")
+        assert server.recv(4) == b"GET\n"
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(client.recv(1000)))
+        reader.start()
+        wait_until(lambda: in_a_call_on(reader, client.fileno()))  # blocked in recv()
+        client.close()  # from this thread
+        server.close()  # the blocked recv() gets end-of-file
+        reader.join(10)
+        assert not reader.is_alive()
+        assert got == [b""]
+        (conn,) = cap.connections
+        wait_until(lambda: conn.closed is not None)  # ends once the kernel lets go of the socket
+    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (0, 4)
+    names = [e for e, _ in events]
+    assert names[-1] == "close" and names.count("close") == 1

@@ -177,7 +177,9 @@ class Census:
         self._closing: dict[int, float] = {}  # cookie -> until when its destroy notification may come
         self._listened: set[int] = set()  # local ports of the listeners seen (65,536 at most)
         self._held: dict[int, _Held] = {}  # cookie -> a connection whose socket a call holds
-        self._lock = threading.Lock()  # one sweep at a time (the thread's, or stop()'s last one)
+        # One sweep at a time (the thread's, or stop()'s last one); reentrant: a connection's end
+        # calls its capture's callback, whose own close may be one to follow (close_held).
+        self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._feed: Any = None
@@ -230,7 +232,7 @@ class Census:
         self._thread = None
         self._feed = None
         self._listening = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._known.clear()
         self._by_cookie.clear()
         self._closing.clear()
