@@ -402,9 +402,20 @@ def in_a_call_on(thread: threading.Thread, fd: int) -> bool:
     return len(fields) > 1 and fields[0] != "running" and int(fields[1], 16) == fd
 
 
+# How the peer goes on once our socket is closed: each ends the kernel socket another way (our
+# FIN first, then a time-wait entry; the peer's FIN first; a reset for bytes left unread).
+PEER_AFTER_CLOSE = {
+    "sends-then-closes-later": (300, False),
+    "sends-and-closes-at-once": (300, True),
+    "sends-more-than-is-read": (1300, False),  # (a reset, at once)
+}
+
+
 @linux
+@pytest.mark.parametrize("peer_after", sorted(PEER_AFTER_CLOSE))
 @pytest.mark.parametrize("mode", MODES)
-def test_a_close_from_another_thread_counts_what_the_blocked_recv_reads_in_both_modes(mode):
+def test_a_close_from_another_thread_counts_what_the_blocked_recv_reads_in_both_modes(mode, peer_after):
+    size, closes_at_once = PEER_AFTER_CLOSE[peer_after]
     events: list[tuple[str, int | None]] = []
     with listening() as listener, capture_in(mode, events) as cap:
         client = socket.create_connection(listener.getsockname())
@@ -419,18 +430,25 @@ def test_a_close_from_another_thread_counts_what_the_blocked_recv_reads_in_both_
             reader.start()
             wait_until(lambda: in_a_call_on(reader, client.fileno()))  # blocked in recv()
             client.close()  # from this thread
-            server.sendall(b"b" * 300)  # the blocked recv() still gets these
+            server.sendall(b"b" * size)  # the blocked recv() still gets these (up to 1000)
+            if closes_at_once:
+                server.close()
             reader.join(10)
             assert not reader.is_alive()
-            sent = 100 + 300  # the peer's own count: what the application read, all of it
-        assert got == [300]
+            (returned,) = got  # what the blocked call returned (its own count, not netstats')
+            assert 0 < returned <= min(size, 1000)
+            read = 100 + returned  # what the application read: the peer's 100, then that
+            if not closes_at_once:  # (our socket lingers, orphaned, until the peer's FIN)
+                (conn,) = cap.connections
+                assert conn.rx == read  # exact as soon as the call returned
+                wait_until(lambda: conn.closed is not None)  # ended once the kernel let go
     (conn,) = cap.connections
-    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (sent, 4)
+    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (read, 4)
     assert conn.closed is not None
     names = [e for e, _ in events]
     assert names[-1] == "close" and names.count("close") == 1
     if mode == "wrapped":
-        assert [n for e, n in events if e == "read"] == [100, 300]
+        assert [n for e, n in events if e == "read"] == [100, read - 100]
 
 
 @linux
