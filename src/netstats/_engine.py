@@ -611,7 +611,7 @@ def holdable(conn: Connection, sock: Any) -> int | None:
         and bool(conn.local)
         and bool(conn.remote)
         and getattr(sock, "_netstats_counts", None) is conn
-        and not any(s is not sock for s in _holders(conn))
+        and not (conn._others and any(s is not sock for s in _holders(conn)))
         and conn not in _shared
     ):
         return int.from_bytes(ident, sys.byteorder)

@@ -349,8 +349,8 @@ class Census:
     def _follow(self, conn: Any, sock: Any, cookie: int) -> None:
         """After the close: follow conn while a call holds its socket, else it ends now."""
         try:
-            diag = _diag.query(_family_of(sock), conn.local, conn.remote, cookie)  # (the usual cost)
-            if diag is not None and diag.inode != 0:  # not orphaned: a call holds it
+            inode = _diag.holder(_family_of(sock), conn.local, conn.remote, cookie)  # (the usual cost)
+            if inode:  # not orphaned: a call holds it
                 held = _Held(conn, sock, cookie)
                 with self._lock:
                     self._hear_destroys(True)  # before the next look: a destruction is heard of
