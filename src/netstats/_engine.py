@@ -107,6 +107,7 @@ def refresh(conn: Connection) -> None:
 
 # The C type's own attributes: plain ints (socket.socket's properties make enums, slowly).
 _family_of, _type_of = _socket.socket.family.__get__, _socket.socket.type.__get__
+_timeout_of = _socket.socket.timeout.__get__  # None (blocking), seconds, or 0.0 (non-blocking)
 _AF_INET, _AF_UNIX = _socketmod.AF_INET, getattr(_socketmod, "AF_UNIX", -1)
 
 
@@ -597,10 +598,12 @@ def holdable(conn: Connection, sock: Any) -> int | None:
     """The kernel socket's cookie if conn's end may wait for the kernel to let go of it, should a
     call of another thread hold it past close() (a blocked recv): a connected plain TCP
     connection whose last descriptor is sock's, not shared with another process, its bytes the
-    stream's (the kernel's figures then say when every byte the application moved is counted)."""
+    stream's (the kernel's figures then say when every byte the application moved is counted),
+    that blocks (a non-blocking socket's calls never wait: asyncio's)."""
     ident = conn._ident  # (SO_COOKIE's 8 bytes; an inode where the kernel has no cookies)
     if (
         type(ident) is bytes
+        and _timeout_of(sock) != 0.0
         and conn.transport == "tcp"
         and conn.closed is None
         and conn.connected is not None
