@@ -394,26 +394,110 @@ def test_an_urgent_byte_nobody_reads_is_not_counted_as_read(mode):
 # ---- 5. close() from another thread while a recv() is blocked ------------------------------
 
 
+def in_a_call_on(thread: threading.Thread, fd: int) -> bool:
+    """Whether thread is inside a system call on descriptor fd (its first argument), per the kernel."""
+    assert thread.is_alive(), "the call returned before the test could close its socket"
+    with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+        fields = f.read().split()
+    return len(fields) > 1 and fields[0] != "running" and int(fields[1], 16) == fd
+
+
+# How the peer goes on once our socket is closed: each ends the kernel socket another way (our
+# FIN first, then a time-wait entry; the peer's FIN first; a reset for bytes left unread).
+PEER_AFTER_CLOSE = {
+    "sends-then-closes-later": (300, False),
+    "sends-and-closes-at-once": (300, True),
+    "sends-more-than-is-read": (1300, False),  # (a reset, at once)
+}
+
+
+@linux
+@pytest.mark.parametrize("peer_after", sorted(PEER_AFTER_CLOSE))
 @pytest.mark.parametrize("mode", MODES)
-def test_a_close_from_another_thread_freezes_the_record_in_both_modes(mode):
+def test_a_close_from_another_thread_counts_what_the_blocked_recv_reads_in_both_modes(mode, peer_after):
+    size, closes_at_once = PEER_AFTER_CLOSE[peer_after]
     events: list[tuple[str, int | None]] = []
     with listening() as listener, capture_in(mode, events) as cap:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
         with server:
             client.sendall(b"GET\n")
-            server.recv(4)
+            assert server.recv(4) == b"GET\n"
             server.sendall(b"a" * 100)
             drain(client, 100)
             got: list[int] = []
             reader = threading.Thread(target=lambda: got.append(len(client.recv(1000))))
             reader.start()
-            wait_until(lambda: reader.is_alive())
-            time.sleep(0.2)  # the reader is blocked in recv()
+            wait_until(lambda: in_a_call_on(reader, client.fileno()))  # blocked in recv()
             client.close()  # from this thread
-            server.sendall(b"b" * 300)  # the blocked recv() still gets these
+            server.sendall(b"b" * size)  # the blocked recv() still gets these (up to 1000)
+            if closes_at_once:
+                server.close()
             reader.join(10)
-        assert got == [300]
+            assert not reader.is_alive()
+            (returned,) = got  # what the blocked call returned (its own count, not netstats')
+            assert 0 < returned <= min(size, 1000)
+            read = 100 + returned  # what the application read: the peer's 100, then that
+            if not closes_at_once:  # (our socket lingers, orphaned, until the peer's FIN)
+                (conn,) = cap.connections
+                assert conn.rx == read  # exact as soon as the call returned
+                wait_until(lambda: conn.closed is not None)  # ended once the kernel let go
     (conn,) = cap.connections
-    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (100, 4)  # as at close, in either mode
-    assert [e for e, _ in events][-1] == "close"
+    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (read, 4)
+    assert conn.closed is not None
+    names = [e for e, _ in events]
+    assert names[-1] == "close" and names.count("close") == 1
+    if mode == "wrapped":
+        assert [n for e, n in events if e == "read"] == [100, read - 100]
+
+
+@linux
+@pytest.mark.parametrize("mode", MODES)
+def test_a_close_from_another_thread_counts_what_the_blocked_sendall_sends_in_both_modes(mode):
+    events: list[tuple[str, int | None]] = []
+    payload = b"z" * 3_000_000  # far more than both socket buffers: sendall() blocks
+    with listening() as listener, capture_in(mode, events) as cap:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # (accepted ones inherit it)
+        client = socket.create_connection(listener.getsockname())
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        server, _ = listener.accept()
+        with server:
+            client.sendall(b"GET\n")
+            assert server.recv(4) == b"GET\n"
+            writer = threading.Thread(target=client.sendall, args=(payload,))
+            writer.start()
+            wait_until(lambda: in_a_call_on(writer, client.fileno()))  # blocked in sendall()
+            client.close()  # from this thread
+            received = 4 + read_all(server)  # the peer's own count; EOF once the sendall is done
+            writer.join(10)
+            assert not writer.is_alive()
+    assert received == 4 + len(payload)
+    (conn,) = cap.connections
+    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (0, received)
+    names = [e for e, _ in events]
+    assert names[-1] == "close" and names.count("close") == 1
+
+
+@linux
+@pytest.mark.parametrize("mode", MODES)
+def test_a_close_from_another_thread_ends_the_record_when_the_blocked_recv_gets_eof(mode):
+    events: list[tuple[str, int | None]] = []
+    with listening() as listener, capture_in(mode, events) as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"GET\n")
+        assert server.recv(4) == b"GET\n"
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(client.recv(1000)))
+        reader.start()
+        wait_until(lambda: in_a_call_on(reader, client.fileno()))  # blocked in recv()
+        client.close()  # from this thread
+        server.close()  # the blocked recv() gets end-of-file
+        reader.join(10)
+        assert not reader.is_alive()
+        assert got == [b""]
+        (conn,) = cap.connections
+        wait_until(lambda: conn.closed is not None)  # ends once the kernel lets go of the socket
+    assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (0, 4)
+    names = [e for e, _ in events]
+    assert names[-1] == "close" and names.count("close") == 1

@@ -14,6 +14,7 @@ from typing import Any
 from . import _engine, _patch, _state, _tagging
 from ._errors import NetstatsError
 from ._record import Connection
+from ._sources import census
 
 EVENTS = frozenset({"open", "connect", "read", "write", "close"})
 Callback = Callable[[str, Connection, "int | None"], Any]
@@ -123,6 +124,8 @@ class Capture:
 
     def stop(self) -> list[Connection]:
         """Stop capturing; returns the connections seen. Idempotent."""
+        if self._live:
+            census.settle()  # connections whose end the kernel has told: they end while heard of
         with _state.lock:
             if self._live:
                 self._final = self._totals()

@@ -117,9 +117,11 @@ def parse(data: bytes, wanted: Container[int] | None = None) -> list[Diag]:
 _NO_COOKIE = 0xFFFFFFFFFFFFFFFF
 
 
-def _request(family: int, local: Any, remote: Any, cookie: int, states: int = _TCP_STATES_ALL) -> bytes:
-    """One socket by its 4-tuple and cookie (_NO_COOKIE: any), with its tcp_info."""
-    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), states)
+def _request(
+    family: int, local: Any, remote: Any, cookie: int, states: int = _TCP_STATES_ALL, info: bool = True
+) -> bytes:
+    """One socket by its 4-tuple and cookie (_NO_COOKIE: any), with its tcp_info (`info`)."""
+    body = _REQUEST.pack(family, socket.IPPROTO_TCP, (1 << (INET_DIAG_INFO - 1)) if info else 0, states)
     body += _SOCKID.pack(local[1], remote[1], _packed(family, local[0]), _packed(family, remote[0]))
     scope = local[3] if family == socket.AF_INET6 and len(local) > 3 else 0
     body += _SOCKID_TAIL.pack(scope, cookie & 0xFFFFFFFF, cookie >> 32)
@@ -160,6 +162,29 @@ def query(family: int, local: Any, remote: Any, cookie: int) -> Diag | None:
     for found in parse(data or b""):
         if found.cookie == cookie:
             return found
+    return None
+
+
+def holder(family: int, local: Any, remote: Any, cookie: int) -> int | None:
+    """The inode of the socket's file, which lives while a descriptor or a call in flight holds it:
+    0 once the socket is orphaned (closed, lingering), None if it is gone or cannot be asked.
+    (The cheap question: no tcp_info, nothing else decoded.)"""
+    try:
+        data = _ask(_request(family, local, remote, cookie, info=False)) or b""
+        offset = 0
+        while offset + _HEADER.size <= len(data):
+            length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+            if length < _HEADER.size:
+                break
+            body = offset + _HEADER.size
+            if kind == SOCK_DIAG_BY_FAMILY and length - _HEADER.size >= 72:
+                _if, low, high = _SOCKID_TAIL.unpack_from(data, body + 40)
+                if low | (high << 32) == cookie:
+                    inode: int = _MSG_TAIL.unpack_from(data, body + 52)[4]
+                    return inode
+            offset += (length + 3) & ~3
+    except (ValueError, OSError, struct.error, IndexError, TypeError):
+        pass
     return None
 
 

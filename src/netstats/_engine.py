@@ -19,6 +19,7 @@ import ipaddress
 import itertools
 import logging
 import socket as _socketmod
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -35,7 +36,10 @@ _by_fd: dict[int, weakref.ref[Any]] = {}  # fd -> live captured socket (sendfile
 # included: the kernel census leaves these descriptors alone.
 _claims: dict[int, Connection] = {}
 _by_identity: dict[Any, Connection] = {}  # kernel socket identity -> its open TCP connection
-_handed: dict[int, Connection] = {}  # id -> a connection whose descriptor detach() handed on
+# id -> a connection whose kernel socket lives on past its descriptor: handed on by detach(), or
+# held across close() by another thread's call (hold()); it ends through found_closed()
+_handed: dict[int, Connection] = {}
+_shared: weakref.WeakSet[Connection] = weakref.WeakSet()  # shared with another process (fork, pickle)
 FAMILIES = {_socketmod.AF_INET, _socketmod.AF_INET6, getattr(_socketmod, "AF_UNIX", -1)}
 _PENDING = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR}
 _CONNECTED = {0, errno.EISCONN}
@@ -103,6 +107,7 @@ def refresh(conn: Connection) -> None:
 
 # The C type's own attributes: plain ints (socket.socket's properties make enums, slowly).
 _family_of, _type_of = _socket.socket.family.__get__, _socket.socket.type.__get__
+_timeout_of = _socket.socket.timeout.__get__  # None (blocking), seconds, or 0.0 (non-blocking)
 _AF_INET, _AF_UNIX = _socketmod.AF_INET, getattr(_socketmod, "AF_UNIX", -1)
 
 
@@ -437,6 +442,7 @@ def before_sharing(sock: Any = None) -> None:
         c = getattr(s, "_netstats_counts", None) if s is not None else None
         if c is not None and c.conn.closed is None:
             count_in_python(c.conn)
+            _shared.add(c.conn)
 
 
 @guarded
@@ -536,10 +542,20 @@ def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
     """The connection ends: freeze its figures, then tell the watchers (once).
 
     `closing`: sock's descriptor is about to close (not handed on, as by detach())."""
+    if release(conn, sock, closing):
+        end(conn, sock)
+
+
+def release(conn: Connection, sock: Any, closing: bool = False) -> bool:
+    """All of finish() but the end: the last kernel reading while sock's descriptor is open, and
+    the descriptor forgotten. False if conn does not end here (ended already, another descriptor
+    goes on, or its kernel socket lives on elsewhere: see hold())."""
     if conn.closed is not None:
-        return
+        return False
+    if sock is not None and _handed.get(conn.id) is conn:
+        return False  # its descriptor was let go already: it ends through found_closed()
     if sock is not None and conn._others and _let_go(conn, sock):
-        return  # another descriptor of the same kernel socket is still open
+        return False  # another descriptor of the same kernel socket is still open
     if sock is not None and conn.transport == "tcp" and conn.error is None:
         if conn.connected is None:
             try:  # a non-blocking connect whose end nobody asked about
@@ -549,11 +565,6 @@ def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
                 pass
         if conn.connected is not None:
             conn._final_info = conn.tcp_info(final=closing)  # last kernel read, descriptor still open
-    conn.closed = time.time()
-    if sock is not None and getattr(sock, "_netstats_counts", None) is conn:
-        # The record stays readable through the socket (stats()), but is final: a call still in
-        # flight on another thread (a recv blocked across close()) counts into nothing.
-        sock._netstats_counts = StreamCounts(conn)
     ref = conn._sock
     conn._sock = None
     conn._others = None
@@ -565,9 +576,77 @@ def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
     if conn._ident is not None and _by_identity.get(conn._ident) is conn:
         del _by_identity[conn._ident]
     conn._ident = None  # (nothing reads the kernel for it again: a kept record is smaller)
+    return True
+
+
+def end(conn: Connection, sock: Any) -> None:
+    """conn ends now (after release()): closed, and the watchers told."""
+    conn.closed = time.time()
+    if sock is not None and getattr(sock, "_netstats_counts", None) is conn:
+        # The record stays readable through the socket (stats()), but is final: a call still in
+        # flight on another thread counts into nothing.
+        sock._netstats_counts = StreamCounts(conn)
     for watcher in conn._watchers:
         watcher._closed(conn)
     notify(conn, "close")
+
+
+# ---- a close() while another thread's call holds the kernel socket ---------------------------
+
+
+def holdable(conn: Connection, sock: Any) -> int | None:
+    """The kernel socket's cookie if conn's end may wait for the kernel to let go of it, should a
+    call of another thread hold it past close() (a blocked recv): a connected plain TCP
+    connection whose last descriptor is sock's, not shared with another process, its bytes the
+    stream's (the kernel's figures then say when every byte the application moved is counted),
+    that blocks (a non-blocking socket's calls never wait: asyncio's)."""
+    ident = conn._ident  # (SO_COOKIE's 8 bytes; an inode where the kernel has no cookies)
+    if (
+        type(ident) is bytes
+        and _timeout_of(sock) != 0.0
+        and conn.transport == "tcp"
+        and conn.closed is None
+        and conn.connected is not None
+        and conn.error is None
+        and conn.tls is None
+        and conn._tls_phase is None
+        and conn._probe is None
+        and bool(conn.local)
+        and bool(conn.remote)
+        and getattr(sock, "_netstats_counts", None) is conn
+        and not (conn._others and any(s is not sock for s in _holders(conn)))
+        and conn not in _shared
+    ):
+        return int.from_bytes(ident, sys.byteorder)
+    return None
+
+
+def hold(conn: Connection, probe: Callable[[], _kernel.TcpInfo | None]) -> None:
+    """conn's descriptor is closed (release()d) but a call of another thread still holds its
+    kernel socket: conn goes on (the wrappers count that call; probe reads the kernel's figures)
+    until held_ended()."""
+    conn._probe = probe
+    _handed[conn.id] = conn
+
+
+def counted_all(conn: Connection, final: _kernel.TcpInfo) -> bool:
+    """Whether conn has counted every byte the kernel's final figures say the application moved
+    (a call in flight across close() counts as it returns)."""
+    if conn._kernel_counted:
+        return True
+    return (
+        conn._rx >= final.wire_rx - final.unread - conn._kernel_base[0]
+        and conn._tx >= final.wire_tx - conn._kernel_base[1]
+    )
+
+
+@guarded
+def held_ended(conn: Connection, sock: Any, final: _kernel.TcpInfo | None) -> None:
+    """The kernel let go of a held connection's socket: its figures are final, its end told."""
+    if sock is not None and getattr(sock, "_netstats_counts", None) is conn:
+        sock._netstats_counts = StreamCounts(conn)  # (a count later than the end goes nowhere)
+    found_closed(conn, final)
+    conn._probe = None
 
 
 # ---- TLS --------------------------------------------------------------------------------
@@ -859,7 +938,7 @@ def found_closed(conn: Connection, final: _kernel.TcpInfo | None) -> None:
     """A found connection's last descriptor closed (or the kernel destroyed it): its figures are final."""
     if final is not None and conn.closed is None:
         conn._final_info = final
-        if _handed.pop(conn.id, None) is conn:  # handed on by detach(): rx/tx are the kernel's
+        if _handed.pop(conn.id, None) is conn and conn._kernel_counted:  # rx/tx are the kernel's
             conn._rx = final.wire_rx - final.unread - conn._kernel_base[0]
             conn._tx = final.wire_tx - conn._kernel_base[1]
     _handed.pop(conn.id, None)

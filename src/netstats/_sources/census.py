@@ -16,6 +16,11 @@ recorded when a second sweep in a row sees it connected and not Python's (an acc
 local port being one this process listens on, only with servers=True), its `opened` being the
 first sweep's time. A connection that lives less than two sweeps may be missed; one open for
 0.5 s or more is always found.
+
+The census also follows Python's own connections whose kernel socket outlives their last
+descriptor: a close() while another thread's call (a blocked recv) still holds the socket. The
+kernel keeps it, unorphaned, until that call returns: the record goes on, counting what the call
+moves, and ends once the kernel lets go of the socket (`close_held`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import select
 import stat
 import threading
 import time
+import weakref
 from typing import Any
 
 from .. import _diag, _engine, _kernel
@@ -35,6 +41,7 @@ log = logging.getLogger("netstats")
 
 INTERVAL = 0.15  # seconds between sweeps: a connection is recorded at its second
 DESTROY_WAIT = 1.0  # seconds a destroy notification may take once the descriptor is gone
+GRACE = 1.0  # seconds a call that held its socket across close() gets to count its last bytes
 supported = _diag.supported and _kernel.supported and os.path.isdir("/proc/self/fd")
 
 # TCP states (linux/tcp_states.h)
@@ -43,6 +50,7 @@ _OPENING = frozenset({_SYN_SENT, _SYN_RECV})
 _FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
 _TCP_FAMILIES = (_socket.AF_INET, _socket.AF_INET6)
 _FD_DIR = "/proc/self/fd"
+_family_of = _socket.socket.family.__get__  # (a plain int)
 
 
 class _Seen:
@@ -89,6 +97,50 @@ def _figures(diag: _diag.Diag, client: bool, fin: int | None = None) -> _kernel.
     return info._replace(unread=max(0, diag.unread - 1)) if info.peer_fin else info
 
 
+class _Held:
+    """A connection closed while a call of another thread held its kernel socket, followed by its
+    cookie until the kernel lets go of the socket (orphans it, or destroys it)."""
+
+    __slots__ = (
+        "conn", "sock", "family", "local", "remote", "cookie", "last", "fin_seen", "final", "gone", "done"
+    )  # fmt: skip
+
+    def __init__(self, conn: Any, sock: Any, cookie: int) -> None:
+        self.conn = conn
+        self.sock = weakref.ref(sock)  # (a count after the end goes nowhere: _engine.held_ended)
+        self.family = _family_of(sock)
+        self.local, self.remote, self.cookie = conn.local, conn.remote, cookie
+        self.last: _kernel.TcpInfo | None = conn.tcp_info()  # the reading taken at close
+        self.fin_seen = self.last is not None and self.last.peer_fin
+        self.final: _kernel.TcpInfo | None = None
+        self.gone: float | None = None  # when it was seen destroyed: its notification is on its way
+        self.done: float | None = None  # when its final figures were known
+
+    def look(self) -> bool:
+        """Ask the kernel: True while a descriptor or a call still holds the socket."""
+        diag = _diag.query(self.family, self.local, self.remote, self.cookie)
+        info = _figures(diag, self.conn.side == "client") if diag is not None else None
+        if diag is None or info is None:  # destroyed (a time-wait entry has no tcp_info)
+            if self.gone is None:
+                self.gone = time.monotonic()
+            return False
+        self.last = info
+        self.fin_seen = self.fin_seen or diag.state in _FIN_RECEIVED
+        if diag.inode == 0:  # orphaned: nothing can read or write it any more
+            self.settle(info)
+        return diag.inode != 0
+
+    def settle(self, final: _kernel.TcpInfo | None) -> None:
+        if self.done is None:
+            self.final, self.done = final, time.monotonic()
+
+    def reading(self) -> _kernel.TcpInfo | None:
+        """The kernel's figures now (conn's probe), final once the socket is let go."""
+        if self.done is None and not self.look() and self.done is None:
+            census.await_destroy(self)
+        return self.final if self.done is not None else self.last
+
+
 def _inspect(fd: int) -> _Seen:
     """What the socket on descriptor fd is, read through a socket object that is then let go."""
     try:
@@ -124,7 +176,10 @@ class Census:
         self._by_cookie: dict[int, _Seen] = {}  # found connections, for the destroy feed
         self._closing: dict[int, float] = {}  # cookie -> until when its destroy notification may come
         self._listened: set[int] = set()  # local ports of the listeners seen (65,536 at most)
-        self._lock = threading.Lock()  # one sweep at a time (the thread's, or stop()'s last one)
+        self._held: dict[int, _Held] = {}  # cookie -> a connection whose socket a call holds
+        # One sweep at a time (the thread's, or stop()'s last one); reentrant: a connection's end
+        # calls its capture's callback, whose own close may be one to follow (close_held).
+        self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._feed: Any = None
@@ -154,8 +209,13 @@ class Census:
             time.sleep(0.01)
             with self._lock:
                 self._destroyed()
+        for held in list(self._held.values()):
+            held.reading()  # (a destroyed one's notification may still be on its way)
         with self._lock:
             self._expire(float("inf"))
+            for held in self._held.values():
+                held.settle(held.last)
+            self._end_held(float("inf"))
             if self._feed is not None:
                 self._feed.close()
                 self._feed = None
@@ -164,6 +224,7 @@ class Census:
             self._by_cookie.clear()
             self._closing.clear()
             self._listened.clear()
+            self._held.clear()
         _diag.close_query_socket()
 
     def forget_after_fork(self) -> None:
@@ -171,10 +232,11 @@ class Census:
         self._thread = None
         self._feed = None
         self._listening = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._known.clear()
         self._by_cookie.clear()
         self._closing.clear()
+        self._held.clear()
 
     def _run(self) -> None:
         """Sweep every INTERVAL; in between, take destroy notifications as they come."""
@@ -188,6 +250,7 @@ class Census:
                     if ready:
                         with self._lock:
                             self._destroyed()
+                            self._end_held(time.monotonic())
                 else:
                     self._stopping.wait(wait)
                 if not self._stopping.is_set() and time.monotonic() >= next_sweep:
@@ -203,6 +266,7 @@ class Census:
         with self._lock:
             self._destroyed()
             self._expire(time.monotonic())
+            self._end_held(time.monotonic())
             try:
                 names = os.listdir(_FD_DIR)
             except OSError:
@@ -231,7 +295,7 @@ class Census:
                         self._gone(seen)
                 elif seen.kind == _Seen.WAITING and seen.remote is not None:
                     self._settle(seen, listening)
-            self._hear_destroys(bool(self._by_cookie))
+            self._hear_destroys(bool(self._by_cookie or self._held))
 
     def _hear_destroys(self, on: bool) -> None:
         """Take the kernel's destroy notifications only while a found connection awaits its
@@ -272,6 +336,84 @@ class Census:
             self._known[inode] = seen
             self._by_cookie[cookie] = seen
         return True
+
+    def close_held(self, conn: Any, sock: Any, close: Any, ss: Any) -> bool:
+        """Close sock (close(sock, ss), its error the caller's) while other threads run: if one
+        of them is inside a call on it (a recv blocked across close()), the kernel socket lives
+        on, unorphaned, and conn goes on until the kernel lets go of it. False (nothing done) if
+        conn cannot be followed so (see _engine.holdable): close it as usual."""
+        try:
+            cookie = _engine.holdable(conn, sock) if self._thread is not None else None
+            if cookie is None or not _engine.release(conn, sock, True):
+                return False
+        except Exception:
+            log.exception("netstats: internal error at close (the observed code is unaffected)")
+            return False
+        try:
+            close(sock, ss)
+        finally:
+            self._follow(conn, sock, cookie)
+        return True
+
+    def _follow(self, conn: Any, sock: Any, cookie: int) -> None:
+        """After the close: follow conn while a call holds its socket, else it ends now."""
+        try:
+            inode = _diag.holder(_family_of(sock), conn.local, conn.remote, cookie)  # (the usual cost)
+            if inode:  # not orphaned: a call holds it
+                held = _Held(conn, sock, cookie)
+                with self._lock:
+                    self._hear_destroys(True)  # before the next look: a destruction is heard of
+                    self._held[cookie] = held
+                    _engine.hold(conn, held.reading)
+                    held.look()
+                return
+        except Exception:
+            log.exception("netstats: internal error at close (the observed code is unaffected)")
+        try:
+            _engine.end(conn, sock)
+        except Exception:
+            log.exception("netstats: internal error at close (the observed code is unaffected)")
+
+    def await_destroy(self, held: _Held) -> None:
+        """A held socket was destroyed: take its notification (final figures), which the kernel
+        sends from a work queue, waiting DESTROY_WAIT seconds at most; else the last reading stands."""
+        deadline = time.monotonic() + DESTROY_WAIT
+        while held.done is None and self._feed is not None:
+            with self._lock:
+                self._destroyed()
+            if held.done is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.002)
+        held.settle(held.last)
+
+    def settle(self) -> None:
+        """A capture stops: held connections whose socket the kernel let go of end now (the
+        capture hears their end)."""
+        if not self._held:
+            return
+        for held in list(self._held.values()):
+            if held.done is None:
+                held.reading()
+        with self._lock:
+            self._end_held(time.monotonic())
+
+    def _end_held(self, now: float) -> None:
+        """End the held connections whose socket the kernel let go of, once every byte the kernel
+        says moved is counted (the call in flight counts as it returns: GRACE seconds at most)."""
+        for cookie, held in list(self._held.items()):
+            conn = held.conn
+            if held.done is None and conn.closed is None:
+                if held.gone is None:
+                    held.look()
+                if held.done is None and (held.gone is None or now < held.gone + DESTROY_WAIT):
+                    continue
+                held.settle(held.last)  # the notification never came: the last reading stands
+            final = held.final
+            behind = conn.closed is None and final is not None and not _engine.counted_all(conn, final)
+            if behind and now < (held.done or 0.0) + GRACE:
+                continue
+            del self._held[cookie]
+            _engine.held_ended(conn, held.sock(), final)
 
     def _classify(self, fd: int, before: _Seen | None, baseline: bool) -> _Seen:
         if _engine.claims_descriptor(fd):
@@ -332,7 +474,8 @@ class Census:
         """Final figures from the kernel's destroy notifications, for the connections found."""
         if self._feed is None:
             return
-        dead, dropped = _diag.drain(self._feed, self._by_cookie)
+        wanted = self._by_cookie.keys() | self._held.keys() if self._held else self._by_cookie
+        dead, dropped = _diag.drain(self._feed, wanted)
         if dropped and not self.dropped:
             self.dropped = True
             log.warning(
@@ -340,6 +483,11 @@ class Census:
                 "of connections found by the census may be their last live reading"
             )
         for diag in dead:
+            held = self._held.get(diag.cookie)
+            if held is not None:
+                fin = _diag.fin_at_destroy(diag, held.fin_seen)
+                held.settle(_figures(diag, held.conn.side == "client", fin) or held.last)
+                continue
             seen = self._by_cookie.pop(diag.cookie, None)
             self._closing.pop(diag.cookie, None)
             if seen is None or seen.conn is None:
@@ -363,6 +511,17 @@ def start() -> None:
         _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
         os.register_at_fork(after_in_child=census.forget_after_fork)
     census.start()
+
+
+def close_held(conn: Any, sock: Any, close: Any, ss: Any) -> bool:
+    """See Census.close_held; False where the census does not run."""
+    return supported and census.close_held(conn, sock, close, ss)
+
+
+def settle() -> None:
+    """A capture stops: see Census.settle."""
+    if supported:
+        census.settle()
 
 
 def hand_on(conn: Any, sock: Any) -> bool:

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import _socket
+import _thread
 import socket as _socketmod
+import threading
 import weakref
 from typing import Any
 
@@ -29,6 +31,7 @@ _stock_real_close: Any = getattr(_stock, "_real_close", None)  # a Python withou
 _SOL_SOCKET, _SO_ERROR = _socketmod.SOL_SOCKET, _socketmod.SO_ERROR
 _PEEK = int(_socketmod.MSG_PEEK)  # a peek is not a read (a plain int: an IntFlag & costs a call)
 _len = len
+_threads: Any = getattr(_thread, "_count", lambda: threading.active_count() - 1)  # besides the main one
 
 
 def nbytes(data: Any) -> int:
@@ -109,6 +112,10 @@ class _Lifecycle:
 
     def _real_close(self, _ss: Any = _C) -> None:
         c = self._netstats_counts
+        # Another thread may be inside a call on this socket (a recv blocked across close()),
+        # which keeps the kernel socket: the census follows it then. (1: the census's thread.)
+        if c is not None and _threads() > 1 and census.close_held(c.conn, self, _stock_real_close, _ss):
+            return
         if c is not None:
             _engine.finish(c.conn, self, True)  # (once: a finished record stays as it is)
         _stock_real_close(self, _ss)  # type: ignore[arg-type]
