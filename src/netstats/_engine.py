@@ -115,14 +115,23 @@ def _transport(sock: Any) -> str | None:
     return "udp" if _type_of(sock) & 0xF == _socketmod.SOCK_DGRAM else "tcp"
 
 
+_ipv4_literals: dict[str, bool] = {}  # address -> whether the kernel writes it so (bounded)
+
+
 def _is_ipv4_sockaddr(address: Any) -> bool:
     """An (address, port) the kernel would give back unchanged from getpeername()."""
     if type(address) is not tuple or len(address) != 2 or type(address[0]) is not str:
         return False
-    try:
-        return _socketmod.inet_ntoa(_socketmod.inet_aton(address[0])) == address[0]
-    except OSError:
-        return False
+    host = address[0]
+    known = _ipv4_literals.get(host)  # (inet_aton + inet_ntoa cost a microsecond per connection)
+    if known is None:
+        try:
+            known = _socketmod.inet_ntoa(_socketmod.inet_aton(host)) == host
+        except OSError:
+            known = False
+        if len(_ipv4_literals) < 1024:
+            _ipv4_literals[host] = known
+    return known
 
 
 def _fd_of(sock: Any) -> int:

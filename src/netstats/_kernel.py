@@ -139,9 +139,7 @@ def read(
         our_fin_acked = acked - (1 if client else 0) > sent - retrans  # past the data (and SYN)
         fin = 1 if peer_fin or _fin_in_close(sock, our_fin_acked, addresses, final) else 0
     last_recv_ms, segs_in = _TIMES.unpack_from(second)
-    return decode(fields, inq, client, fin)._replace(
-        data_segs_in=segs_in, last_data_in=_time() - last_recv_ms / 1000
-    )
+    return decode(fields, inq, client, fin, segs_in, _time() - last_recv_ms / 1000)
 
 
 # The kernel counts tcpi_last_data_recv in ticks (1 to 10 ms): a first byte that seems to come
@@ -165,10 +163,18 @@ def unpack(raw: bytes) -> tuple[int, ...] | None:
     return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
 
 
-def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = None) -> TcpInfo:
+def decode(
+    fields: tuple[int, ...],
+    inq: int,
+    client: bool,
+    fin: int | None = None,
+    data_segs_in: int | None = None,
+    last_data_in: float | None = None,
+) -> TcpInfo:
     """TcpInfo from unpack()'s fields and the bytes received and not yet read. `fin`: whether
     bytes_received counts the peer's FIN, where the caller knows; else the state says, and in
-    CLOSE our own FIN's acknowledgement (both FINs, as far as can be told without more)."""
+    CLOSE our own FIN's acknowledgement (both FINs, as far as can be told without more).
+    `data_segs_in`, `last_data_in`: the TcpInfo fields of those names, where read."""
     state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = fields
     if fin is None:
         if state == _CLOSE:
@@ -176,7 +182,7 @@ def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = No
         else:
             fin = 1 if state in _FIN_RECEIVED else 0
     wire_rx = received - fin
-    # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin
+    # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin, ...
     return TcpInfo(
         wire_rx if wire_rx > 0 else 0,
         sent - retrans + notsent,
@@ -186,6 +192,8 @@ def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = No
         retransmits,
         retrans,
         fin == 1,
+        data_segs_in,
+        last_data_in,
     )
 
 
