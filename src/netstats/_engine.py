@@ -364,7 +364,7 @@ def registered(conn: Connection, sock: Any) -> None:
     if conn.transport == "tcp":
         info = _kernel.read(sock, True, conn._ident)
         if info is not None:
-            conn._kernel_base = (info.wire_rx - info.unread, info.wire_tx)
+            conn._kernel_base = (info.consumed, info.wire_tx)
 
 
 @guarded
@@ -845,7 +845,7 @@ def handed_on(conn: Connection, sock: Any) -> bool:
     info = _kernel.read(sock, conn.side == "client", conn._ident)
     if info is None:
         return False
-    conn._kernel_base = (info.wire_rx - info.unread - conn._rx, info.wire_tx - conn._tx)
+    conn._kernel_base = (info.consumed - conn._rx, info.wire_tx - conn._tx)
     conn._kernel_counted = True
     conn._on_io = io_listener(conn._watchers)
     _handed[conn.id] = conn
@@ -869,7 +869,7 @@ def found_closed(conn: Connection, final: _kernel.TcpInfo | None) -> None:
     if final is not None and conn.closed is None:
         conn._final_info = final
         if _handed.pop(conn.id, None) is conn:  # handed on by detach(): rx/tx are the kernel's
-            conn._rx = final.wire_rx - final.unread - conn._kernel_base[0]
+            conn._rx = final.consumed - conn._kernel_base[0]
             conn._tx = final.wire_tx - conn._kernel_base[1]
     _handed.pop(conn.id, None)
     finish(conn, None)

@@ -50,7 +50,7 @@ class TcpInfo(NamedTuple):
 
     wire_rx: int  # bytes of the TCP stream received, read by the application or not
     wire_tx: int  # bytes of the TCP stream the application handed to the kernel
-    unread: int  # received, not yet read by the application
+    unread: int | None  # received, not yet read by the application (None: not asked)
     rtt: float  # smoothed round-trip time
     min_rtt: float  # lowest round-trip time seen
     retransmits: int  # segments retransmitted
@@ -58,6 +58,14 @@ class TcpInfo(NamedTuple):
     peer_fin: bool = False  # the peer's FIN has arrived (counted in the kernel's bytes received)
     data_segs_in: int | None = None  # segments that carried data in
     last_data_in: float | None = None  # when the last of them came (wall clock, to the kernel's tick)
+
+    @property
+    def consumed(self) -> int:
+        """Bytes received and read by the application: wire_rx less unread (a reading that
+        asked for unread: kernel-counted rx, register(), a hand-over, the census)."""
+        if self.unread is None:
+            raise ValueError("a kernel reading without the bytes not yet read")
+        return self.wire_rx - self.unread
 
 
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
@@ -104,6 +112,7 @@ def read(
     peer_fin: bool = False,
     addresses: tuple[Any, Any] | None = None,
     final: bool = False,
+    unread: bool = True,
 ) -> TcpInfo | None:
     """The kernel's figures for a live TCP socket, or None where they cannot be had.
 
@@ -111,6 +120,8 @@ def read(
     `ident`: the socket's identity() when its record began; another socket's figures are None.
     For a socket in the CLOSE state (see _fin_in_close): `peer_fin`, an earlier reading saw the
     peer's FIN; `addresses`, (local, remote); `final`, the descriptor is about to close.
+    `unread`: read the bytes not yet read (SIOCINQ), which only kernel-counted rx needs; without
+    it the field is None and a reading costs one system call less.
     """
     if not supported:
         return None
@@ -124,8 +135,10 @@ def read(
         if len(raw) < _NEEDED:
             return None
         before = _INFO.unpack_from(raw)
+        inq = None
         for _ in range(5):
-            inq = _INQ.unpack(_ioctl(fd, SIOCINQ, _NO_BYTES))[0]
+            if unread:
+                inq = _INQ.unpack(_ioctl(fd, SIOCINQ, _NO_BYTES))[0]
             second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
             fields = _INFO.unpack_from(second)
             if fields[0] == before[0] and fields[4] == before[4]:  # the state, bytes received
@@ -165,7 +178,7 @@ def unpack(raw: bytes) -> tuple[int, ...] | None:
 
 def decode(
     fields: tuple[int, ...],
-    inq: int,
+    inq: int | None,
     client: bool,
     fin: int | None = None,
     data_segs_in: int | None = None,
@@ -186,7 +199,7 @@ def decode(
     return TcpInfo(
         wire_rx if wire_rx > 0 else 0,
         sent - retrans + notsent,
-        inq if inq > 0 else 0,
+        None if inq is None else inq if inq > 0 else 0,
         rtt / 1e6,
         min_rtt / 1e6,
         retransmits,
