@@ -416,6 +416,8 @@ def count_in_python(conn: Connection) -> None:
     the plaintext), or another process is about to share the kernel socket."""
     if isinstance(conn._on_io, _UntilFirstRead):  # waiting for its first read: it stays wrapped
         conn._on_io.kernel = False
+    elif conn._on_io is _kernel_at_next_call:
+        conn._on_io = None
     if conn._kernel_counted:
         conn.tcp_info()
         conn._kernel_counted = False
@@ -480,7 +482,8 @@ _WRITES_BEFORE_READ = 16
 class _UntilFirstRead:
     """A TCP client's listener from its first write to its first read: that read's time gives
     ttfb, then `listener` takes over, or, for a socket the kernel can count (`kernel`), nobody:
-    the few calls in between are the only ones that run netstats' code.
+    the few calls in between are the only ones that run netstats' code (and the call after that
+    read, `_kernel_at_next_call`).
 
     The kernel alone cannot tell when the first byte came unless it came in the only data
     segment yet (TCP_INFO keeps the last one's time): a response of more is usual. (A plain
@@ -499,6 +502,9 @@ class _UntilFirstRead:
         if event == "read":
             if conn.first_write is not None and conn.ttfb is None:
                 conn.ttfb = max(0.0, time.time() - conn.first_write)
+            if listener is None and kernel and conn._on_io is self:
+                conn._on_io = _kernel_at_next_call
+                return
         else:
             self.writes += 1
             if self.writes < _WRITES_BEFORE_READ:
@@ -508,6 +514,21 @@ class _UntilFirstRead:
             sock = conn._sock() if conn._sock is not None else None
             if listener is None and kernel and sock is not None:
                 count_in_kernel(conn, sock)
+
+
+@guarded
+def _kernel_at_next_call(event: str, conn: Connection, nbytes: int) -> None:
+    """A TCP client's listener after its first read: the kernel counts from the next call on.
+
+    Not from that read itself: a connection that ends there (one request, one response) is
+    cheaper counted by its wrappers, its close reading the kernel without SIOCINQ (one system
+    call less) and its class never changed. (One function for all: nothing kept per connection.)
+    """
+    if conn._on_io is _kernel_at_next_call:
+        conn._on_io = None
+        sock = conn._sock() if conn._sock is not None else None
+        if sock is not None:
+            count_in_kernel(conn, sock)
 
 
 def _link_client_hello(conn: Connection, nbytes: int) -> bool:
