@@ -41,6 +41,22 @@ def read_all(sock) -> int:
     return total
 
 
+def test_the_kernel_counts_a_plain_client_from_the_call_after_its_first_read(peer):
+    echo = peer("echo")
+    with netstats.capture() as cap:
+        with socket.create_connection(echo.address) as s:
+            s.sendall(b"a" * 100)
+            assert s.recv(100, socket.MSG_WAITALL) == b"a" * 100  # one read, however it arrives
+            assert netstats.stats(s, "reads") == 1  # still the wrappers
+            s.sendall(b"b" * 50)  # the call after it: the kernel from here
+            assert netstats.stats(s, "reads") is None
+            drain(s, 50)
+            assert (netstats.stats(s, "tx"), netstats.stats(s, "rx")) == (150, 150)
+    (conn,) = cap.connections
+    assert echo.totals(1) == (150, 150) == (conn.tx, conn.rx) == (conn.wire_tx, conn.wire_rx)
+    assert conn.reads is None and conn.ttfb is not None
+
+
 @pytest.mark.parametrize("events", [None, {"read", "write"}], ids=["kernel-counted", "wrapped"])
 def test_plain_tcp_wire_bytes_equal_the_peers_count_and_rx_tx(peer, events):
     echo = peer("echo")

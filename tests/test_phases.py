@@ -195,11 +195,16 @@ def test_phases_are_in_the_json_and_text_reports(slow: SlowServer) -> None:
     assert "TTFB" in text
 
 
-def test_the_kernel_counts_a_plain_client_from_its_first_read(slow: SlowServer) -> None:
-    """The wait for ttfb's first read is the only time a kernel-counted client runs wrappers."""
-    with capture_in("kernel-counted"):
+def test_a_plain_client_that_ends_at_its_first_read_is_counted_by_its_wrappers(slow: SlowServer) -> None:
+    """The wait for ttfb's first read runs the wrappers; a connection that ends there (one
+    request, one response) stays with them (the kernel takes over at the call after it:
+    test_kernel.py)."""
+    with capture_in("kernel-counted") as cap:
         with socket.create_connection(("127.0.0.1", slow.port), timeout=20) as sock:
             sock.sendall(b"question\n")
-            drain(sock, len(b"answer\n"))
-            assert netstats.stats(sock, "reads") is None  # no per-call counting any more
+            drain(sock, len(b"answer\n"))  # (one segment of 7 bytes: one read)
+            assert netstats.stats(sock, "reads") == 1
             assert netstats.stats(sock, "rx") == len(b"answer\n")
+    (conn,) = cap.connections
+    assert (conn.reads, conn.writes, conn.rx, conn.tx) == (1, 1, len(b"answer\n"), len(b"question\n"))
+    assert conn.ttfb is not None and conn.ttfb >= THINK - 0.011

@@ -120,14 +120,23 @@ def _transport(sock: Any) -> str | None:
     return "udp" if _type_of(sock) & 0xF == _socketmod.SOCK_DGRAM else "tcp"
 
 
+_ipv4_literals: dict[str, bool] = {}  # address -> whether the kernel writes it so (bounded)
+
+
 def _is_ipv4_sockaddr(address: Any) -> bool:
     """An (address, port) the kernel would give back unchanged from getpeername()."""
     if type(address) is not tuple or len(address) != 2 or type(address[0]) is not str:
         return False
-    try:
-        return _socketmod.inet_ntoa(_socketmod.inet_aton(address[0])) == address[0]
-    except OSError:
-        return False
+    host = address[0]
+    known = _ipv4_literals.get(host)  # (inet_aton + inet_ntoa cost a microsecond per connection)
+    if known is None:
+        try:
+            known = _socketmod.inet_ntoa(_socketmod.inet_aton(host)) == host
+        except OSError:
+            known = False
+        if len(_ipv4_literals) < 1024:
+            _ipv4_literals[host] = known
+    return known
 
 
 def _fd_of(sock: Any) -> int:
@@ -360,7 +369,7 @@ def registered(conn: Connection, sock: Any) -> None:
     if conn.transport == "tcp":
         info = _kernel.read(sock, True, conn._ident)
         if info is not None:
-            conn._kernel_base = (info.wire_rx - info.unread, info.wire_tx)
+            conn._kernel_base = (info.consumed, info.wire_tx)
 
 
 @guarded
@@ -412,6 +421,8 @@ def count_in_python(conn: Connection) -> None:
     the plaintext), or another process is about to share the kernel socket."""
     if isinstance(conn._on_io, _UntilFirstRead):  # waiting for its first read: it stays wrapped
         conn._on_io.kernel = False
+    elif conn._on_io is _kernel_at_next_call:
+        conn._on_io = None
     if conn._kernel_counted:
         conn.tcp_info()
         conn._kernel_counted = False
@@ -477,7 +488,8 @@ _WRITES_BEFORE_READ = 16
 class _UntilFirstRead:
     """A TCP client's listener from its first write to its first read: that read's time gives
     ttfb, then `listener` takes over, or, for a socket the kernel can count (`kernel`), nobody:
-    the few calls in between are the only ones that run netstats' code.
+    the few calls in between are the only ones that run netstats' code (and the call after that
+    read, `_kernel_at_next_call`).
 
     The kernel alone cannot tell when the first byte came unless it came in the only data
     segment yet (TCP_INFO keeps the last one's time): a response of more is usual. (A plain
@@ -496,6 +508,9 @@ class _UntilFirstRead:
         if event == "read":
             if conn.first_write is not None and conn.ttfb is None:
                 conn.ttfb = max(0.0, time.time() - conn.first_write)
+            if listener is None and kernel and conn._on_io is self:
+                conn._on_io = _kernel_at_next_call
+                return
         else:
             self.writes += 1
             if self.writes < _WRITES_BEFORE_READ:
@@ -505,6 +520,21 @@ class _UntilFirstRead:
             sock = conn._sock() if conn._sock is not None else None
             if listener is None and kernel and sock is not None:
                 count_in_kernel(conn, sock)
+
+
+@guarded
+def _kernel_at_next_call(event: str, conn: Connection, nbytes: int) -> None:
+    """A TCP client's listener after its first read: the kernel counts from the next call on.
+
+    Not from that read itself: a connection that ends there (one request, one response) is
+    cheaper counted by its wrappers, its close reading the kernel without SIOCINQ (one system
+    call less) and its class never changed. (One function for all: nothing kept per connection.)
+    """
+    if conn._on_io is _kernel_at_next_call:
+        conn._on_io = None
+        sock = conn._sock() if conn._sock is not None else None
+        if sock is not None:
+            count_in_kernel(conn, sock)
 
 
 def _link_client_hello(conn: Connection, nbytes: int) -> bool:
@@ -632,11 +662,10 @@ def hold(conn: Connection, probe: Callable[[], _kernel.TcpInfo | None]) -> None:
 def counted_all(conn: Connection, final: _kernel.TcpInfo) -> bool:
     """Whether conn has counted every byte the kernel's final figures say the application moved
     (a call in flight across close() counts as it returns)."""
-    if conn._kernel_counted:
+    if conn._kernel_counted or final.unread is None:  # (nothing to wait for, or no way to tell)
         return True
     return (
-        conn._rx >= final.wire_rx - final.unread - conn._kernel_base[0]
-        and conn._tx >= final.wire_tx - conn._kernel_base[1]
+        conn._rx >= final.consumed - conn._kernel_base[0] and conn._tx >= final.wire_tx - conn._kernel_base[1]
     )
 
 
@@ -897,6 +926,16 @@ def found(
     return conn
 
 
+def full_reading(conn: Connection, sock: Any) -> _kernel.TcpInfo | None:
+    """conn's kernel figures through sock, the bytes not yet read included (a hand-over's base),
+    with what tells the peer's FIN in the CLOSE state, as every reading of conn."""
+    addresses = (conn.local, conn.remote) if conn.local and conn.remote else None
+    info = _kernel.read(sock, conn.side == "client", conn._ident, conn._peer_fin, addresses)
+    if info is not None and info.peer_fin:
+        conn._peer_fin = True
+    return info
+
+
 def handed_on(conn: Connection, sock: Any) -> bool:
     """sock gives its descriptor up (detach()) to code that does its I/O on the bare number
     (multiprocessing.connection): a plain TCP connection goes on, counted by the kernel from
@@ -912,10 +951,10 @@ def handed_on(conn: Connection, sock: Any) -> bool:
     ):
         return False
     count_in_python(conn)  # rx/tx up to date
-    info = conn.tcp_info()  # (with what tells the peer's FIN in the CLOSE state, as every reading)
+    info = full_reading(conn, sock)
     if info is None:
         return False
-    conn._kernel_base = (info.wire_rx - info.unread - conn._rx, info.wire_tx - conn._tx)
+    conn._kernel_base = (info.consumed - conn._rx, info.wire_tx - conn._tx)
     conn._kernel_counted = True
     conn._on_io = io_listener(conn._watchers)
     _handed[conn.id] = conn
@@ -939,7 +978,7 @@ def found_closed(conn: Connection, final: _kernel.TcpInfo | None) -> None:
     if final is not None and conn.closed is None:
         conn._final_info = final
         if _handed.pop(conn.id, None) is conn and conn._kernel_counted:  # rx/tx are the kernel's
-            conn._rx = final.wire_rx - final.unread - conn._kernel_base[0]
+            conn._rx = final.consumed - conn._kernel_base[0]
             conn._tx = final.wire_tx - conn._kernel_base[1]
     _handed.pop(conn.id, None)
     finish(conn, None)

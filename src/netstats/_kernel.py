@@ -50,7 +50,7 @@ class TcpInfo(NamedTuple):
 
     wire_rx: int  # bytes of the TCP stream received, read by the application or not
     wire_tx: int  # bytes of the TCP stream the application handed to the kernel
-    unread: int  # received, not yet read by the application
+    unread: int | None  # received, not yet read by the application (None: not asked)
     rtt: float  # smoothed round-trip time
     min_rtt: float  # lowest round-trip time seen
     retransmits: int  # segments retransmitted
@@ -58,6 +58,14 @@ class TcpInfo(NamedTuple):
     peer_fin: bool = False  # the peer's FIN has arrived (counted in the kernel's bytes received)
     data_segs_in: int | None = None  # segments that carried data in
     last_data_in: float | None = None  # when the last of them came (wall clock, to the kernel's tick)
+
+    @property
+    def consumed(self) -> int:
+        """Bytes received and read by the application: wire_rx less unread (a reading that
+        asked for unread: kernel-counted rx, register(), a hand-over, the census)."""
+        if self.unread is None:
+            raise ValueError("a kernel reading without the bytes not yet read")
+        return self.wire_rx - self.unread
 
 
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
@@ -104,6 +112,7 @@ def read(
     peer_fin: bool = False,
     addresses: tuple[Any, Any] | None = None,
     final: bool = False,
+    unread: bool = True,
 ) -> TcpInfo | None:
     """The kernel's figures for a live TCP socket, or None where they cannot be had.
 
@@ -111,6 +120,8 @@ def read(
     `ident`: the socket's identity() when its record began; another socket's figures are None.
     For a socket in the CLOSE state (see _fin_in_close): `peer_fin`, an earlier reading saw the
     peer's FIN; `addresses`, (local, remote); `final`, the descriptor is about to close.
+    `unread`: read the bytes not yet read (SIOCINQ), which only kernel-counted rx needs; without
+    it the field is None and a reading costs one system call less.
     """
     if not supported:
         return None
@@ -124,8 +135,10 @@ def read(
         if len(raw) < _NEEDED:
             return None
         before = _INFO.unpack_from(raw)
+        inq = None
         for _ in range(5):
-            inq = _INQ.unpack(_ioctl(fd, SIOCINQ, _NO_BYTES))[0]
+            if unread:
+                inq = _INQ.unpack(_ioctl(fd, SIOCINQ, _NO_BYTES))[0]
             second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
             fields = _INFO.unpack_from(second)
             if fields[0] == before[0] and fields[4] == before[4]:  # the state, bytes received
@@ -139,9 +152,7 @@ def read(
         our_fin_acked = acked - (1 if client else 0) > sent - retrans  # past the data (and SYN)
         fin = 1 if peer_fin or _fin_in_close(sock, our_fin_acked, addresses, final) else 0
     last_recv_ms, segs_in = _TIMES.unpack_from(second)
-    return decode(fields, inq, client, fin)._replace(
-        data_segs_in=segs_in, last_data_in=_time() - last_recv_ms / 1000
-    )
+    return decode(fields, inq, client, fin, segs_in, _time() - last_recv_ms / 1000)
 
 
 # The kernel counts tcpi_last_data_recv in ticks (1 to 10 ms): a first byte that seems to come
@@ -165,10 +176,18 @@ def unpack(raw: bytes) -> tuple[int, ...] | None:
     return _INFO.unpack_from(raw) if len(raw) >= _NEEDED else None
 
 
-def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = None) -> TcpInfo:
+def decode(
+    fields: tuple[int, ...],
+    inq: int | None,
+    client: bool,
+    fin: int | None = None,
+    data_segs_in: int | None = None,
+    last_data_in: float | None = None,
+) -> TcpInfo:
     """TcpInfo from unpack()'s fields and the bytes received and not yet read. `fin`: whether
     bytes_received counts the peer's FIN, where the caller knows; else the state says, and in
-    CLOSE our own FIN's acknowledgement (both FINs, as far as can be told without more)."""
+    CLOSE our own FIN's acknowledgement (both FINs, as far as can be told without more).
+    `data_segs_in`, `last_data_in`: the TcpInfo fields of those names, where read."""
     state, rtt, retransmits, acked, received, notsent, min_rtt, sent, retrans = fields
     if fin is None:
         if state == _CLOSE:
@@ -176,16 +195,18 @@ def decode(fields: tuple[int, ...], inq: int, client: bool, fin: int | None = No
         else:
             fin = 1 if state in _FIN_RECEIVED else 0
     wire_rx = received - fin
-    # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin
+    # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin, ...
     return TcpInfo(
         wire_rx if wire_rx > 0 else 0,
         sent - retrans + notsent,
-        inq if inq > 0 else 0,
+        None if inq is None else inq if inq > 0 else 0,
         rtt / 1e6,
         min_rtt / 1e6,
         retransmits,
         retrans,
         fin == 1,
+        data_segs_in,
+        last_data_in,
     )
 
 

@@ -236,11 +236,20 @@ class Connection(Counts):
             if sock is None:
                 return None
             addresses = (self.local, self.remote) if self.local and self.remote else None
-            info = _kernel.read(sock, self.side == "client", self._ident, self._peer_fin, addresses, final)
+            # (the bytes not yet read matter only to kernel-counted rx: one system call less else)
+            info = _kernel.read(
+                sock,
+                self.side == "client",
+                self._ident,
+                self._peer_fin,
+                addresses,
+                final,
+                self._kernel_counted,
+            )
         if info is not None and info.peer_fin:
             self._peer_fin = True
         if info is not None and self._kernel_counted:
-            self._rx = info.wire_rx - info.unread - self._kernel_base[0]
+            self._rx = info.consumed - self._kernel_base[0]
             self._tx = info.wire_tx - self._kernel_base[1]
             if self.ttfb is None and self.first_write is not None:
                 self.ttfb = _kernel.first_byte_after(info, self.first_write)

@@ -325,7 +325,7 @@ class Census:
                 if cookie is None or seen.remote is None:
                     return False
                 self._hear_destroys(True)
-                reading = conn.tcp_info()  # through the socket, while it still holds the descriptor
+                reading = _engine.full_reading(conn, sock)  # while sock still holds the descriptor
             if not _engine.handed_on(conn, sock):
                 return False
             seen.kind, seen.conn, seen.side, seen.cookie = _Seen.FOUND, conn, conn.side, cookie
@@ -524,6 +524,7 @@ def settle() -> None:
         census.settle()
 
 
+@_engine.guarded
 def hand_on(conn: Any, sock: Any) -> bool:
     """See Census.hand_on; False where the census does not run."""
     return supported and census.hand_on(conn, sock)

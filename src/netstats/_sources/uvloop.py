@@ -210,7 +210,7 @@ class _Reading:
             if info.peer_fin:
                 conn._peer_fin = True
             if conn._kernel_counted:  # plain TCP: the stream's bytes are the application's
-                conn._rx = info.wire_rx - info.unread
+                conn._rx = info.consumed
                 conn._tx = info.wire_tx
         return info
 
