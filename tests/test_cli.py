@@ -663,6 +663,9 @@ def test_demo_runs_offline_in_seconds_and_shows_tls_marks_and_totals(tmp_path):
     out = result.stdout
     assert "TLSv1.3" in out
     assert "mark" in out
+    # each step's bytes, by its tag: two 28,000-byte bodies by urllib, one by asyncio
+    steps = dict(re.findall(r"^   (urllib|asyncio) +tx [\d.]+ B, rx ([\d.]+ KiB)$", out, re.MULTILINE))
+    assert steps == {"urllib": "55.0 KiB", "asyncio": "27.5 KiB"}, out
     assert re.search(r"^netstats: \d+ connections, tx \d+ B, rx [\d.]+ KiB", out, re.MULTILINE)
     total = totals_row(out)
     assert total[0] == "total" and re.fullmatch(r"\d+ conn\.", total[1])

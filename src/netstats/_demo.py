@@ -2,7 +2,8 @@
 
 It starts a loopback HTTP server and an HTTPS server (a throwaway certificate embedded below,
 valid for localhost and 127.0.0.1 only), fetches from both with urllib and with asyncio, prints
-each event as it happens, sets and shows marks, then prints the report of the run.
+each event as it happens, sets and shows marks, tags each step (netstats.tag) and shows its bytes,
+then prints the report of the run and where to look next.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ._capture import Capture
 from ._format import duration, size
 from ._record import Connection
 from ._report import Run, render_text
+from ._tagging import tag
 
 # A self-signed certificate made for this demo (openssl, P-256, valid until 2126). It protects
 # nothing: both ends are in this process, on loopback.
@@ -116,12 +118,14 @@ def run() -> int:
     started = time.time()
     try:
         with Capture(_show) as cap:
-            print(f"-- urllib, http://127.0.0.1:{plain_port}/")
-            urllib.request.urlopen(f"http://127.0.0.1:{plain_port}/", timeout=5).read()
-            print(f"-- urllib, https://localhost:{tls_port}/")
-            urllib.request.urlopen(f"https://localhost:{tls_port}/", timeout=5, context=client).read()
-            print(f"-- asyncio, https://localhost:{tls_port}/async, with marks")
-            asyncio.run(_fetch_async(tls_port, client))
+            with tag(step="urllib"):
+                print(f"-- urllib, http://127.0.0.1:{plain_port}/  (tagged step=urllib)")
+                urllib.request.urlopen(f"http://127.0.0.1:{plain_port}/", timeout=5).read()
+                print(f"-- urllib, https://localhost:{tls_port}/  (tagged step=urllib)")
+                urllib.request.urlopen(f"https://localhost:{tls_port}/", timeout=5, context=client).read()
+            with tag(step="asyncio"):
+                print(f"-- asyncio, https://localhost:{tls_port}/async, with marks  (tagged step=asyncio)")
+                asyncio.run(_fetch_async(tls_port, client))
     finally:
         for server in servers:
             server.shutdown()
@@ -135,5 +139,14 @@ def run() -> int:
         connections=[c.as_dict() for c in cap.connections],
     )
     print()
+    print("-- bytes per netstats.tag(step=...), from every connection's reads and writes:")
+    for value, row in cap.by_tag("step").items():
+        if value is not None or row["rx"] or row["tx"]:
+            print(f"   {value or '(untagged)':<10} tx {size(row['tx'])}, rx {size(row['rx'])}")
+    print()
     print(render_text(result), end="")
+    print()
+    print("Next: netstats run --html timeline.html script.py (a waterfall of every connection's DNS,")
+    print("connect, TLS, wait and transfer), --wide (those phases as columns), --live (a live table),")
+    print("netstats top PID (any process's connections, from the kernel).")
     return 0
