@@ -168,21 +168,11 @@ def query(family: int, local: Any, remote: Any, cookie: int) -> Diag | None:
 def holder(family: int, local: Any, remote: Any, cookie: int) -> int | None:
     """The inode of the socket's file, which lives while a descriptor or a call in flight holds it:
     0 once the socket is orphaned (closed, lingering), None if it is gone or cannot be asked.
-    (The cheap question: no tcp_info, nothing else decoded.)"""
+    (The cheap question: no tcp_info asked for.)"""
     try:
         data = _ask(_request(family, local, remote, cookie, info=False)) or b""
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
-            if length < _HEADER.size:
-                break
-            body = offset + _HEADER.size
-            if kind == SOCK_DIAG_BY_FAMILY and length - _HEADER.size >= 72:
-                _if, low, high = _SOCKID_TAIL.unpack_from(data, body + 40)
-                if low | (high << 32) == cookie:
-                    inode: int = _MSG_TAIL.unpack_from(data, body + 52)[4]
-                    return inode
-            offset += (length + 3) & ~3
+        for diag in parse(data, (cookie,)):
+            return diag.inode
     except (ValueError, OSError, struct.error, IndexError, TypeError):
         pass
     return None
