@@ -6,12 +6,13 @@ is the peer's own (a multiprocessing Connection that counts what it reads and wr
 
 from __future__ import annotations
 
+import socket
 import threading
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
 import pytest
-from helpers import MODES, capture_in
+from helpers import MODES, capture_in, drain
 
 import netstats
 from netstats._sources import census
@@ -123,3 +124,32 @@ def test_detach_without_census_still_ends_the_record(monkeypatch: pytest.MonkeyP
         client.send_bytes(b"bye")
         server.join(30)
         client.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_connection_taken_back_after_detach_ends_once(mode: str) -> None:
+    """detach(), then a socket object made for the descriptor takes the connection back; its
+    close() with another thread running (close then asks the kernel whether a call still holds
+    the socket) ends the connection once: one "close" event, the peer's own counts."""
+    events: list[tuple[str, int | None]] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with capture_in(mode, events) as cap:
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+            with server:
+                client.sendall(b"x" * 100)
+                assert drain(server, 100)
+                client = socket.socket(fileno=client.detach())  # the same descriptor, carried on
+                server.sendall(b"y" * 300)
+                assert drain(client, 300)
+                idle = threading.Event()
+                other = threading.Thread(target=idle.wait, args=(30,))
+                other.start()
+                try:
+                    client.close()
+                finally:
+                    idle.set()
+                    other.join(30)
+        (conn,) = cap.connections
+        assert [event for event, _ in events].count("close") == 1, events
+        assert (conn.tx, conn.rx) == (100, 300)

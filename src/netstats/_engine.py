@@ -975,6 +975,10 @@ def probe_from(conn: Connection, probe: Callable[[], _kernel.TcpInfo | None]) ->
 @guarded
 def found_closed(conn: Connection, final: _kernel.TcpInfo | None) -> None:
     """A found connection's last descriptor closed (or the kernel destroyed it): its figures are final."""
+    if conn.source == "python" and _handed.get(conn.id) is not conn:
+        # Handed on, then taken back by a socket object made for its descriptor (which ends it):
+        # the census may still follow its kernel socket, and must not end it a second time.
+        return
     if final is not None and conn.closed is None:
         conn._final_info = final
         if _handed.pop(conn.id, None) is conn and conn._kernel_counted:  # rx/tx are the kernel's
