@@ -48,17 +48,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def guarded(fn: F) -> F:
-    """Never let netstats' own error reach the observed code."""
+    """Never let netstats' own error reach the observed code.
+
+    (The few entry points every connection passes through, several times each, have the same
+    try/except written in instead: a wrapper's call costs as much as their own work.)"""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except Exception:
-            log.exception("netstats: internal error in %s (the observed code is unaffected)", fn.__name__)
+            internal_error(fn.__name__)
             return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def internal_error(where: str) -> None:
+    """Log netstats' own error (in an except block), which the observed code never sees."""
+    log.exception("netstats: internal error in %s (the observed code is unaffected)", where)
 
 
 # ---- telling the watchers -----------------------------------------------------------------
@@ -252,8 +260,7 @@ def open_connection(
         return None
     conn = _new(side, transport, watchers)
     conn.remote = remote
-    conn.host = _names.name_for(remote)
-    conn.dns_time = _names.lookup_time(remote)
+    conn.host, conn.dns_time = _names.name_and_time(remote)
     if remote is None or side != "client":  # a connecting client learns its address once connected
         try:
             conn.local = sock.getsockname()
@@ -268,21 +275,22 @@ def open_connection(
     return conn
 
 
-@guarded
-def connecting(sock: Any, address: Any) -> Connection | None:
-    c = sock._netstats_counts
-    if c is not None and c.conn.closed is None:
-        return c.conn  # type: ignore[no-any-return]
-    return open_connection(sock, "client", _state.active, address)
-
-
 def begin_connect(sock: Any, address: Any) -> Connection | None:
     """The record a connect() on sock counts into (opened if need be), once the gates let it go.
 
     A gate's refusal is not guarded, on purpose: it is the user's own configured error, meant
     for the caller. The attempt is recorded like a failed connect; nothing has left the socket.
     """
-    conn = connecting(sock, address)
+    try:
+        c = sock._netstats_counts
+        conn: Connection | None
+        if c is not None and c.conn.closed is None:
+            conn = c.conn
+        else:
+            conn = open_connection(sock, "client", _state.active, address)
+    except Exception:
+        internal_error("begin_connect")
+        return None
     if conn is not None and _state.gated:
         for watcher in _state.gated:
             if watcher._gate is not None and watcher in conn._watchers:
@@ -307,8 +315,7 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
     except OSError:
         pass
     if conn.host is None and conn.remote != asked:  # (the address asked for was looked up at open)
-        conn.host = _names.name_for(conn.remote)
-        conn.dns_time = _names.lookup_time(conn.remote)
+        conn.host, conn.dns_time = _names.name_and_time(conn.remote)
     notify(conn, "connect")
 
 
@@ -319,9 +326,11 @@ def _fail(conn: Connection, sock: Any, error_name: str) -> None:
         sock._netstats_counts = None  # a later connect on this socket is a new attempt
 
 
-@guarded
 def connect_done(conn: Connection, sock: Any) -> None:
-    _mark_connected(conn, sock)
+    try:
+        _mark_connected(conn, sock)
+    except Exception:
+        internal_error("connect_done")
 
 
 @guarded
@@ -456,7 +465,6 @@ def before_sharing(sock: Any = None) -> None:
             _shared.add(c.conn)
 
 
-@guarded
 def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
     """A TCP client's one-shot listener: at its first write, settle how it is counted.
 
@@ -464,20 +472,23 @@ def _settle_at_first_write(event: str, conn: Connection, nbytes: int) -> None:
     _handshakes.py): then TLS is linked and the bytes move to the stream's counts. Otherwise
     the real listener takes over, or, with nobody listening, the kernel counts from now on.
     """
-    conn._on_io = io_listener(conn._watchers)
-    sock = conn._sock() if conn._sock is not None else None
-    if conn.connected is None and sock is not None:
-        _mark_connected(conn, sock)  # a non-blocking connect whose end nobody asked about
-    if event != "write":
+    try:
+        conn._on_io = io_listener(conn._watchers)
+        sock = conn._sock() if conn._sock is not None else None
+        if conn.connected is None and sock is not None:
+            _mark_connected(conn, sock)  # a non-blocking connect whose end nobody asked about
+        if event != "write":
+            if conn._on_io is not None:
+                conn._on_io(event, conn, nbytes)
+            return
+        if _handshakes.any_waiting() and _link_client_hello(conn, nbytes):
+            return
+        conn.first_write = time.time()
         if conn._on_io is not None:
             conn._on_io(event, conn, nbytes)
-        return
-    if _handshakes.any_waiting() and _link_client_hello(conn, nbytes):
-        return
-    conn.first_write = time.time()
-    if conn._on_io is not None:
-        conn._on_io(event, conn, nbytes)
-    conn._on_io = _UntilFirstRead(conn._on_io, conn._on_io is None and sock is not None)
+        conn._on_io = _UntilFirstRead(conn._on_io, conn._on_io is None and sock is not None)
+    except Exception:
+        internal_error("_settle_at_first_write")
 
 
 # Writes before a first read after which the wait for it stops: the kernel counts from there,
@@ -500,26 +511,28 @@ class _UntilFirstRead:
     def __init__(self, listener: _state.IoListener | None, kernel: bool) -> None:
         self.listener, self.kernel, self.writes = listener, kernel, 0
 
-    @guarded
     def __call__(self, event: str, conn: Connection, nbytes: int) -> None:
-        listener, kernel = self.listener, self.kernel
-        if listener is not None:
-            listener(event, conn, nbytes)
-        if event == "read":
-            if conn.first_write is not None and conn.ttfb is None:
-                conn.ttfb = max(0.0, time.time() - conn.first_write)
-            if listener is None and kernel and conn._on_io is self:
-                conn._on_io = _kernel_at_next_call
-                return
-        else:
-            self.writes += 1
-            if self.writes < _WRITES_BEFORE_READ:
-                return
-        if conn._on_io is self:
-            conn._on_io = listener
-            sock = conn._sock() if conn._sock is not None else None
-            if listener is None and kernel and sock is not None:
-                count_in_kernel(conn, sock)
+        try:
+            listener, kernel = self.listener, self.kernel
+            if listener is not None:
+                listener(event, conn, nbytes)
+            if event == "read":
+                if conn.first_write is not None and conn.ttfb is None:
+                    conn.ttfb = max(0.0, time.time() - conn.first_write)
+                if listener is None and kernel and conn._on_io is self:
+                    conn._on_io = _kernel_at_next_call
+                    return
+            else:
+                self.writes += 1
+                if self.writes < _WRITES_BEFORE_READ:
+                    return
+            if conn._on_io is self:
+                conn._on_io = listener
+                sock = conn._sock() if conn._sock is not None else None
+                if listener is None and kernel and sock is not None:
+                    count_in_kernel(conn, sock)
+        except Exception:
+            internal_error("_UntilFirstRead")
 
 
 @guarded
@@ -567,13 +580,15 @@ def shutting_down(conn: Connection, sock: Any) -> None:
             conn.tcp_info()
 
 
-@guarded
 def finish(conn: Connection, sock: Any, closing: bool = False) -> None:
     """The connection ends: freeze its figures, then tell the watchers (once).
 
     `closing`: sock's descriptor is about to close (not handed on, as by detach())."""
-    if release(conn, sock, closing):
-        end(conn, sock)
+    try:
+        if release(conn, sock, closing):
+            end(conn, sock)
+    except Exception:
+        internal_error("finish")
 
 
 def release(conn: Connection, sock: Any, closing: bool = False) -> bool:
@@ -582,7 +597,7 @@ def release(conn: Connection, sock: Any, closing: bool = False) -> bool:
     goes on, or its kernel socket lives on elsewhere: see hold())."""
     if conn.closed is not None:
         return False
-    if sock is not None and _handed.get(conn.id) is conn:
+    if _handed and sock is not None and _handed.get(conn.id) is conn:
         return False  # its descriptor was let go already: it ends through found_closed()
     if sock is not None and conn._others and _let_go(conn, sock):
         return False  # another descriptor of the same kernel socket is still open
@@ -594,7 +609,7 @@ def release(conn: Connection, sock: Any, closing: bool = False) -> bool:
             except OSError:
                 pass
         if conn.connected is not None:
-            conn._final_info = conn.tcp_info(final=closing)  # last kernel read, descriptor still open
+            conn._final_info = conn.tcp_info(closing)  # last kernel read, descriptor still open
     ref = conn._sock
     conn._sock = None
     conn._others = None

@@ -16,6 +16,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from . import _diag
@@ -68,14 +69,11 @@ class TcpInfo(NamedTuple):
         return self.wire_rx - self.unread
 
 
+# TcpInfo from a tuple of all its fields (its generated __new__ costs a Python call per reading)
+_make_info: Callable[[type[TcpInfo], tuple[Any, ...]], TcpInfo] = tuple.__new__  # type: ignore[assignment]
+
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
-
-
-def _identity_of(sock: Any, fd: int) -> Any:
-    try:
-        return _getsockopt(sock, socket.SOL_SOCKET, _SO_COOKIE, 8)
-    except OSError:  # older kernels: the inode is as good, at a higher price
-        return _fstat(fd).st_ino
+_SOL_SOCKET = socket.SOL_SOCKET
 
 
 def identity(sock: Any) -> Any:
@@ -87,8 +85,13 @@ def identity(sock: Any) -> Any:
     if not supported:
         return None
     try:
-        return _identity_of(sock, sock.fileno())
-    except (OSError, ValueError, TypeError):
+        return _getsockopt(sock, _SOL_SOCKET, _SO_COOKIE, 8)
+    except OSError:  # older kernels: the inode is as good, at a higher price
+        try:
+            return _fstat(sock.fileno()).st_ino
+        except (OSError, ValueError, TypeError):
+            return None
+    except (ValueError, TypeError):
         return None
 
 
@@ -126,8 +129,15 @@ def read(
     if not supported:
         return None
     try:
-        fd = sock.fileno()
-        if ident is not None and _identity_of(sock, fd) != ident:
+        if (
+            ident is not None
+            and (
+                _getsockopt(sock, _SOL_SOCKET, _SO_COOKIE, 8)
+                if type(ident) is bytes
+                else _fstat(sock.fileno()).st_ino
+            )
+            != ident
+        ):  # (identity(), inlined: a reading at every close)
             return None
         # The kernel reads tcpi_state before it locks the socket, and SIOCINQ is another call:
         # take the figures only when two reads around the SIOCINQ agree (nothing arrived between).
@@ -138,7 +148,7 @@ def read(
         inq = None
         for _ in range(5):
             if unread:
-                inq = _INQ.unpack(_ioctl(fd, SIOCINQ, _NO_BYTES))[0]
+                inq = _INQ.unpack(_ioctl(sock.fileno(), SIOCINQ, _NO_BYTES))[0]
             second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
             fields = _INFO.unpack_from(second)
             if fields[0] == before[0] and fields[4] == before[4]:  # the state, bytes received
@@ -196,17 +206,20 @@ def decode(
             fin = 1 if state in _FIN_RECEIVED else 0
     wire_rx = received - fin
     # wire_rx, wire_tx, unread, rtt, min_rtt, retransmits, retrans_bytes, peer_fin, ...
-    return TcpInfo(
-        wire_rx if wire_rx > 0 else 0,
-        sent - retrans + notsent,
-        None if inq is None else inq if inq > 0 else 0,
-        rtt / 1e6,
-        min_rtt / 1e6,
-        retransmits,
-        retrans,
-        fin == 1,
-        data_segs_in,
-        last_data_in,
+    return _make_info(
+        TcpInfo,
+        (
+            wire_rx if wire_rx > 0 else 0,
+            sent - retrans + notsent,
+            None if inq is None else inq if inq > 0 else 0,
+            rtt / 1e6,
+            min_rtt / 1e6,
+            retransmits,
+            retrans,
+            fin == 1,
+            data_segs_in,
+            last_data_in,
+        ),
     )
 
 

@@ -52,16 +52,17 @@ def name_for(address: Any) -> str | None:
     return None
 
 
-def lookup_time(address: Any) -> float | None:
-    """Seconds of this thread's last lookup of a name, if it gave `address` and no connection
-    has had it yet (a connection's dns_time); else None (a literal, another thread's lookup)."""
+def name_and_time(address: Any) -> tuple[str | None, float | None]:
+    """A new connection's (host, dns_time): name_for(address), and the seconds of this thread's
+    last lookup of a name if it gave address and no connection has had them yet (else None: a
+    literal, another thread's lookup)."""
+    if not isinstance(address, tuple) or not address:
+        return None, None
     last = getattr(_lookups, "last", None)
-    took = getattr(_lookups, "took", None)
-    if not took or last is None or not isinstance(address, tuple) or not address:
-        return None
-    if address[0] not in last[1]:
-        return None
-    return took.pop()  # type: ignore[no-any-return]
+    if last is not None and address[0] in last[1]:  # this thread's last lookup gave it
+        took = getattr(_lookups, "took", None)
+        return last[0], (took.pop() if took else None)
+    return name_for(address), None
 
 
 def is_address(host: str) -> bool:

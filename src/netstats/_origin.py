@@ -6,7 +6,7 @@ import os
 import site
 import sys
 import sysconfig
-from types import FrameType
+from types import CodeType, FrameType
 
 _NETSTATS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _NETSTATS_KIND, _STDLIB, _PACKAGE, _USER = 0, 1, 2, 3
@@ -30,7 +30,8 @@ _STDLIB_DIRS = _dirs(
     os.path.dirname(os.__file__),
 )
 _kinds: dict[str, int] = {}
-_places: dict[tuple[object, int], str] = {}  # formatted frames, shared by the records that have them
+# (id of a code, instruction offset) -> (that code, the formatted frame shared by the records)
+_places: dict[tuple[int, int], tuple[CodeType, str]] = {}
 
 
 def _kind(filename: str) -> int:
@@ -50,6 +51,8 @@ def _kind(filename: str) -> int:
                 kind = _STDLIB
             else:
                 kind = _USER
+            if kind != _USER and kind != _NETSTATS_KIND and _is_main_file(path):
+                kind = _USER
         if len(_kinds) < 4096:
             _kinds[filename] = kind
     return kind
@@ -57,21 +60,24 @@ def _kind(filename: str) -> int:
 
 def _place(frame: FrameType) -> str:
     code = frame.f_code
-    key = (code, frame.f_lineno)
-    here = _places.get(key)
-    if here is None:
-        here = f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+    # By the code's id (a code object hashes its contents at every lookup), the code kept in the
+    # entry so that id stays its own; by the instruction (a line number is computed).
+    key = (id(code), frame.f_lasti)
+    entry = _places.get(key)
+    if entry is None:
+        entry = (code, f"{code.co_filename}:{frame.f_lineno} in {code.co_name}")
         if len(_places) < 4096:
-            _places[key] = here
-    return here
+            _places[key] = entry
+    return entry[1]
 
 
-def _is_main(frame: FrameType) -> bool:
-    """The program's own module (`python -m http.server`), wherever its file lives; not a
+def _is_main_file(path: str) -> bool:
+    """The program's own module's file (`python -m http.server`), wherever it lives; not a
     console script's launcher."""
-    if frame.f_globals.get("__name__") != "__main__":
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not isinstance(main_file, str) or os.path.abspath(main_file) != path:
         return False
-    return not os.path.abspath(frame.f_code.co_filename).startswith(_SCRIPTS_DIRS)
+    return not path.startswith(_SCRIPTS_DIRS)
 
 
 def where() -> tuple[str | None, str | None]:
@@ -85,12 +91,14 @@ def where() -> tuple[str | None, str | None]:
     netstats' launcher, and that frame stands for origin and caller if none was found.
     """
     origin = caller = None
-    outside = False  # seen a frame that is not netstats'
-    kinds = _kinds
+    kinds = _kinds  # (by file name: a str caches its hash, a code object does not)
     frame: FrameType | None = sys._getframe(1)
+    while frame is not None and kinds.get(frame.f_code.co_filename) == _NETSTATS_KIND:
+        frame = frame.f_back  # netstats' own frames where it is called (the wrappers): the short way
+    outside = False  # seen a frame that is not netstats'
     while frame is not None:
         filename = frame.f_code.co_filename
-        kind = kinds.get(filename)  # (known files without a call: this runs once per connection)
+        kind = kinds.get(filename)
         if kind is None:
             kind = _kind(filename)
         if kind == _NETSTATS_KIND:
@@ -99,14 +107,12 @@ def where() -> tuple[str | None, str | None]:
                 return origin or here, caller or here
         else:
             outside = True
-            if kind != _USER and frame.f_globals.get("__name__") == "__main__" and _is_main(frame):
-                kind = _USER
-            if kind >= _PACKAGE:
-                here = _place(frame)
+            if kind == _USER:
+                caller = _place(frame)
                 if origin is None:
-                    origin = here
-                if kind == _USER:
-                    caller = here
-                    break
+                    origin = caller
+                break
+            if kind == _PACKAGE and origin is None:
+                origin = _place(frame)
         frame = frame.f_back
     return origin, caller

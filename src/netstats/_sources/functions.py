@@ -23,7 +23,10 @@ def getaddrinfo(original: Any) -> Any:
         except OSError as exc:  # gaierror: the attempt is recorded, the error goes on unchanged
             _engine.lookup_failed(host, type, exc)
             raise
-        _remember(host, results, _monotonic() - start)
+        try:
+            _resolved(host, results, _monotonic() - start)
+        except Exception:  # (guarded, written in: a lookup per connection)
+            _engine.internal_error("getaddrinfo")
         return results
 
     getaddrinfo.__doc__ = original.__doc__
@@ -31,7 +34,7 @@ def getaddrinfo(original: Any) -> Any:
     return getaddrinfo
 
 
-_remember = _engine.guarded(_names.resolved)
+_resolved = _names.resolved
 _monotonic = time.monotonic
 
 
