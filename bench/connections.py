@@ -9,7 +9,10 @@ Two loops, each timed whole:
 Variants: "stock" and "stock2" (no capture, both: their ratio is the A/A noise figure, what
 two identical runs differ by on this machine now), "count" (netstats.capture(), no callback:
 plain TCP is counted by the kernel) and "callback" (a capture whose callback hears reads and
-writes: the wrapped mode). The variants are interleaved run by run, in a rotating order;
+writes: the wrapped mode); for the raw loop on Linux also "floor": the stock loop plus the
+five system calls netstats makes per connection and nothing else, the share of the cost that
+reading the kernel's figures for every connection takes by itself (no Python record at all).
+The variants are interleaved run by run, in a rotating order;
 each figure is a median, of wall time and of the client's own CPU time (which the machine's
 other load moves least). Client and server are pinned to one CPU (the server is a separate
 process, `python -I -c SERVER`, that never imports netstats; a thread per connection). After
@@ -133,6 +136,32 @@ def raw_loop(port: int, n: int) -> None:
         s.close()
 
 
+_TCP_INFO = getattr(socket, "TCP_INFO", 11)
+_SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
+
+
+def floor_loop(port: int, n: int) -> None:
+    """The raw loop, stock, plus the system calls netstats makes per connection (its identity
+    and local address once connected; at close, the identity again and TCP_INFO twice), and
+    nothing else: what reading the kernel's figures for every connection costs by itself."""
+    payload = b"r" * MSG
+    for _ in range(n):
+        s = socket.create_connection((HOST, port))
+        s.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8)
+        s.getsockname()
+        s.sendall(payload)
+        got = 0
+        while got < MSG:
+            chunk = s.recv(MSG - got)
+            if not chunk:
+                raise ConnectionError("server closed early")
+            got += len(chunk)
+        s.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8)
+        s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 232)
+        s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 232)
+        s.close()
+
+
 def requests_loop(port: int, n: int) -> None:
     url = f"http://{HOST}:{port}/"
     for _ in range(n):
@@ -168,9 +197,10 @@ def one_run(name: str, variant: str, port: int, n: int) -> tuple[float, float]:
         cap = netstats.capture()
     elif variant == "callback":
         cap = netstats.capture(lambda event, conn, nbytes: None)
+    loop = floor_loop if variant == "floor" else LOOPS[name]
     start, start_cpu = time.perf_counter(), time.process_time()
     try:
-        LOOPS[name](port, n)
+        loop(port, n)
     finally:
         elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         if cap is not None:
@@ -196,10 +226,11 @@ def measure(name: str, n: int, runs: int, cpu: int) -> dict[str, Any]:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         LOOPS[name](port, max(10, n // 10))  # warm up: imports, caches, the server's page cache
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        cpu_times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        variants = (*VARIANTS, "floor") if name == "raw" and sys.platform.startswith("linux") else VARIANTS
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        cpu_times: dict[str, list[float]] = {v: [] for v in variants}
         for r in range(runs):
-            order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for variant in order:
                 wall, cpu = one_run(name, variant, port, n)
                 times[variant].append(wall)
