@@ -117,7 +117,7 @@ def reset(target: Any, full: bool = False) -> None:
     rx, tx = conn.totals()
     rx, tx = rx or 0, tx or 0  # (None: bytes netstats cannot know stay None)
     conn._base = (rx, tx, conn._reads, conn._writes)
-    conn.marks = []
+    conn._marks = None
     conn._mark = (time.monotonic(), rx, tx)
     if full:  # a closed connection restarts at its close: opened never passes closed
         conn.opened = time.time() if conn.closed is None else conn.closed

@@ -80,6 +80,7 @@ _COMPUTED = frozenset(
         "tls_time",
         "tls_resumed",
         "tls_started",
+        "marks",
         *(set(_kernel.TcpInfo._fields) & set(FIELDS)),
     }
 )
@@ -149,9 +150,10 @@ class Connection(Counts):
     __slots__ = (
         # the fields of FIELDS that are stored; the others are computed from what follows
         *(name for name in FIELDS if name not in _COMPUTED),
-        # baselines set by reset() and mark()
+        # baselines set by reset() and mark(); the marks, made at the first (most records have none)
         "_base",
         "_mark",
+        "_marks",
         # rx/tx come from the kernel's counters (no wrappers); the kernel's figures frozen at close
         "_kernel_counted",
         "_final_info",
@@ -193,7 +195,7 @@ class Connection(Counts):
         self.opened = time.time()
         self.connected: float | None = None
         self.closed: float | None = None
-        self.marks: list[dict[str, Any]] = []
+        self._marks: list[dict[str, Any]] | None = None
         self.origin: str | None = None
         self.caller: str | None = None
         self.error: str | None = None
@@ -219,6 +221,13 @@ class Connection(Counts):
     def conn(self) -> Connection:
         # Sockets and TLS objects hold a Counts: a Connection, or a StreamCounts that knows its own.
         return self
+
+    @property
+    def marks(self) -> list[dict[str, Any]]:
+        """The marks set by `netstats.mark()` since open (or the last reset), oldest first."""
+        if self._marks is None:
+            self._marks = []
+        return self._marks
 
     def tcp_info(self, final: bool = False) -> _kernel.TcpInfo | None:
         """The kernel's figures (Linux TCP): fresh while open, as frozen at close after; else None.
