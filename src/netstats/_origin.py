@@ -30,6 +30,10 @@ _STDLIB_DIRS = _dirs(
     os.path.dirname(os.__file__),
 )
 _kinds: dict[str, int] = {}
+# The same files by kind, for the walk's tight loops (a set lookup, no call, per frame passed).
+_netstats_files: set[str] = set()
+_stdlib_files: set[str] = set()
+_library_files: set[str] = set()  # the standard library's and installed packages'
 # (id of a code, instruction offset) -> (that code, the formatted frame shared by the records)
 _places: dict[tuple[int, int], tuple[CodeType, str]] = {}
 
@@ -55,6 +59,12 @@ def _kind(filename: str) -> int:
                 kind = _USER
         if len(_kinds) < 4096:
             _kinds[filename] = kind
+            if kind == _NETSTATS_KIND:
+                _netstats_files.add(filename)
+            elif kind != _USER:
+                _library_files.add(filename)
+                if kind == _STDLIB:
+                    _stdlib_files.add(filename)
     return kind
 
 
@@ -91,14 +101,23 @@ def where() -> tuple[str | None, str | None]:
     netstats' launcher, and that frame stands for origin and caller if none was found.
     """
     origin = caller = None
-    kinds = _kinds  # (by file name: a str caches its hash, a code object does not)
     frame: FrameType | None = sys._getframe(1)
-    while frame is not None and kinds.get(frame.f_code.co_filename) == _NETSTATS_KIND:
-        frame = frame.f_back  # netstats' own frames where it is called (the wrappers): the short way
+    ours = _netstats_files
+    while frame is not None and frame.f_code.co_filename in ours:
+        frame = frame.f_back  # netstats' own frames where it is called (the wrappers)
     outside = False  # seen a frame that is not netstats'
     while frame is not None:
+        # Frames that cannot be the next answer, passed in a tight loop: the standard library's
+        # until the origin is found, then the packages' too until the caller is.
+        passed, first = _stdlib_files if origin is None else _library_files, frame
+        while frame is not None and frame.f_code.co_filename in passed:
+            frame = frame.f_back
+        if frame is not first:
+            outside = True
+        if frame is None:
+            break
         filename = frame.f_code.co_filename
-        kind = kinds.get(filename)
+        kind = _kinds.get(filename)
         if kind is None:
             kind = _kind(filename)
         if kind == _NETSTATS_KIND:
