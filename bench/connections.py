@@ -122,33 +122,20 @@ main()
 """
 
 
-def raw_loop(port: int, n: int) -> None:
-    payload = b"r" * MSG
-    for _ in range(n):
-        s = socket.create_connection((HOST, port))
-        s.sendall(payload)
-        got = 0
-        while got < MSG:
-            chunk = s.recv(MSG - got)
-            if not chunk:
-                raise ConnectionError("server closed early")
-            got += len(chunk)
-        s.close()
-
-
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 
 
-def floor_loop(port: int, n: int) -> None:
-    """The raw loop, stock, plus the system calls netstats makes per connection (its identity
-    and local address once connected; at close, the identity again and TCP_INFO twice), and
-    nothing else: what reading the kernel's figures for every connection costs by itself."""
+def raw_loop(port: int, n: int, kernel_calls: bool = False) -> None:
+    """n x (connect, 64 B each way, close). `kernel_calls`: also make the system calls netstats
+    makes per connection (its identity and local address once connected; at close, the identity
+    again and TCP_INFO twice), and nothing else: the "floor" variant."""
     payload = b"r" * MSG
     for _ in range(n):
         s = socket.create_connection((HOST, port))
-        s.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8)
-        s.getsockname()
+        if kernel_calls:
+            s.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8)
+            s.getsockname()
         s.sendall(payload)
         got = 0
         while got < MSG:
@@ -156,10 +143,17 @@ def floor_loop(port: int, n: int) -> None:
             if not chunk:
                 raise ConnectionError("server closed early")
             got += len(chunk)
-        s.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8)
-        s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 232)
-        s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 232)
+        if kernel_calls:
+            s.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8)
+            s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 232)
+            s.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 232)
         s.close()
+
+
+def floor_loop(port: int, n: int) -> None:
+    """The raw loop, stock, with netstats' per-connection system calls: what reading the
+    kernel's figures for every connection costs by itself."""
+    raw_loop(port, n, kernel_calls=True)
 
 
 def requests_loop(port: int, n: int) -> None:
