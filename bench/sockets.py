@@ -15,18 +15,22 @@ plain TCP, and what every platform without TCP_INFO gets), "count" (netstats.cap
 callback), "callback" (netstats.capture(cb) with a trivial cb that receives the read/write
 events) and "tagged" (netstats.capture(), the transfer inside `netstats.tag(bench=...)`: every
 read and write attributed to its labels; tags are switched off again after each such run, so
-the other variants run as in a program that never tagged).
+the other variants run as in a program that never tagged), and "stock2", stock again: its ratio
+to stock is the run's A/A noise.
 
 The server is a separate process (`python -I -c SERVER`) that never imports netstats: one
 per test, serving one connection per run. The variants are interleaved run by run (stock,
 count, callback, stock, ...) because the machine is noisy; each figure is a median. A run is
 timed from the client's first byte sent to its last byte received; socket creation, connect
-and close are not timed. After each captured run the connection's counts (and, for
-"callback", the bytes the callback saw) must equal the bytes transferred, or the benchmark
-stops with an error. The client looks send/recv up on the socket at every call, as most code
-does: netstats may change a captured socket's class at its first write (plain TCP with nobody
-listening for read/write events is left to the kernel's counters), which a bound method taken
-before that write would not follow. The "counted by" column says which way each variant went.
+and close are not timed. After each captured run the connection's counts (and, for "callback",
+the bytes the callback saw) must equal the bytes transferred, or the benchmark stops with an
+error. Besides wall time, each run's client thread CPU time (`time.thread_time()`, its system
+calls' kernel side included) is kept: the "cpu" column is its median ratio to stock's, which
+the machine's other load moves less than wall time. The client looks send/recv up on the socket
+at every call, as most code does: netstats may change a captured socket's class at its first
+write (plain TCP with nobody listening for read/write events is left to the kernel's counters),
+which a bound method taken before that write would not follow. The "counted by" column says
+which way each variant went.
 
 Run it with `make bench`, or:
 
@@ -59,7 +63,7 @@ HOST = "127.0.0.1"
 CHUNK = 64 * 1024
 MSG = 64
 MiB = 1024 * 1024
-VARIANTS = ("stock", "wrapped", "count", "callback", "tagged")
+VARIANTS = ("stock", "wrapped", "count", "callback", "tagged", "stock2")
 RUN_TIMEOUT = 120  # seconds; SIGALRM ends a run that hangs
 STOCK_SOCKET = socket.socket  # taken before any capture replaces it
 
@@ -247,8 +251,9 @@ def on_timeout(signum: int, frame: Any) -> None:
 
 def run_once(
     variant: str, client: Callable[..., tuple[float, int, int]], port: int, size: int
-) -> tuple[float, str]:
-    """One connection, one transfer; returns its seconds and who counted, after checking the counts."""
+) -> tuple[float, str, float]:
+    """One connection, one transfer; returns its seconds, who counted, and the client thread's CPU
+    seconds for the transfer (which the machine's other load moves less), after checking the counts."""
     seen = {"read": 0, "write": 0}
     gc.collect()
 
@@ -271,11 +276,13 @@ def run_once(
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # created during the capture
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.connect((HOST, port))
+            cpu = time.thread_time()
             if variant == "tagged":
                 with netstats.tag(bench=client.__name__):
                     seconds, tx, rx = client(sock, size)
             else:
                 seconds, tx, rx = client(sock, size)
+            cpu = time.thread_time() - cpu
             captured = type(sock) is not STOCK_SOCKET
     finally:
         signal.alarm(0)
@@ -288,7 +295,7 @@ def run_once(
         tags = cap.connections[0].tags
         if tags != [{"labels": {"bench": client.__name__}, "rx": rx, "tx": tx}]:
             raise RuntimeError(f"tagged: the tags counted {tags}, transferred tx={tx} rx={rx}")
-    return seconds, how
+    return seconds, how, cpu
 
 
 def check(variant: str, cap: Any, captured: bool, tx: int, rx: int, seen: dict[str, int]) -> str:
@@ -322,19 +329,27 @@ def measure(
     """Runs the variants interleaved, after one untimed warm-up run of each."""
     server = Server(mode, cpu)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu_times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     counted_by: dict[str, set[str]] = {v: set() for v in VARIANTS}
     try:
         for variant in VARIANTS:
             run_once(variant, client, server.port, size)
         for i in range(runs):
             for variant in VARIANTS:
-                seconds, how = run_once(variant, client, server.port, size)
+                seconds, how, cpu = run_once(variant, client, server.port, size)
                 times[variant].append(seconds)
+                cpu_times[variant].append(cpu)
                 counted_by[variant].add(how)
             print(f"  {name}: run {i + 1}/{runs} done", file=sys.stderr)
     finally:
         server.close()
-    return summarize(name, size, runs, times, counted_by)
+    result = summarize(name, size, runs, times, counted_by)
+    for variant, row in result["variants"].items():  # the client's CPU: the same two ratios
+        row["cpu_ratio"] = statistics.median(cpu_times[variant]) / statistics.median(cpu_times["stock"])
+        row["cpu_paired_ratio"] = statistics.median(
+            v / s for v, s in zip(cpu_times[variant], cpu_times["stock"], strict=True)
+        )
+    return result
 
 
 def summarize(
@@ -403,12 +418,14 @@ def table(name: str, result: dict[str, Any], cpu: int) -> str:
     lines = [describe(name, result, cpu)]
     head = f"  {'variant':<9} {'median s':>9} {'min s':>9} {'max s':>9}"
     lines.append(
-        head + (f" {'us/RTT':>7}" if is_chatty else "") + f" {'ratio':>6} {'paired':>6}  counted by  target"
+        head
+        + (f" {'us/RTT':>7} {'cpu':>6}" if is_chatty else "")
+        + f" {'ratio':>6} {'paired':>6}  counted by  target"
     )
     for variant, v in result["variants"].items():
         row = f"  {variant:<9} {v['median_s']:9.4f} {v['min_s']:9.4f} {v['max_s']:9.4f}"
         if is_chatty:
-            row += f" {v['us_per_round_trip']:7.2f}"
+            row += f" {v['us_per_round_trip']:7.2f} {v['cpu_ratio']:6.3f}"
         if variant == "stock":
             row += f" {'-':>6} {'-':>6}  -"
         else:

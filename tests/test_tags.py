@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import csv
+import gc
+import http.client
 import io
 import json
 import subprocess
@@ -226,6 +228,63 @@ def test_a_tag_object_totals_its_own_bytes_and_threads_inherit_through_copy_cont
     (rx, tx) = http.tags()["copied"]
     assert cap.by_tag("tenant")["copied"] == {"rx": tx, "tx": rx}
     assert (t.rx, t.tx) == (tx, rx)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_totals_read_mid_turn_and_reads_outside_the_writers_tag_are_exact(
+    peer: PeerFactory, mode: str
+) -> None:
+    """The turn's bytes are settled when read: a tag's totals and conn.tags right after its
+    request (the turn still open), a response read under no tag (nobody's) or under another tag
+    (that one's), and a tag's totals after its connection's record is gone (keep=False)."""
+    server = peer("http")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+
+    def request(path: str, tag: str) -> None:
+        conn.request("GET", path, headers={"X-Tag": tag})
+
+    def response(size: int) -> None:
+        with conn.getresponse() as r:
+            assert len(r.read()) == size
+
+    with capture_in(mode) as cap:
+        request("/bytes/10", "first")  # untagged, before any tag (kernel-counted, in that mode)
+        response(10)
+        a, b, c = netstats.tag(route="a"), netstats.tag(route="b"), netstats.tag(route="c")
+        with a:
+            request("/bytes/3000", "a")
+            response(3000)
+        (rx, tx) = server.tags()["a"]
+        # the turn is still a's, unsettled: settled when read
+        assert cap.connections[0].tags == [{"labels": {"route": "a"}, "rx": tx, "tx": rx}]
+        assert (a.rx, a.tx) == (tx, rx)
+        with b:
+            request("/bytes/700", "b")
+        response(700)  # read under no tag: nobody's
+        with c:
+            request("/bytes/50", "c")
+        with a:
+            response(50)  # read under another tag than the writer's: that tag's
+        conn.close()
+    truth = server.tags()
+    assert (b.rx, b.tx) == (0, truth["b"][0])
+    assert (c.rx, c.tx) == (0, truth["c"][0])
+    assert (a.rx, a.tx) == (truth["a"][1] + truth["c"][1], truth["a"][0])
+    rows = tagged_rows(cap, "route")
+    assert rows == {"a": {"rx": a.rx, "tx": a.tx}, "b": {"rx": 0, "tx": b.tx}, "c": {"rx": 0, "tx": c.tx}}
+    assert cap.by_tag("route")[None] == {"rx": truth["first"][1] + truth["b"][1], "tx": truth["first"][0]}
+
+    with capture_in(mode, keep=False):  # its records go at close: the tag's totals stay whole
+        other = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+        with netstats.tag(route="d") as d:
+            other.request("GET", "/bytes/900", headers={"X-Tag": "d"})
+            with other.getresponse() as r:
+                assert len(r.read()) == 900
+        other.close()
+        del other, r
+    gc.collect()
+    (rx, tx) = server.tags()["d"]
+    assert (d.rx, d.tx) == (tx, rx)
 
 
 # ---- the command line: --by tag:KEY in every format -------------------------------------------

@@ -51,11 +51,13 @@ class tag:  # noqa: N801 (used like a function: `with netstats.tag(route="/users
     @property
     def rx(self) -> int:
         """Application bytes read under this tag (turn ownership included, see the README)."""
+        _tags.settle_all()
         return self._totals[0]
 
     @property
     def tx(self) -> int:
         """Application bytes written under this tag."""
+        _tags.settle_all()
         return self._totals[1]
 
     def _enter(self) -> Any:

@@ -14,10 +14,17 @@ None, set by `netstats.tag()` (_tagging.py). Nothing here runs until the first t
   (HTTP/2) the responses of interleaved requests go to whoever wrote last.
 
 Bytes moved under no label are not tallied: they are a connection's total less its tags.
+
+The turn's own bytes (the usual case: the code in force is the last writer's) cost one check per
+read and write (`Counts.add_read` makes it): they are in the connection's own counts, and go to
+the turn's tally and tags' totals when the turn is settled (`_settle`): when it changes hands,
+and before anyone reads a tally (`tallies`) or a tag's totals (`settle_all`).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -91,38 +98,100 @@ def end() -> None:
     began = None
 
 
-def attribute(event: str, conn: Any, nbytes: int) -> None:
-    """The read/write listener of tags: add nbytes to the labels it belongs to (see above).
+class Turn:
+    """A connection's turn: its owner `scope` (the last writer's), the owner's tally on the
+    connection (`pair`), and the connection's own rx/tx up to which they are settled."""
 
-    `conn._turn` is (scope, its tally on conn) of the last write, or None: the turn's owner,
-    and a one-entry cache (a connection's reads and writes mostly run under one scope)."""
+    __slots__ = ("scope", "pair", "rx", "tx")
+
+    def __init__(self, scope: Scope, pair: list[int], rx: int, tx: int) -> None:
+        self.scope, self.pair, self.rx, self.tx = scope, pair, rx, tx
+
+
+_lock = threading.RLock()  # settling and changing turns (not the turn's own bytes: see above)
+
+
+def _forked() -> None:
+    global _lock
+    _lock = threading.RLock()  # (another thread may have held it at the fork)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+_open: set[Any] = set()  # the connections whose turn may hold bytes not yet settled
+_sweep_at = 256  # len(_open) at which closed connections leave it (settled first)
+
+
+def attribute(event: str, conn: Any, nbytes: int) -> None:
+    """The read/write listener of tags: give nbytes to the labels it belongs to (see above).
+
+    Called after conn's own counts took nbytes. `conn._turn` is the Turn of the last write
+    under a tag, or None. When the scope in force is the turn's, every rule above gives the turn,
+    and the bytes wait in conn's counts for the turn's next settling."""
     turn = conn._turn
-    if event == "write":
-        scope = _get()
-        if turn is None or turn[0] is not scope:
-            if scope is None:
-                conn._turn = None
-                return
-            turn = conn._turn = (scope, _tally(conn, scope))
-        i = 1
-    elif conn.side == "client" and (loop := _running_loop()) is not None and _current_task(loop) is None:
-        if turn is None:  # the event loop's own read: the last writer's turn
+    scope = _get()
+    if turn is not None and turn.scope is scope:
+        return
+    with _lock:
+        turn = conn._turn  # (another thread may have changed it meanwhile)
+        if turn is not None and turn.scope is scope:
             return
-        i = 0
-    else:
-        scope = _get()
-        if scope is None:
-            return
-        if turn is None or turn[0] is not scope:
-            _add(scope, _tally(conn, scope), 0, nbytes)  # a read under another scope than the turn's
-            return
-        i = 0
-    scope, pair = turn
-    pair[i] += nbytes
-    scope.sink[i] += nbytes
-    if scope.outer:
-        for sink in scope.outer:
-            sink[i] += nbytes
+        if event == "write":  # a new turn from this write on
+            rx, tx = conn._rx, conn._tx - nbytes
+            if turn is not None:
+                _settle(turn, rx, tx)
+            conn._turn = Turn(scope, _tally(conn, scope), rx, tx) if scope is not None else None
+            if scope is not None and conn not in _open:
+                _open.add(conn)
+                if len(_open) >= _sweep_at:
+                    _sweep()
+        elif conn.side == "client" and (loop := _running_loop()) is not None and _current_task(loop) is None:
+            pass  # the event loop's own read: the turn's, if any (it stays in conn's counts)
+        else:  # a read under another scope than the turn's, or under none: not the turn's
+            if turn is not None:
+                turn.rx += nbytes
+            if scope is not None:
+                _add(scope, _tally(conn, scope), 0, nbytes)
+
+
+def _settle(turn: Turn, rx: int, tx: int) -> None:
+    """Give the turn's owner the bytes its connection moved since the last settling (up to rx, tx)."""
+    drx, dtx = rx - turn.rx, tx - turn.tx
+    if drx or dtx:
+        turn.rx, turn.tx = rx, tx
+        turn.pair[0] += drx
+        turn.pair[1] += dtx
+        scope = turn.scope
+        for sink in (scope.sink, *scope.outer):
+            sink[0] += drx
+            sink[1] += dtx
+
+
+def settle(conn: Any) -> None:
+    """conn's tallies and the tags' totals up to date with its counts."""
+    with _lock:
+        turn = conn._turn
+        if turn is not None:
+            _settle(turn, conn._rx, conn._tx)
+
+
+def settle_all() -> None:
+    """Every tag's totals up to date (and closed connections out of `_open`)."""
+    with _lock:
+        for conn in list(_open):
+            settle(conn)
+            if conn.closed is not None or conn._turn is None:
+                _open.discard(conn)
+
+
+def _sweep() -> None:
+    """`_open` has grown: closed connections leave it (settled), so it holds none for long."""
+    global _sweep_at
+    for conn in list(_open):
+        if conn.closed is not None or conn._turn is None:
+            settle(conn)
+            _open.discard(conn)
+    _sweep_at = max(256, 2 * len(_open))
 
 
 def _tally(conn: Any, scope: Scope) -> list[int]:
@@ -164,6 +233,7 @@ def splittable(conn: Any) -> bool:
 
 def tallies(conn: Any) -> list[tuple[Labels, int, int]]:
     """(labels, rx, tx) of each label set that moved bytes on conn, in the order first seen."""
+    settle(conn)
     tally = conn._tagged
     if not tally:
         return []
@@ -172,4 +242,4 @@ def tallies(conn: Any) -> list[tuple[Labels, int, int]]:
         pair = merged.setdefault(key.labels, [0, 0])
         pair[0] += rx
         pair[1] += tx
-    return [(labels, rx, tx) for labels, (rx, tx) in merged.items()]
+    return [(labels, rx, tx) for labels, (rx, tx) in merged.items() if rx or tx]
