@@ -104,9 +104,10 @@ def _listeners(watchers: tuple[_state.Watcher, ...]) -> _state.IoListener | None
 
 def refresh(conn: Connection) -> None:
     """A watcher of conn stopped: ask again who listens to its reads and writes."""
-    if isinstance(conn._on_io, _UntilFirstRead):  # waiting for its first read: it stays so
-        conn._on_io.listener = io_listener(conn._watchers)
-    elif conn._on_io is not _settle_at_first_write:
+    on_io = conn._on_io  # (read once: the connection's own thread may change it meanwhile)
+    if isinstance(on_io, _UntilFirstRead):  # waiting for its first read: it stays so
+        on_io.listener = io_listener(conn._watchers)
+    elif on_io is not _settle_at_first_write:
         conn._on_io = io_listener(conn._watchers)
 
 
