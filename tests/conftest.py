@@ -11,6 +11,7 @@ import trustme
 from peers import Peer
 
 import netstats
+from netstats import _tags
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +91,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if soak:
         config.hook.pytest_deselected(items=soak)
         items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
+@pytest.fixture
+def tags_off_after() -> Iterator[None]:
+    """Tags switch on for good in a process at the first one; the next test starts without."""
+    yield
+    _tags.end()

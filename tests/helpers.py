@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import netstats
@@ -51,3 +53,21 @@ def established(cap: netstats.Capture) -> list[netstats.Connection]:
     failed = [c for c in cap.connections if c.error is not None]
     assert all((c.rx, c.tx) == (0, 0) for c in failed), failed
     return [c for c in cap.connections if c.error is None]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str = "", every: float = 0.02) -> Any:
+    """predicate()'s first true value, asked every `every` seconds for at most `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(every)
+
+
+def tag_counts_of(http: Any) -> dict[str, dict[str, int]]:
+    """An HTTP peer's own per-tag counts (tests/peers.py), turned to the client's side: the
+    client read what the peer wrote."""
+    return {tag: {"rx": tx, "tx": rx} for tag, (rx, tx) in http.tags().items()}

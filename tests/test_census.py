@@ -7,6 +7,7 @@ and the application's bytes are None — never 0.
 from __future__ import annotations
 
 import _socket
+import functools
 import glob
 import os
 import pwd
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+import helpers
 import pytest
 import trustme
 
@@ -29,17 +31,7 @@ pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(not census.supported, reason="the kernel census needs Linux")
 
 FOUND_WITHIN = 2.0  # seconds: a sweep is every census.INTERVAL; generous for a loaded machine
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = FOUND_WITHIN * 5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
+wait_for = functools.partial(helpers.wait_for, timeout=FOUND_WITHIN * 5)
 
 
 def kernel_connections(cap: netstats.Capture) -> list[netstats.Connection]:

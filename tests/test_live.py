@@ -5,6 +5,7 @@ in (a bash peer talking through /dev/tcp, the Python echo peer), checked against
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,29 +15,19 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's figures: Linux")
 
 TIMEOUT = 60.0
+wait_for = functools.partial(helpers.wait_for, timeout=TIMEOUT, every=0.1)
 NETSTATS = [sys.executable, "-m", "netstats"]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.1)
 
 
 class Pane:

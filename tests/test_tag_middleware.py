@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 import requests.adapters
+from helpers import tag_counts_of
 from peers import Peer
 
 import netstats
@@ -25,14 +26,7 @@ PeerFactory = Callable[..., Peer]
 TIMEOUT = 10.0
 
 
-@pytest.fixture(autouse=True)
-def tags_off_after() -> Iterator[None]:
-    yield
-    _tags.end()
-
-
-def expected(http: Peer) -> dict[str, dict[str, int]]:
-    return {tag: {"rx": tx, "tx": rx} for tag, (rx, tx) in http.tags().items()}
+pytestmark = pytest.mark.usefixtures("tags_off_after")
 
 
 def tagged(cap: netstats.Capture) -> dict[Any, Any]:
@@ -125,7 +119,7 @@ def test_asgi_middleware_under_uvicorn_tags_each_requests_outbound_bytes_with_it
         thread.join(20)
     assert not thread.is_alive()
     assert bodies[:4] == [b"100", b"200", b"3000", b"400"]
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert set(truth) == {"/users/{uid:int}", "/api/items"}
     assert tagged(cap) == truth
     backend = [c for c in cap.connections if c.remote == ("127.0.0.1", http.port) and c.error is None]
@@ -206,7 +200,7 @@ def test_wsgi_middleware_tags_each_requests_outbound_bytes_with_its_flask_rule(
         session.close()
         server.server_close()
     assert bodies[:3] == [b"100", b"200", b"3000"] and bodies[-1] == b"5 50 "
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert set(truth) == {"/users/<int:uid>", "/stream"}
     assert tagged(cap) == truth
 
@@ -243,7 +237,7 @@ def test_wsgi_middleware_tags_a_plain_app_by_path_and_sets_the_span_attributes(p
         server.shutdown()
         thread.join(20)
         server.server_close()
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert tagged(cap) == truth
     got = {
         s.name: (s.attributes["netstats.rx"], s.attributes["netstats.tx"]) for s in spans.get_finished_spans()
@@ -317,7 +311,7 @@ def test_wsgi_middleware_tags_a_django_request_with_its_url_pattern(peer: PeerFa
         [sys.executable, str(script), str(http.port)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert set(truth) == {"/users/<int:uid>"}
     assert json.loads(done.stdout) == truth
 
@@ -351,7 +345,7 @@ def test_asgi_middleware_sets_the_requests_bytes_on_the_current_span(peer: PeerF
 
     with netstats.capture():
         asyncio.run(main())
-    truth = expected(http)
+    truth = tag_counts_of(http)
     got = {
         s.name: (s.attributes["netstats.rx"], s.attributes["netstats.tx"]) for s in spans.get_finished_spans()
     }

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import requests
 import requests.adapters
-from helpers import MODES, capture_in
+from helpers import MODES, capture_in, tag_counts_of
 from peers import Peer
 
 import netstats
@@ -31,16 +31,7 @@ TIMEOUT = 10.0
 SIZES = {"a": 0, "b": 1, "c": 5_000, "d": 300_000}  # response body per tag value
 
 
-@pytest.fixture(autouse=True)
-def tags_off_after() -> Iterator[None]:
-    """Tags switch on for good in a process at the first one; the next test starts without."""
-    yield
-    _tags.end()
-
-
-def expected(http: Peer) -> dict[str, dict[str, int]]:
-    """The server's per-tag counts, turned to the client's side: it read what we wrote."""
-    return {tag: {"rx": tx, "tx": rx} for tag, (rx, tx) in http.tags().items()}
+pytestmark = pytest.mark.usefixtures("tags_off_after")
 
 
 def tagged_rows(cap: netstats.Capture, key: str) -> dict[Any, Any]:
@@ -133,7 +124,7 @@ def test_threads_sharing_one_pooled_connection_get_each_their_own_requests_bytes
             assert not any(t.is_alive() for t in threads)
     assert not errors, errors
     assert len([c for c in cap.connections if c.error is None]) == 1  # one connection, shared
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert set(truth) == set(SIZES)
     assert tagged_rows(cap, "route") == truth
     assert conn_tag_totals(cap, "route") == truth
@@ -172,7 +163,7 @@ def test_asyncio_tasks_sharing_an_aiohttp_connection_get_each_their_own_requests
     with capture_in(mode) as cap:
         asyncio.run(main())
     assert len([c for c in cap.connections if c.error is None]) == 1
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert set(truth) == {*SIZES, "opener"}
     assert tagged_rows(cap, "route") == truth
     assert conn_tag_totals(cap, "route") == truth
@@ -202,7 +193,7 @@ def test_a_decorated_function_and_coroutine_tag_what_they_move(peer: PeerFactory
             assert job(1000) == 1000
             assert job(7) == 7
         assert asyncio.run(ajob(2000)) == 2000
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert tagged_rows(cap, "job") == truth
     assert job.__name__ == "job" and ajob.__name__ == "ajob"
 
@@ -323,7 +314,7 @@ def test_the_cli_groups_a_runs_bytes_by_a_tag_label_in_every_format(peer: PeerFa
     http = peer("http")
     (tmp_path / "app.py").write_text(SCRIPT, encoding="utf-8")
     cli("run", "--format", "json", "-o", "run.json", "app.py", str(http.port), cwd=tmp_path)
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert set(truth) == {"/users", "/items"}
     saved = json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))
     (conn,) = [c for c in saved["connections"] if c["remote"] == ["127.0.0.1", http.port]]
@@ -406,7 +397,7 @@ def test_exporters_split_the_byte_counts_by_the_tag_labels_asked_for(peer: PeerF
         data = reader.get_metrics_data()
         collector.close()
         exporter.close()
-    truth = expected(http)
+    truth = tag_counts_of(http)
 
     def prom(direction: str, route: str) -> float | None:
         labels = {"direction": direction, "host": "127.0.0.1", "port": str(http.port), "transport": "tcp"}
@@ -529,7 +520,7 @@ def test_uvloop_tags_its_tls_plaintext_and_says_plain_tcp_cannot_be_split(
     with capture_in(mode) as cap:
         uvloop.run(main())
     (conn,) = [c for c in cap.connections if c.error is None]
-    truth = expected(http)
+    truth = tag_counts_of(http)
     assert set(truth) == set(values)
     if tls:
         assert tagged_rows(cap, "route") == truth
