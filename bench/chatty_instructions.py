@@ -34,7 +34,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -118,27 +117,14 @@ def _server() -> tuple[subprocess.Popen[str], int]:
 
 
 def instructions(src: str | None, port: int, n: int, variant: str) -> int:
+    sys.path.insert(0, HERE)
+    from instructions import callgrind_total  # bench/instructions.py, beside this script
+
     env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts in every run
     if src:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     command = [sys.executable, os.path.abspath(__file__), "--client", str(port), str(n), variant]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
-        done = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
-            env=env,
-            timeout=1800,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{variant}, {n} round trips: the client failed:\n{done.stderr[-2000:]}")
-        with open(out) as f:
-            for line in f:
-                if line.startswith(("summary:", "totals:")):
-                    return int(line.split()[1])
-    raise RuntimeError("no totals in callgrind's output")
+    return callgrind_total(command, env, f"{variant}, {n} round trips")
 
 
 def measure(src: str | None, n1: int, n2: int, variants: tuple[str, ...]) -> dict[str, Any]:

@@ -106,17 +106,25 @@ def _client_command(src: str | None, port: int, n: int, variant: str) -> tuple[l
 
 
 def instructions(src: str | None, port: int, n: int, variant: str) -> int:
+    command, env = _client_command(src, port, n, variant)
+    return callgrind_total(command, env, f"{variant}, {n} connections")
+
+
+def callgrind_total(command: list[str], env: dict[str, str], what: str) -> int:
+    """The user-space instructions valgrind's callgrind counts in command, run to its end
+    (bench/chatty_instructions.py uses it too). `what`: the run, named in an error."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
-        command, env = _client_command(src, port, n, variant)
-        subprocess.run(
+        done = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
             env=env,
-            check=True,
             timeout=1800,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"{what}: the client failed:\n{done.stderr[-2000:]}")
         with open(out) as f:
             for line in f:
                 if line.startswith(("summary:", "totals:")):
