@@ -942,16 +942,6 @@ def found(
     return conn
 
 
-def full_reading(conn: Connection, sock: Any) -> _kernel.TcpInfo | None:
-    """conn's kernel figures through sock, the bytes not yet read included (a hand-over's base),
-    with what tells the peer's FIN in the CLOSE state, as every reading of conn."""
-    addresses = (conn.local, conn.remote) if conn.local and conn.remote else None
-    info = _kernel.read(sock, conn.side == "client", conn._ident, conn._peer_fin, addresses)
-    if info is not None and info.peer_fin:
-        conn._peer_fin = True
-    return info
-
-
 def handed_on(conn: Connection, sock: Any) -> bool:
     """sock gives its descriptor up (detach()) to code that does its I/O on the bare number
     (multiprocessing.connection): a plain TCP connection goes on, counted by the kernel from
@@ -967,7 +957,7 @@ def handed_on(conn: Connection, sock: Any) -> bool:
     ):
         return False
     count_in_python(conn)  # rx/tx up to date
-    info = full_reading(conn, sock)
+    info = conn.read_through(sock)  # (the bytes not yet read too: the base of kernel-counted rx)
     if info is None:
         return False
     conn._kernel_base = (info.consumed - conn._rx, info.wire_tx - conn._tx)

@@ -250,6 +250,8 @@ class Connection(Counts):
             return self._final_info
         if self._probe is not None:  # found by the census, or its descriptor handed on (detach())
             info = self._probe()
+            if info is not None and info.peer_fin:
+                self._peer_fin = True
         else:
             ref = self._sock
             if ref is None:
@@ -257,24 +259,25 @@ class Connection(Counts):
             sock = ref()
             if sock is None:
                 return None
-            addresses = (self.local, self.remote) if self.local and self.remote else None
             # (the bytes not yet read matter only to kernel-counted rx: one system call less else)
-            info = _kernel.read(
-                sock,
-                self.side == "client",
-                self._ident,
-                self._peer_fin,
-                addresses,
-                final,
-                self._kernel_counted,
-            )
-        if info is not None and info.peer_fin:
-            self._peer_fin = True
+            info = self.read_through(sock, final, self._kernel_counted)
         if info is not None and self._kernel_counted:
             self._rx = info.consumed - self._kernel_base[0]
             self._tx = info.wire_tx - self._kernel_base[1]
             if self.ttfb is None and self.first_write is not None:
                 self.ttfb = _kernel.first_byte_after(info, self.first_write)
+        return info
+
+    def read_through(self, sock: Any, final: bool = False, unread: bool = True) -> _kernel.TcpInfo | None:
+        """The kernel's figures through sock (one of this connection's descriptors), with what
+        tells the peer's FIN in the CLOSE state (see _kernel.read); `unread`: the bytes not yet
+        read too. Nothing is stored but that the peer's FIN was seen."""
+        addresses = (self.local, self.remote) if self.local and self.remote else None
+        info = _kernel.read(
+            sock, self.side == "client", self._ident, self._peer_fin, addresses, final, unread
+        )
+        if info is not None and info.peer_fin:
+            self._peer_fin = True
         return info
 
     def totals(self) -> tuple[int, int] | tuple[None, None]:

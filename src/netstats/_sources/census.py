@@ -325,7 +325,7 @@ class Census:
                 if cookie is None or seen.remote is None:
                     return False
                 self._hear_destroys(True)
-                reading = _engine.full_reading(conn, sock)  # while sock still holds the descriptor
+                reading = conn.read_through(sock)  # while sock still holds the descriptor
             if not _engine.handed_on(conn, sock):
                 return False
             seen.kind, seen.conn, seen.side, seen.cookie = _Seen.FOUND, conn, conn.side, cookie
