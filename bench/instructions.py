@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,18 +44,11 @@ def client(port: int, n: int, variant: str) -> None:
     """The measured process: n raw connections, under the variant's capture."""
     import netstats
 
+    sys.path.insert(0, HERE)
+    from connections import raw_loop  # bench/connections.py's raw loop, beside this script
+
     def loop(k: int) -> None:
-        payload = b"r" * MSG
-        for _ in range(k):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(payload)
-            got = 0
-            while got < MSG:
-                chunk = s.recv(MSG - got)
-                if not chunk:
-                    raise ConnectionError("server closed early")
-                got += len(chunk)
-            s.close()
+        raw_loop(port, k)
 
     if not os.environ.get("BENCH_CENSUS"):
         # The census sweeps by the clock, not per connection (bench/census.py measures it):
