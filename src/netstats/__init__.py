@@ -9,6 +9,7 @@
 
 import logging
 
+from . import _lifecycle  # noqa: F401  (what runs at fork: registered once, as netstats is imported)
 from ._api import mark, register, reset, stats
 from ._capture import EVENTS, Capture, capture, release
 from ._errors import NetstatsError, NotCaptured

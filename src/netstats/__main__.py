@@ -168,10 +168,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 parser.exit(2, f"netstats run: error: cannot write {path}: {unwritable(path)}\n")
             setattr(args, option, os.path.abspath(path))
 
-    def report(result: Run) -> None:
-        write(_render(result, args), args.output)
-        _write_html(result, args)
-
+    options = {
+        "format": args.format, "by": args.by, "top": args.top, "sort": args.sort, "wide": args.wide,
+        "output": args.output, "html": args.html,
+    }  # fmt: skip
     watch = None
     if args.live:
         from . import _live
@@ -181,12 +181,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         watch = _live.watch
     try:
         result = run_program(
-            target, rest, module=bool(args.module), servers=args.servers, on_signal=report, watch=watch
+            target, rest, module=bool(args.module), servers=args.servers, report=options, watch=watch
         )
     except NoSuchProgram as exc:
         print(f"netstats run: {exc}", file=sys.stderr)
         return exc.exit_code
-    report(result)
     return result.exit_code or 0
 
 

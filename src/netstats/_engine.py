@@ -257,6 +257,8 @@ def open_connection(
     sock: Any, side: str, watchers: tuple[_state.Watcher, ...], remote: Any = None
 ) -> Connection | None:
     transport = _transport(sock)
+    if not _state.same_process():  # forked where no hook ran: the parent's captures are not ours
+        watchers = _state.serving if side == "server" else _state.active
     if transport is None or not watchers:
         return None
     conn = _new(side, transport, watchers)
@@ -842,6 +844,7 @@ def opened_elsewhere(
     """A TCP connection on descriptor fd whose reads and writes C code makes (uvloop), connected
     now. Plain, the stream's bytes are the application's: probe reads the kernel's and sets
     rx/tx (kernel-counted, with no per-call events). TLS: tls_obj counts the plaintext."""
+    _state.same_process()
     watchers = _state.serving if side == "server" else _state.active
     if not watchers:
         return None

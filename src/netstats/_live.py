@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from . import _format, _top
 from ._capture import Capture
 from ._errors import NoSuchProcess
+from ._journal import Folder
 
 log = logging.getLogger("netstats")
 
@@ -119,11 +120,11 @@ def _open_rows(cap: Capture) -> list[dict[str, Any]]:
     return rows
 
 
-def snapshots(cap: Capture, folder: str) -> Callable[[], None]:
+def snapshots(cap: Capture, folder: Folder) -> Callable[[], None]:
     """In a child of `run --live`: write PID.live to the run's folder every INTERVAL until the
-    returned function is called (then the file goes: the child's final dump follows)."""
+    returned function is called (then the file goes: the child's journal has the rest)."""
     stopping = threading.Event()
-    path = os.path.join(folder, f"{os.getpid()}{SNAPSHOT}")
+    name = f"{os.getpid()}{SNAPSHOT}"
 
     def write() -> None:
         while not stopping.wait(INTERVAL):
@@ -135,9 +136,7 @@ def snapshots(cap: Capture, folder: str) -> Callable[[], None]:
                     "tx": cap.tx,
                     "connections": _open_rows(cap),
                 }
-                with open(path + ".tmp", "w", encoding="utf-8") as f:
-                    json.dump(data, f)
-                os.replace(path + ".tmp", path)
+                folder.write(name, json.dumps(data).encode())
             except Exception:  # never into the program: the parent's view just lacks this child
                 log.exception("netstats: a live snapshot failed (the program is unaffected)")
 
@@ -147,29 +146,24 @@ def snapshots(cap: Capture, folder: str) -> Callable[[], None]:
     def stop() -> None:
         stopping.set()
         thread.join(INTERVAL * 5)
-        for name in (path, path + ".tmp"):
-            try:
-                os.remove(name)
-            except OSError:
-                pass
+        folder.remove(name)
 
     return stop
 
 
-def _children(folder: str | None) -> dict[int, dict[str, Any]]:
+def _children(folder: Folder | None) -> dict[int, dict[str, Any]]:
     """{pid: its latest snapshot} of the children writing them."""
     out: dict[int, dict[str, Any]] = {}
     if folder is None:
         return out
     try:
-        names = os.listdir(folder)
+        names = folder.names()
     except OSError:
         return out
     for name in names:
         if name.endswith(SNAPSHOT) and name[: -len(SNAPSHOT)].isdigit():
             try:
-                with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    out[int(name[: -len(SNAPSHOT)])] = json.load(f)
+                out[int(name[: -len(SNAPSHOT)])] = json.loads(folder.read(name))
             except (OSError, ValueError):
                 continue  # gone meanwhile (the child ended)
     return out
@@ -179,7 +173,7 @@ class RunView:
     """`netstats run --live`: the capture's connections, and its children's, redrawn every
     INTERVAL until stop()."""
 
-    def __init__(self, cap: Capture, program: list[str], folder: str | None = None) -> None:
+    def __init__(self, cap: Capture, program: list[str], folder: Folder | None = None) -> None:
         self._cap = cap
         self._program = " ".join(program)
         self._folder = folder
@@ -285,7 +279,7 @@ class RunView:
         return rows
 
 
-def watch(cap: Capture, program: list[str], folder: str) -> Callable[[], None]:
+def watch(cap: Capture, program: list[str], folder: Folder) -> Callable[[], None]:
     """For run_program: start the view on this capture and the children's snapshots in the
     run's folder; returns what stops it."""
     view = RunView(cap, program, folder)

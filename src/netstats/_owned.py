@@ -47,5 +47,7 @@ def still_ours(sock: Any, known: Identity | None, what: str) -> bool:
         sock.detach()
     except (OSError, ValueError, AttributeError):
         pass
-    log.warning("netstats: its %s descriptor was closed by the program; netstats no longer uses that number", what)
+    log.warning(
+        "netstats: its %s descriptor was closed by the program; netstats no longer uses that number", what
+    )
     return False

@@ -394,20 +394,14 @@ def _register_reducers(reducer: Any) -> None:
         reduction.register(cls, reduce_shared)
 
 
-_forks_followed = False
-
-
 def install() -> None:
     """Put every patch in place (idempotent; call with _state.lock held)."""
-    global _forks_followed
     if _installed:
+        census.start()  # a forked child's patches came with it, its census did not
         return
     reducer = _stock_socket_reducer()
     if reducer is not None:
         _register_reducers(reducer)
-    if not _forks_followed and hasattr(os, "register_at_fork"):
-        _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
-        os.register_at_fork(before=_engine.before_sharing)
     sockets.count_nothing_on_stock_sockets()
     _install_patches()
 

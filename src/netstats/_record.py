@@ -60,13 +60,11 @@ FIELDS = (
 _pid = os.getpid()  # a syscall per record otherwise; a forked child takes its own
 
 
-def _forked() -> None:
+def forked() -> None:
+    """In a forked child (see _lifecycle): its records carry its own pid."""
     global _pid
     _pid = os.getpid()
 
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
 
 _COMPUTED = frozenset(
     {

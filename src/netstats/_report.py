@@ -8,7 +8,12 @@ The JSON form is the saved run that `netstats report` re-renders. Its schema, ve
      "connections": [{...every Connection field, see netstats.FIELDS...}, ...]}
 
 `accepts_left_out`: connections the program accepted that are not in the report (it ran
-without --servers). Fields may be added within a version; none is removed or changes meaning.
+without --servers). `processes`: each process of the run, {"pid", "parent", "ended"}, ended
+being "exit" (through Python, its figures complete), "lost" (it died below Python: SIGKILL, a
+signal's default action, C exit(), os._exit(); at most its journal's last interval is missing)
+or "running" (still running as the report was made). A connection still open in a lost or
+running process carries "unfinished": "process lost" / "process running" (its last figures).
+Fields may be added within a version; none is removed or changes meaning.
 A figure netstats could not know is null, and shown "?".
 """
 
@@ -65,6 +70,7 @@ class Run:
     exit_code: int | None
     connections: list[dict[str, Any]] = field(default_factory=list)
     accepts_left_out: int = 0
+    processes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **self.__dict__}
@@ -87,6 +93,12 @@ class Run:
         connections = _need(data, "connections", list)
         for i, conn in enumerate(connections):
             _check_connection(i, conn)
+        processes = data.get("processes", [])
+        if not isinstance(processes, list) or not all(_is_process(p) for p in processes):
+            raise BadRun(
+                '\'processes\' must be a list of {"pid": integer, "parent": integer or null, '
+                '"ended": "exit", "lost" or "running"}'
+            )
         return cls(
             program=list(program),
             pid=_need(data, "pid", int),
@@ -95,7 +107,20 @@ class Run:
             exit_code=exit_code,
             connections=list(connections),
             accepts_left_out=accepts,
+            processes=list(processes),
         )
+
+
+ENDINGS = ("exit", "lost", "running")
+
+
+def _is_process(p: Any) -> bool:
+    return (
+        isinstance(p, dict)
+        and _is_int(p.get("pid"))
+        and (p.get("parent") is None or _is_int(p["parent"]))
+        and p.get("ended") in ENDINGS
+    )
 
 
 # ---- checking a saved run: every field the renderers read ---------------------------------
@@ -146,7 +171,7 @@ _TIMES = (
     "tls_started",
     "first_write",
 )
-_TEXTS = ("side", "host", "tls", "origin", "caller", "error", "source")
+_TEXTS = ("side", "host", "tls", "origin", "caller", "error", "source", "unfinished")
 
 
 def _check_connection(i: int, conn: Any) -> None:
@@ -311,12 +336,34 @@ def _summary(run: Run) -> list[str]:
     if run.exit_code not in (0, None):
         parts.append(f"exit code {run.exit_code}")
     lines = [", ".join(parts)]
+    lines += _endings(run)
     if run.accepts_left_out:
         n = run.accepts_left_out
         lines.append(
             f"netstats: the program accepted {n} connection{'s' * (n != 1)}, left out of this report "
             "(netstats run --servers reports them)"
         )
+    return lines
+
+
+def _endings(run: Run) -> list[str]:
+    """What the report cannot be sure of: processes that died below Python, or still ran."""
+    lines = []
+    for how, said in (
+        (
+            "lost",
+            "ended without a word (killed, or exited below Python): their open connections "
+            "show their last figures, up to a second old",
+        ),
+        (
+            "running",
+            "were still running when this report was made: their open connections show their last figures",
+        ),
+    ):
+        pids = [str(p["pid"]) for p in run.processes if p.get("ended") == how]
+        if pids:
+            n = len(pids)
+            lines.append(f"netstats: {n} process{'es' * (n != 1)} (pid {', '.join(pids)}) {said}")
     return lines
 
 
@@ -630,11 +677,60 @@ def unwritable(path: str | os.PathLike[str]) -> str | None:
 
 
 def write(text: str, path: str | None, stream: Any = None) -> None:
-    """To the file named, else to the stream (stderr by default: the program owns stdout)."""
+    """To the file named, else to the stream (stderr by default: the program owns stdout).
+
+    A file is replaced whole or not at all: the text goes to a new file beside it, renamed
+    over it once complete (a reader never sees half a report, a failed write leaves the old
+    one). OSError if it cannot be written."""
     if path is None:
         stream = stream or sys.stderr
         stream.write(text)
         stream.flush()
-    else:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        return
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        data = text.encode("utf-8", "backslashreplace")  # (a name that is not text stays readable)
+        while data:
+            data = data[os.write(fd, data) :]
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def deliver(run: Run, options: dict[str, Any], who: str = "netstats run") -> None:
+    """Render a run as `options` say ("format", "by", "top", "sort", "wide": see render) and
+    write it to options["output"] (stderr if None), and the timeline to options["html"] if
+    given. A write that fails costs one line naming the path and the reason, and the report
+    goes to stderr instead: never an exception (the program's exit code stands)."""
+    text = render(
+        run, options.get("format", "text"), options.get("by"), top=options.get("top"),
+        sort=options.get("sort", "bytes"), wide=bool(options.get("wide")),
+    )  # fmt: skip
+    output = options.get("output")
+    try:
+        write(text, output)
+    except OSError as exc:
+        try:
+            print(f"{who}: cannot write {output}: {exc.strerror or exc}; the report follows", file=sys.stderr)
+            write(text, None)
+        except (OSError, ValueError):  # no stderr either: nowhere left to say it
+            pass
+    html = options.get("html")
+    if html:
+        from ._html import render_html
+
+        try:
+            write(render_html(run), html)
+        except OSError as exc:
+            print(f"{who}: cannot write {html}: {exc.strerror or exc}", file=sys.stderr)

@@ -8,20 +8,19 @@ import importlib.util
 import marshal
 import os
 import runpy
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 import types
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
-from . import _child, _state
+from . import _child, _journal, _lifecycle, _state, _witness
 from ._capture import Capture
 from ._errors import NoSuchProgram
-from ._report import Run
+from ._report import Run, deliver
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -57,15 +56,18 @@ def run_program(
     *,
     module: bool,
     servers: bool = False,
-    on_signal: Callable[[Run], None] | None = None,
-    watch: Callable[[Capture, list[str], str], Callable[[], None]] | None = None,
+    report: dict[str, Any] | None = None,
+    watch: Callable[[Capture, list[str], _journal.Folder], Callable[[], None]] | None = None,
 ) -> Run:
     """Run a script (or `-m module`) in this process under capture; return what it did.
 
-    SIGTERM while it runs: `on_signal` gets the Run so far, then the process ends as the signal
-    would have ended it (killed by SIGTERM). `watch(capture, program, folder)`, once capturing,
-    returns what to call as the program ends (the live view; children write snapshots to the
-    run's folder)."""
+    Every process of the run journals what it counts (_journal.py) into the run's folder; the
+    Run merges this process's capture with every journal. With `report` (the options of
+    _report.deliver) the run also delivers its report, however it ends: as it returns; on
+    SIGTERM or SIGHUP (then it ends by that signal, as it would have); after a Ctrl-C nobody
+    caught (then it ends by SIGINT, as python does); and, if this process dies below Python
+    (SIGKILL, C exit()), through its witness (_witness.py). `watch(capture, program, folder)`,
+    once capturing, returns what to call as the program ends (the live view)."""
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     # As python does before looking for the program: the script's folder, or for -m the
     # current directory, first on sys.path.
@@ -83,46 +85,66 @@ def run_program(
     if module and not _module_exists(target):
         _restore_path(saved_path0)
         raise NoSuchProgram(f"No module named {target}", 1)
-    folder = tempfile.mkdtemp(prefix="netstats-run-")
+    folder = _journal.Folder.make()
+    pid = os.getpid()
+    started = time.time()
+    program = [target, *args] if not module else ["-m", target, *args]
+    if report is not None:
+        _witness.spawn(folder, program, started, report)
     saved_env = dict(os.environ)
-    os.environ[_child.ENV_DIR] = folder
+    os.environ[_child.ENV_DIR] = folder.path
+    os.environ[_child.ENV_ID] = folder.token
     os.environ["NETSTATS_SERVERS"] = "1" if servers else "0"
     os.environ["NETSTATS_LIVE"] = "1" if watch is not None else "0"
     os.environ["NETSTATS_PACKAGE_PATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_child.BOOT_DIR, os.environ.get("PYTHONPATH")]))
     _child.follow_forks()
-    pid = os.getpid()
-    started = time.time()
     accepts_before = _state.accepts
     cap = Capture(keep=True, servers=servers).start()
-    program = [target, *args] if not module else ["-m", target, *args]
+
+    def accepts() -> int:
+        return 0 if servers else _state.accepts - accepts_before
+
+    journal = _journal.Journal(folder, cap, accepts).start()  # for the witness
     unwatch = watch(cap, program, folder) if watch is not None else None
 
     def result(exit_code: int) -> Run:
-        connections = [c.as_dict() for c in cap.connections] + _child.collect(folder)
-        accepts = 0 if servers else _state.accepts - accepts_before + _child.accepts(folder)
+        children, processes, children_accepts = _journal.read_all(folder, skip=journal.name)
         return Run(
             program=program,
             pid=pid,
             started=started,
             finished=time.time(),
             exit_code=exit_code,
-            connections=connections,
-            accepts_left_out=accepts,
+            connections=[c.as_dict() for c in cap.connections] + children,
+            accepts_left_out=accepts() + children_accepts,
+            processes=[{"pid": pid, "parent": os.getppid(), "ended": "exit"}, *processes],
         )
 
-    def terminated() -> None:
-        if os.getpid() != pid:  # a forked child that kept this handler: the parent reports
+    def reported(run: Run) -> Run:
+        """Deliver the report (if asked), then the folder goes (the witness sees it is done)."""
+        journal.close()
+        if report is not None:
+            deliver(run, report)
+            try:
+                folder.write(_witness.REPORTED, b"")
+            except OSError:
+                pass
+        folder.delete()
+        return run
+
+    def ending(signum: int) -> None:
+        if os.getpid() != pid:  # a forked child that kept this handler: its own journal ends
+            _child.end()
             return
         if unwatch is not None:
             unwatch()
         cap.stop()
-        if on_signal is not None:
-            on_signal(result(128 + signal.SIGTERM))
-        shutil.rmtree(folder, ignore_errors=True)
+        reported(result(128 + signum))
 
-    previous = _child.on_sigterm(terminated) if on_signal is not None else None
+    replaced = _lifecycle.on_signals(ending) if report is not None else {}
     exit_code = 0
+    interrupted = False
     try:
         sys.argv = [target, *args]
         if module:
@@ -133,7 +155,7 @@ def run_program(
         exit_code = _exit_code(exc)
     except KeyboardInterrupt:
         traceback.print_exc()
-        exit_code = 130
+        exit_code, interrupted = 128 + signal.SIGINT, True
     except BaseException:
         # As python prints it: the traceback without netstats' own frames on top.
         etype, value, tb = sys.exc_info()
@@ -143,19 +165,19 @@ def run_program(
         exit_code = 1
     finally:
         if os.getpid() != pid:  # a bare os.fork() child that ran on to the end of the program
-            _child.dump_fork_child(cap)
+            _child.end_fork_child(cap)
             raise SystemExit(exit_code)
         if unwatch is not None:
             unwatch()
         cap.stop()
-        if previous is not None and getattr(signal.getsignal(signal.SIGTERM), "netstats", False):
-            signal.signal(signal.SIGTERM, previous)
+        _lifecycle.restore(replaced)
         sys.argv = saved_argv
         _restore_path(saved_path0)
         os.environ.clear()
         os.environ.update(saved_env)
-    run = result(exit_code)
-    shutil.rmtree(folder, ignore_errors=True)
+    run = reported(result(exit_code))
+    if interrupted and report is not None:
+        _lifecycle.die_by(signal.SIGINT)  # as python ends after a Ctrl-C nobody caught
     return run
 
 

@@ -9,6 +9,7 @@ patches (see _patch.py); a forked child starts with none of its parent's capture
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +49,24 @@ gated: tuple[Watcher, ...] = ()
 # Connections accepted while some capture was active, in this process: `netstats run` without
 # --servers tells how many it left out of its report, without recording them.
 accepts = 0
+pid = os.getpid()  # the process this state belongs to
+_unseen_fork: Callable[[], None] | None = None  # what a fork nobody told of needs (_lifecycle)
+
+
+def on_unseen_fork(steps: Callable[[], None]) -> None:
+    """steps() runs in a process forked where no fork hook ran, once noticed (same_process)."""
+    global _unseen_fork
+    _unseen_fork = steps
+
+
+def same_process() -> bool:
+    """True in the process this state belongs to. Else (a C fork(), uWSGI's: no fork hook ran,
+    the parent's captures came with the memory) the lifecycle's child steps run now, and False."""
+    if os.getpid() == pid:
+        return True
+    if _unseen_fork is not None:
+        _unseen_fork()
+    return False
 
 
 def count_accept() -> None:
@@ -79,7 +98,8 @@ def reset_after_fork() -> None:
 
     The lock is made anew too: another thread of the parent may have held it at the fork.
     """
-    global lock, active, serving, gated, accepts
+    global lock, active, serving, gated, accepts, pid
     lock = threading.RLock()
     active = serving = gated = ()
     accepts = 0
+    pid = os.getpid()

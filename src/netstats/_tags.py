@@ -23,7 +23,6 @@ and before anyone reads a tally (`tallies`) or a tag's totals (`settle_all`).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import weakref
@@ -111,13 +110,12 @@ class Turn:
 _lock = threading.RLock()  # settling and changing turns (not the turn's own bytes: see above)
 
 
-def _forked() -> None:
+def forked() -> None:
+    """In a forked child (see _lifecycle): another thread may have held the lock at the fork."""
     global _lock
-    _lock = threading.RLock()  # (another thread may have held it at the fork)
+    _lock = threading.RLock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
 _open: set[Any] = set()  # the connections whose turn may hold bytes not yet settled
 _sweep_at = 256  # len(_open) at which closed connections leave it (settled first)
 

@@ -185,6 +185,7 @@ class Census:
         self._feed: Any = None
         self._listening = False  # the feed is joined to the destroy groups (see _hear_destroys)
         self.dropped = False  # the kernel dropped destroy notifications (figures from last reads)
+        self.before: set[int] | None = None  # if set: the only sockets the next start leaves out
 
     def start(self) -> None:
         if self._thread is not None:
@@ -194,6 +195,7 @@ class Census:
         if self._feed is None:
             log.info("netstats: no sock_diag destroy feed; found connections end at the next sweep")
         self.sweep(baseline=True)
+        self.before = None
         self._thread = threading.Thread(target=self._run, name="netstats-census", daemon=True)
         self._thread.start()
 
@@ -283,7 +285,8 @@ class Census:
                 present.add(st.st_ino)
                 seen = self._known.get(st.st_ino)
                 if seen is None or seen.kind == _Seen.WAITING:
-                    self._known[st.st_ino] = self._classify(fd, seen, baseline)
+                    old = baseline and (self.before is None or st.st_ino in self.before)
+                    self._known[st.st_ino] = self._classify(fd, seen, old)
             # A local port this process listens on, or did while the census ran (a server may
             # stop listening and keep its accepted connections): an accepted connection's.
             self._listened.update(s.local[1] for s in self._known.values() if s.kind == _Seen.LISTENER)
@@ -499,18 +502,28 @@ class Census:
 
 
 census = Census()
-_forks_followed = False
 
 
 def start() -> None:
     """Start sweeping (the first capture started); a no-op where the census cannot run."""
-    global _forks_followed
-    if not supported:
-        return
-    if not _forks_followed and hasattr(os, "register_at_fork"):
-        _forks_followed = True  # (cannot be unregistered: a no-op while nothing is captured)
-        os.register_at_fork(after_in_child=census.forget_after_fork)
-    census.start()
+    if supported:
+        census.start()
+
+
+def forget_after_fork() -> None:
+    """In a forked child: see Census.forget_after_fork."""
+    census.forget_after_fork()
+
+
+def known_sockets() -> set[int]:
+    """The socket inodes the census knows (in a child forked unseen: the parent's, at the fork)."""
+    return set(census._known)
+
+
+def baseline(before: set[int]) -> None:
+    """In a child noticed late: the census's next start takes only these sockets as ones that
+    were there before it (every other connection is the child's own), not all it sees then."""
+    census.before = before
 
 
 def close_held(conn: Any, sock: Any, close: Any, ss: Any) -> bool:
