@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -688,11 +689,19 @@ def write(text: str, path: str | None, stream: Any = None) -> None:
         stream.flush()
         return
     path = os.path.abspath(path)
+    data = text.encode("utf-8", "backslashreplace")  # (a name that is not text stays readable)
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:  # /dev/stdout, a pipe: written in place (a rename would replace the node itself)
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
-        data = text.encode("utf-8", "backslashreplace")  # (a name that is not text stays readable)
         while data:
             data = data[os.write(fd, data) :]
         os.close(fd)
