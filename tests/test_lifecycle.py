@@ -248,10 +248,12 @@ def test_sigterm_or_sighup_to_the_run_reports_children_done_and_still_running(tm
         """
         import subprocess
         port = int(sys.argv[1])
-        kids = [subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(n)], stdout=subprocess.PIPE, text=True)
-                for n in (1500, 2500)]
+        kids = [
+            subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(n)], stdout=subprocess.PIPE)
+            for n in (1500, 2500)
+        ]
         for kid in kids:
-            assert kid.stdout.readline().strip() == "done"
+            assert kid.stdout.readline().strip() == b"done"
         print(" ".join(str(k.pid) for k in kids), flush=True)
         time.sleep(60)
         """.replace("CHILD", repr(child)),
@@ -334,9 +336,10 @@ def test_a_symlink_planted_in_a_recreated_run_folder_is_refused(tmp_path, peer):
         tmp_path,
         """
         import subprocess
-        kid = subprocess.Popen([sys.executable, "-c", CHILD, sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL,
-                               text=True)
+        kid = subprocess.Popen(
+            [sys.executable, "-c", CHILD, sys.argv[1], sys.argv[2]],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
         print(kid.pid, kid.stdout.readline().strip(), flush=True)
         """.replace("CHILD", repr(child)),
     )
