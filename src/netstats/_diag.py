@@ -11,7 +11,6 @@ by cookie and ignore the rest. Anywhere else every function returns None.
 
 from __future__ import annotations
 
-import _socket
 import errno
 import socket
 import struct
@@ -19,6 +18,8 @@ import sys
 import threading
 from collections.abc import Container
 from typing import Any, NamedTuple
+
+from ._owned import Socket
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -128,25 +129,29 @@ def _request(
     return _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0) + body
 
 
-def _netlink() -> Any:
-    """A sock_diag netlink socket of the C type: netstats' own sockets never pass its wrappers."""
-    return _socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+def _netlink(what: str) -> Socket:
+    """A sock_diag netlink socket of netstats' own, checked before each use (see _owned.py)."""
+    return Socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG, what)
 
 
 _query_lock = threading.Lock()
-_query_socket: Any = None  # one for the process, made when first needed
+_query_socket: Socket | None = None  # one for the process, made when first needed
 
 
 def _ask(request: bytes) -> bytes | None:
+    """One request and its reply on the query socket; a new socket if the program closed the
+    number of the last one (its number is never used again)."""
     global _query_socket
     if not supported:
         return None
     with _query_lock:
         try:
-            if _query_socket is None:
-                _query_socket = _netlink()
+            if _query_socket is None or not _query_socket.ours():
+                _query_socket = _netlink("sock_diag query")
                 _query_socket.settimeout(1.0)
             _query_socket.send(request)
+            if not _query_socket.ours():  # (closed since: the reply is lost, the next ask makes a new one)
+                return None
             reply: bytes = _query_socket.recv(65536)
             return reply
         except OSError:
@@ -201,17 +206,19 @@ def dump(family: int) -> list[Diag] | None:
     request = _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, flags, 1, 0) + body
     out: list[Diag] = []
     try:
-        sock = _netlink()
+        sock = _netlink("sock_diag dump")
     except OSError:
         return None
     try:
         sock.settimeout(2.0)
-        sock.send(request)
-        while True:
+        if sock.ours():
+            sock.send(request)
+        while sock.ours():  # (False: the program closed its number; nothing more is read)
             data = sock.recv(262144)
             out.extend(parse(data))
             if not data or _last_part(data):
                 return out
+        return None
     except OSError:
         return None
     finally:
@@ -236,7 +243,7 @@ def close_query_socket() -> None:
     global _query_socket
     with _query_lock:
         if _query_socket is not None:
-            _query_socket.close()
+            _query_socket.close()  # (only if its number is still its own)
             _query_socket = None
 
 
@@ -262,13 +269,13 @@ def fin_at_destroy(dead: Diag, fin_seen: bool) -> int | None:
     return None
 
 
-def destroy_feed() -> Any:
+def destroy_feed() -> Socket | None:
     """A netlink socket that can receive every TCP socket's destruction in this network
     namespace, once listen() has joined it to the destroy groups."""
     if not supported:
         return None
     try:
-        feed = _netlink()
+        feed = _netlink("destroy feed")
     except OSError:
         return None
     try:
@@ -280,13 +287,15 @@ def destroy_feed() -> Any:
     return feed
 
 
-def listen(feed: Any, on: bool) -> bool:
+def listen(feed: Socket, on: bool) -> bool:
     """Join (on) or leave the destroy groups; whether that worked. While anyone listens, the
     kernel builds a notification for every TCP socket that dies in the namespace and wakes the
     listener for each (about 45 us of this process's CPU per short connection, measured): listen
     only while some socket's end is awaited."""
     try:
         for group in DESTROY_GROUPS:
+            if not feed.ours():
+                return False
             feed.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP if on else NETLINK_DROP_MEMBERSHIP, group)
     except OSError:
         return False
@@ -296,13 +305,14 @@ def listen(feed: Any, on: bool) -> bool:
 _feed_buffer = bytearray(262144)  # one for the process: drain() runs on the census thread
 
 
-def drain(feed: Any, wanted: Container[int]) -> tuple[list[Diag], bool]:
+def drain(feed: Socket, wanted: Container[int]) -> tuple[list[Diag], bool]:
     """The destroyed sockets with these cookies among what the feed holds now, without waiting;
     True if the kernel dropped some notifications (ENOBUFS). The feed has every TCP socket of
-    the network namespace: the others are skipped at the cost of one unpack each."""
+    the network namespace: the others are skipped at the cost of one unpack each. Ends as soon
+    as the feed's number is no longer its own (the caller then goes on without it)."""
     out: list[Diag] = []
     dropped = False
-    while True:
+    while feed.ours():
         try:
             size = feed.recv_into(_feed_buffer, 0, socket.MSG_DONTWAIT)
             data = bytes(_feed_buffer[:size])
@@ -314,3 +324,4 @@ def drain(feed: Any, wanted: Container[int]) -> tuple[list[Diag], bool]:
                 continue
             return out, dropped
         out.extend(parse(data, wanted))
+    return out, dropped

@@ -9,6 +9,7 @@ is never read, written or closed by it again (a socket object holding it is deta
 
 from __future__ import annotations
 
+import _socket
 import logging
 import os
 from typing import Any
@@ -51,3 +52,32 @@ def still_ours(sock: Any, known: Identity | None, what: str) -> bool:
         "netstats: its %s descriptor was closed by the program; netstats no longer uses that number", what
     )
     return False
+
+
+class Socket(_socket.socket):
+    """A socket of netstats' own (the C type: it never passes netstats' wrappers) that knows its
+    identity from its creation. `ours()` right before each use; close() and garbage collection
+    close its number only while it is still this socket's, else let it go."""
+
+    __slots__ = ("known", "what")
+
+    def __init__(self, family: int, type: int, proto: int, what: str) -> None:
+        super().__init__(family, type, proto)
+        self.known = identity(self.fileno())
+        self.what = what  # what the log line calls it: "sock_diag query", "destroy feed"
+
+    def ours(self) -> bool:
+        """Whether its number still names it. The first time not, it is detached and one line
+        logged; after that (or once closed) simply False."""
+        return self.fileno() >= 0 and still_ours(self, self.known, self.what)
+
+    def close(self) -> None:
+        if self.ours():
+            super().close()
+
+    def __del__(self) -> None:
+        # (No log line: this may run at interpreter exit.)
+        if self.fileno() >= 0 and identity(self.fileno()) == self.known:
+            super().close()
+        else:
+            self.detach()

@@ -6,7 +6,8 @@ sweeps the process's descriptors every INTERVAL seconds (`/proc/self/fd`, one fs
 inode names the socket) and makes a record, source "kernel", for each TCP connection that
 netstats does not already count. Its figures come from the kernel only, through sock_diag
 (_diag.py): live when asked, final from the kernel's destroy notification the moment the socket
-dies, else from the last reading when its last descriptor is seen gone.
+dies, else from the last reading when its last descriptor is seen gone (and always so once the
+program has closed the feed's descriptor, as daemonizing code closes every one: see _own_feed).
 
 What a found connection gets: wire bytes, rtt, min_rtt, retransmissions (exact); rx, tx, reads,
 writes and tls are None, since the application's bytes may be TLS plaintext that only the C code
@@ -36,6 +37,7 @@ import weakref
 from typing import Any
 
 from .. import _diag, _engine, _kernel
+from .._owned import Socket
 
 log = logging.getLogger("netstats")
 
@@ -134,10 +136,10 @@ class _Held:
         if self.done is None:
             self.final, self.done = final, time.monotonic()
 
-    def reading(self) -> _kernel.TcpInfo | None:
+    def reading(self, until: float = float("inf")) -> _kernel.TcpInfo | None:
         """The kernel's figures now (conn's probe), final once the socket is let go."""
         if self.done is None and not self.look() and self.done is None:
-            census.await_destroy(self)
+            census.await_destroy(self, until)
         return self.final if self.done is not None else self.last
 
 
@@ -182,7 +184,7 @@ class Census:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._feed: Any = None
+        self._feed: Socket | None = None
         self._listening = False  # the feed is joined to the destroy groups (see _hear_destroys)
         self.dropped = False  # the kernel dropped destroy notifications (figures from last reads)
         self.before: set[int] | None = None  # if set: the only sockets the next start leaves out
@@ -200,26 +202,28 @@ class Census:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread; what closed meanwhile gets its final figures. Every wait here shares
+        one deadline (DESTROY_WAIT): a notification that does not come leaves the last reading."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
         self._stopping.set()
-        thread.join(INTERVAL * 10)
-        self.sweep()  # what closed since the last sweep gets its final figures now
         deadline = time.monotonic() + DESTROY_WAIT
+        thread.join(DESTROY_WAIT)  # (it wakes every INTERVAL at most)
+        self.sweep()  # what closed since the last sweep gets its final figures now
         while self._closing and time.monotonic() < deadline:
             time.sleep(0.01)
             with self._lock:
                 self._destroyed()
         for held in list(self._held.values()):
-            held.reading()  # (a destroyed one's notification may still be on its way)
+            held.reading(deadline)  # (a destroyed one's notification may still be on its way)
         with self._lock:
             self._expire(float("inf"))
             for held in self._held.values():
                 held.settle(held.last)
             self._end_held(float("inf"))
             if self._feed is not None:
-                self._feed.close()
+                self._feed.close()  # (only if its number is still its own)
                 self._feed = None
                 self._listening = False
             self._known.clear()
@@ -246,9 +250,13 @@ class Census:
         while not self._stopping.is_set():
             try:
                 wait = max(0.0, next_sweep - time.monotonic())
-                feed = self._feed
+                feed = self._own_feed()  # (never a select on a number that is not its own)
                 if feed is not None:
-                    ready, _, _ = select.select([feed], [], [], wait)
+                    try:
+                        ready, _, _ = select.select([feed], [], [], wait)
+                    except OSError:  # its number closed by the program since the check (the next says so)
+                        ready = []
+                        self._stopping.wait(wait)
                     if ready:
                         with self._lock:
                             self._destroyed()
@@ -303,8 +311,21 @@ class Census:
     def _hear_destroys(self, on: bool) -> None:
         """Take the kernel's destroy notifications only while a found connection awaits its
         own: while joined, every TCP socket that dies in the namespace costs a wake-up here."""
-        if self._feed is not None and on != self._listening and _diag.listen(self._feed, on):
+        feed = self._own_feed()
+        if feed is not None and on != self._listening and _diag.listen(feed, on):
             self._listening = on
+
+    def _own_feed(self) -> Socket | None:
+        """The destroy feed, if its number is still its own. Once the program has closed it (as
+        daemonizing code closes every descriptor), the census goes on without a feed, as where
+        there is none: found connections end at the sweep that sees them gone. (Not made again:
+        a program that closes what it did not open may do so again, and a new number taken from
+        this thread at any moment may be one the program is about to open and count on.)"""
+        feed = self._feed
+        if feed is not None and not feed.ours():  # (one log line, by _owned)
+            self._feed, self._listening = None, False
+            return None
+        return feed
 
     def hand_on(self, conn: Any, sock: Any) -> bool:
         """sock's descriptor leaves it (detach()) with conn live on it: the census follows the
@@ -377,10 +398,11 @@ class Census:
         except Exception:
             log.exception("netstats: internal error at close (the observed code is unaffected)")
 
-    def await_destroy(self, held: _Held) -> None:
+    def await_destroy(self, held: _Held, until: float = float("inf")) -> None:
         """A held socket was destroyed: take its notification (final figures), which the kernel
-        sends from a work queue, waiting DESTROY_WAIT seconds at most; else the last reading stands."""
-        deadline = time.monotonic() + DESTROY_WAIT
+        sends from a work queue, waiting DESTROY_WAIT seconds at most (and not past `until`);
+        else the last reading stands."""
+        deadline = min(time.monotonic() + DESTROY_WAIT, until)
         while held.done is None and self._feed is not None:
             with self._lock:
                 self._destroyed()
@@ -475,10 +497,11 @@ class Census:
 
     def _destroyed(self) -> None:
         """Final figures from the kernel's destroy notifications, for the connections found."""
-        if self._feed is None:
+        feed = self._own_feed()
+        if feed is None:
             return
         wanted = self._by_cookie.keys() | self._held.keys() if self._held else self._by_cookie
-        dead, dropped = _diag.drain(self._feed, wanted)
+        dead, dropped = _diag.drain(feed, wanted)
         if dropped and not self.dropped:
             self.dropped = True
             log.warning(
