@@ -247,6 +247,16 @@ def close_query_socket() -> None:
             _query_socket = None
 
 
+def forget_after_fork() -> None:
+    """In a forked child: the query socket is the parent's too (a reply could reach either
+    process); this process's copy of it goes, and the next query makes one of its own."""
+    global _query_lock, _query_socket
+    _query_lock = threading.Lock()  # (another thread may have held it at the fork)
+    if _query_socket is not None:
+        _query_socket.close()  # (this process's descriptor only)
+        _query_socket = None
+
+
 def fin_at_destroy(dead: Diag, fin_seen: bool) -> int | None:
     """Whether a destroyed socket's final bytes_received counts the peer's FIN: 1 or 0, or None
     to let _kernel.decode judge by our own FIN's ack (`fin_seen`: a live reading showed the

@@ -10,7 +10,8 @@ At a fork (os.register_at_fork, registered once, at import):
                   2. _record.forked: records carry this process's pid
                   3. _tags.forked: a fresh settling lock (another thread may have held it)
                   4. census.forget_after_fork: the parent's census thread did not follow
-                  5. the run's step (`netstats run`: the child's own capture and journal),
+                  5. _diag.forget_after_fork: the parent's sock_diag query socket stays its own
+                  6. the run's step (`netstats run`: the child's own capture and journal),
                      given by `follow_run`; it starts the child's census with its capture
   in the parent   nothing
 A fork nobody told netstats of (C `fork()`, as uWSGI's master does) is noticed at the next
@@ -37,7 +38,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from . import _engine, _record, _state, _tags
+from . import _diag, _engine, _record, _state, _tags
 from ._sources import census
 
 FATAL = (signal.SIGTERM, signal.SIGHUP) if hasattr(signal, "SIGHUP") else (signal.SIGTERM,)
@@ -53,6 +54,7 @@ def _in_child() -> None:
     _record.forked()
     _tags.forked()
     census.forget_after_fork()
+    _diag.forget_after_fork()
     if _run_step is not None:
         _run_step()
 
