@@ -1098,3 +1098,15 @@ def test_a_unix_socket_with_an_abstract_address_is_saved_and_shown(tmp_path):
     assert table_rows(text)[0][1:5] == ["unix", f"@netstats-test-{pid}", "5 B", "10 B"]
     wide = netstats("report", str(saved), "--wide", cwd=tmp_path).stdout
     assert table_rows(wide)[0][6:9] == ["-", "-", "-"]  # wire bytes and TLS+: not a TCP stream, not TLS
+
+
+def test_a_modules_own_options_after_dash_m_are_the_programs(tmp_path):
+    """`netstats run -m MODULE --its-flag`: as with python -m, what follows MODULE is the
+    program's, dashes included (`netstats run -m gunicorn -w 2 app:app`)."""
+    data = tmp_path / "d.json"
+    data.write_text('{"b": 1, "a": 2}')
+    done = netstats("run", "--format", "json", "-o", str(tmp_path / "r.json"), "-m", "json.tool",
+                    "--sort-keys", "--compact", str(data), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == '{"a":2,"b":1}\n'
+    assert load(tmp_path / "r.json")["program"] == ["-m", "json.tool", "--sort-keys", "--compact", str(data)]

@@ -122,9 +122,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TAKES_VALUE = frozenset({"--format", "--by", "--sort", "--top", "-o", "--output", "--html"})
+
+
+def _program_after_module(argv: list[str]) -> list[str]:
+    """`run ... -m MODULE ARGS`: as with python -m, everything after MODULE is the program's,
+    dashes included (argparse would read `-w 2` as options of its own): put a `--` there."""
+    if not argv or argv[0] != "run":
+        return argv
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--" or not arg.startswith("-"):
+            return argv  # the script comes first: the rest is already the program's
+        if arg == "-m" and i + 1 < len(argv):
+            rest = argv[i + 2 :]
+            return [*argv[: i + 2], *([] if rest[:1] == ["--"] else ["--"]), *rest]
+        i += 2 if arg in _TAKES_VALUE else 1
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_program_after_module(sys.argv[1:] if argv is None else argv))
     if args.command == "run":
         return _run(parser, args)
     if args.command == "report":
@@ -155,7 +175,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ._run import run_program
 
     if args.module:
-        target, rest = args.module, args.program
+        target, rest = args.module, args.program[1:] if args.program[:1] == ["--"] else args.program
     elif args.program:
         target, rest = args.program[0], args.program[1:]
     else:
