@@ -14,9 +14,10 @@ At a fork (os.register_at_fork, registered once, at import):
                   6. the run's step (`netstats run`: the child's own capture and journal),
                      given by `follow_run`; it starts the child's census with its capture
   in the parent   nothing
-A fork nobody told netstats of (C `fork()`, as uWSGI's master does) is noticed at the next
-connection netstats sees in the child (`_state.same_process`): the same steps run then, the
-census taking the sockets the parent knew as the ones that existed before.
+A fork nobody told netstats of (C `fork()`) is noticed at the next connection netstats sees in
+the child (`_state.same_process`): the same steps run then, the census taking the sockets the
+parent knew as the ones that existed before. uWSGI, which forks in C, tells its own hook:
+`told_by_uwsgi` puts the steps there.
 
 At exit: `at_exit(step)` (atexit, and multiprocessing's finalizers for a forked child, which ends
 in os._exit after running them).
@@ -33,6 +34,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -70,6 +72,27 @@ def _noticed() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before, after_in_child=_in_child)
 _state.on_unseen_fork(_noticed)
+
+
+def told_by_uwsgi() -> None:
+    """uWSGI forks its workers in C and tells Python code only through `uwsgi.post_fork_hook`:
+    once its module is loaded (looked for as modules are imported while capturing), that hook
+    runs the child steps first, then the hook the program set, if any."""
+    uwsgi = sys.modules.get("uwsgi")
+    previous = getattr(uwsgi, "post_fork_hook", None)
+    if uwsgi is None or getattr(previous, "netstats", False):
+        return
+
+    def forked() -> None:
+        _state.same_process()  # (the steps, if this is a new process)
+        if previous is not None:
+            previous()
+
+    forked.netstats = True  # type: ignore[attr-defined]
+    try:
+        setattr(uwsgi, "post_fork_hook", forked)  # noqa: B010  (a module only uWSGI has)
+    except (AttributeError, TypeError):
+        pass
 
 
 def follow_run(step: Callable[[], None]) -> None:

@@ -46,7 +46,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from . import _engine, _state
+from . import _engine, _lifecycle, _state
 from ._sources import census, functions, pyopenssl, sockets, tls
 from ._sources import gevent as gevent_source
 from ._sources import trio as trio_source
@@ -328,6 +328,8 @@ class _LateImports:
     }
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if "uwsgi" in sys.modules:  # (a program run by uWSGI, which forks in C: see _lifecycle)
+            _lifecycle.told_by_uwsgi()
         if name not in self.PATCHES:
             return None
         for finder in sys.meta_path:
