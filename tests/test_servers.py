@@ -99,9 +99,9 @@ class Server:
     workers: int = 2
     census: bool = False  # accepts in Rust: only the kernel census finds them
     tells_port: bool = True  # the app is given the client's port (REMOTE_PORT, scope["client"])
-    # One request at a time: a worker that accepts only when free (uWSGI) would otherwise take a
-    # waiting connection whole at once, too briefly for the census to see.
-    one_at_a_time: bool = False
+    # As many requests at once as there are workers: a worker that accepts only when free (uWSGI)
+    # would take a connection that waited whole at once, too briefly for the census to see.
+    one_per_worker: bool = False
 
 
 SERVERS = [
@@ -140,7 +140,7 @@ SERVERS = [
         {"sigterm": 0, "sigint": 0},
         census=True,  # uWSGI accepts and speaks HTTP in C
         tells_port=False,
-        one_at_a_time=True,
+        one_per_worker=True,
     ),
     Server(
         "hypercorn",
@@ -401,7 +401,7 @@ def serve(
     process = start(command(argv(server.program, port), report), {"BACKEND_PORT": str(backend.port)})
     process.wait_listening(port)
     hold = CENSUS_HOLD if server.census else 0.0
-    together = 1 if server.one_at_a_time else len(BATCH)
+    together = server.workers if server.one_per_worker else len(BATCH)
     served = spread(lambda n: get(relay.port, n, hold), server.workers, lambda s: s.pid, together)
     accepted, made = relay.wait_closed(len(served)), backend.wait_closed(len(served))
     # The harness itself: the relay passed every byte of every request, one connection each.
