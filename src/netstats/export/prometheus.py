@@ -22,19 +22,26 @@ series whose labels are all "other".
 >>> server = prometheus.serve(cap, 9464)     # scrape http://127.0.0.1:9464/metrics
 >>> ...
 >>> server.stop()
+
+A pre-fork server (gunicorn -w 4, uvicorn --workers 4) runs one capture per worker, and a scrape
+reaches one worker. There, each worker `publish()`es its figures to prometheus_client's
+multiprocess directory as they change, and one process serves them all, summed (`serve_all()`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .._capture import Capture
+from .._errors import NetstatsError
 from .._record import Connection
 from . import MissingExtra
+from ._increments import Increments
 from ._series import DURATION_BUCKETS, MAX_SERIES, Key, SeriesTable, peer_labels
 from ._tagged import TagTable, checked
 
@@ -46,13 +53,21 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
 LABELS = ("host", "port", "transport", "tls")
+HELP = {
+    "bytes": "Application bytes read (rx) and written (tx).",
+    "wire_bytes": "Bytes of the TCP stream, where the kernel tells.",
+    "connections": "Connections opened, connect attempts included.",
+    "durations": "Durations of closed connections.",
+}
 
 
 def _client() -> ModuleType:
     try:
         import prometheus_client
         import prometheus_client.core
+        import prometheus_client.multiprocess
         import prometheus_client.utils
+        import prometheus_client.values
     except ImportError as exc:
         raise MissingExtra("prometheus", "prometheus_client") from exc
     return prometheus_client
@@ -123,18 +138,10 @@ class NetstatsCollector:
     ) -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
         counter, direction = self._counter, ("direction", *LABELS)
         return (
-            counter(
-                "netstats_bytes",
-                "Application bytes read (rx) and written (tx).",
-                labels=(*direction, *self._tag_labels),
-            ),
-            counter(
-                "netstats_wire_bytes", "Bytes of the TCP stream, where the kernel tells.", labels=direction
-            ),
-            counter("netstats_connections", "Connections opened, connect attempts included.", labels=LABELS),
-            self._histogram(
-                "netstats_connection_duration_seconds", "Durations of closed connections.", labels=LABELS
-            ),
+            counter("netstats_bytes", HELP["bytes"], labels=(*direction, *self._tag_labels)),
+            counter("netstats_wire_bytes", HELP["wire_bytes"], labels=direction),
+            counter("netstats_connections", HELP["connections"], labels=LABELS),
+            self._histogram("netstats_connection_duration_seconds", HELP["durations"], labels=LABELS),
         )
 
 
@@ -167,10 +174,11 @@ def register(
 
 
 class Server:
-    """A running HTTP endpoint made by `serve()`: `.port`, `.url`, `.stop()`; a context manager."""
+    """A running HTTP endpoint made by `serve()` or `serve_all()`: `.port`, `.url`, `.stop()`; a
+    context manager."""
 
     def __init__(
-        self, httpd: WSGIServer, thread: threading.Thread, registry: Any, collector: NetstatsCollector
+        self, httpd: WSGIServer, thread: threading.Thread, registry: Any, collector: NetstatsCollector | None
     ) -> None:
         self.httpd, self.thread, self.registry, self.collector = httpd, thread, registry, collector
         self.port: int = httpd.server_port
@@ -186,8 +194,9 @@ class Server:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
-        self.registry.unregister(self.collector)
-        self.collector.close()
+        if self.collector is not None:
+            self.registry.unregister(self.collector)
+            self.collector.close()
 
     def __enter__(self) -> Server:
         return self
@@ -225,3 +234,110 @@ def serve(
         collector.close()
         raise
     return Server(httpd, thread, target, collector)
+
+
+# ---- pre-fork servers: every worker writes, one process serves them all ---------------------
+
+
+class Publisher:
+    """One process's figures, written to prometheus_client's multiprocess directory as they
+    change. Made by `publish()`; `close()` writes what is pending and stops."""
+
+    def __init__(
+        self,
+        capture: Capture,
+        *,
+        max_series: int = MAX_SERIES,
+        buckets: Sequence[float] = DURATION_BUCKETS,
+        tag_labels: Sequence[str] = (),
+        interval: float = 1.0,
+    ) -> None:
+        tags = checked(tag_labels, ("direction", *LABELS))
+        client = _client()
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        # prometheus_client picks its mode once, at import: figures written in the other mode
+        # would stay in this process, and the scrape would show none of them.
+        if not getattr(client.values.ValueClass, "_multiprocess", False) or not os.path.isdir(folder):
+            raise NetstatsError(
+                "publish() needs prometheus_client's multiprocess mode: PROMETHEUS_MULTIPROC_DIR set to "
+                f"a directory before prometheus_client is first imported (it is {folder!r})"
+            )
+        direction = ("direction", *LABELS)
+        # In no registry: the files are what the serving process reads (MultiProcessCollector).
+        self._counters = {
+            "bytes": client.Counter("netstats_bytes", HELP["bytes"], (*direction, *tags), registry=None),
+            "wire_bytes": client.Counter("netstats_wire_bytes", HELP["wire_bytes"], direction, registry=None),
+            "connections": client.Counter("netstats_connections", HELP["connections"], LABELS, registry=None),
+        }
+        self._durations = client.Histogram(
+            "netstats_connection_duration_seconds",
+            HELP["durations"],
+            LABELS,
+            buckets=sorted(float(b) for b in buckets),
+            registry=None,
+        )
+        self._increments = Increments(
+            capture,
+            labels,
+            ("other",) * len(LABELS),
+            self._add,
+            on_close=self._closed,
+            tag_labels=tags,
+            max_series=max_series,
+            interval=interval,
+        )
+
+    def close(self) -> None:
+        """Write the pending figures, then stop following the capture (what was written stays)."""
+        self._increments.close()
+
+    def _add(self, name: str, key: Key, amount: float) -> None:
+        self._counters[name].labels(*key).inc(amount)
+        if name == "connections":  # (once per connection) its histogram series shows, at 0 until a close
+            self._durations.labels(*key)
+
+    def _closed(self, key: Key, conn: Connection) -> None:
+        self._durations.labels(*key).observe(conn.duration)
+
+
+def publish(
+    capture: Capture,
+    *,
+    max_series: int = MAX_SERIES,
+    buckets: Sequence[float] = DURATION_BUCKETS,
+    tag_labels: Sequence[str] = (),
+    interval: float = 1.0,
+) -> Publisher:
+    """Write `capture`'s figures where prometheus_client's multiprocess mode sums every process's.
+
+    For each worker of a pre-fork server: its capture's metrics (the same as `register()`'s) go
+    to PROMETHEUS_MULTIPROC_DIR (set, to an empty directory, before the server starts). A closed
+    connection's figures are written a moment after its close, open ones' every `interval`
+    seconds; a worker that dies, even by SIGKILL, keeps what it wrote, so the sums never go down
+    when workers are replaced. Start it in each worker, after the fork; serve with `serve_all()`.
+
+    >>> # gunicorn.conf.py
+    >>> def post_fork(server, worker):
+    ...     prometheus.publish(netstats.capture(keep=False))
+    """
+    return Publisher(
+        capture, max_series=max_series, buckets=buckets, tag_labels=tag_labels, interval=interval
+    )
+
+
+def serve_all(port: int, addr: str = "127.0.0.1", *, path: str | None = None) -> Server:
+    """Serve the figures every process `publish()`ed, summed, over HTTP on addr:port (0: any).
+
+    prometheus_client's `MultiProcessCollector` over `path` (PROMETHEUS_MULTIPROC_DIR when None):
+    the workers' netstats metrics and any other multiprocess metrics there. Run it in one process
+    only, e.g. gunicorn's master; a worker's app can serve the same with MultiProcessCollector.
+
+    >>> # gunicorn.conf.py
+    >>> def when_ready(server):
+    ...     prometheus.serve_all(9464)                # http://127.0.0.1:9464/metrics
+    """
+    client = _client()
+    registry = client.CollectorRegistry()
+    client.multiprocess.MultiProcessCollector(registry, path)
+    httpd, thread = client.start_http_server(port, addr, registry=registry)
+    return Server(httpd, thread, registry, None)
