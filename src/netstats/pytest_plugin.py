@@ -54,6 +54,7 @@ JSON (``--netstats-json``)::
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,7 @@ from netstats import Capture
 from netstats._errors import NetstatsBlocked
 from netstats._format import LEGEND, NOT_APPLICABLE, UNKNOWN, peer, size
 from netstats._ledger import AllowHosts, Budget, Ledger, Window, merge_rows, totals
-from netstats._report import unwritable
+from netstats._report import unwritable, write
 
 __all__ = ["AllowHosts", "Budget", "NetstatsBlocked", "NetstatsPlugin"]
 
@@ -174,9 +175,11 @@ class NetstatsPlugin:
         elif self.config.getoption("netstats_json"):
             rows = merge_rows(self.rows)
             path = self.config.invocation_params.dir / self.config.getoption("netstats_json")
-            with open(path, "w", encoding="utf-8") as out:
-                json.dump({"version": 1, "totals": totals(rows), "rows": rows}, out, indent=1)
-                out.write("\n")
+            text = json.dumps({"version": 1, "totals": totals(rows), "rows": rows}, indent=1) + "\n"
+            try:
+                write(text, str(path))  # whole or not at all
+            except OSError as exc:  # one line; the test run's outcome stands
+                print(f"netstats: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
