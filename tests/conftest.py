@@ -1,8 +1,15 @@
-"""Shared fixtures: independent peers (see peers.py) and trustme certificates."""
+"""Shared fixtures: independent peers (see peers.py), trustme certificates, a PostgreSQL server."""
 
 from __future__ import annotations
 
+import glob
+import os
+import pwd
+import shutil
+import socket
 import ssl
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -98,3 +105,53 @@ def tags_off_after() -> Iterator[None]:
     """Tags switch on for good in a process at the first one; the next test starts without."""
     yield
     _tags.end()
+
+
+# ---- PostgreSQL, started by the tests themselves (.ci/postgres.sh installs it) ----------------
+
+
+def _pg_bin() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres(ca: trustme.CA) -> Iterator[int]:
+    """A PostgreSQL server of the tests' own on 127.0.0.1 (TLS allowed, trust auth); its port.
+    Shared by the session (test_census.py, test_drivers.py): starting one takes seconds."""
+    bindir = _pg_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/postgres.sh installs it")
+        pytest.skip("PostgreSQL server binaries not installed (Debian 'postgresql'; CI installs it)")
+    base = tempfile.mkdtemp(prefix="netstats-pg-")
+    data = os.path.join(base, "data")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
+    subprocess.run([*as_user, f"{bindir}/initdb", "-D", data, "-U", "netstats", "--auth=trust"], **run)
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    for name, blob in (("server.crt", cert.cert_chain_pems[0]), ("server.key", cert.private_key_pem)):
+        path = os.path.join(data, name)
+        blob.write_to_path(path)
+        os.chmod(path, 0o600)
+        if as_user:
+            os.chown(path, pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(os.path.join(data, "postgresql.conf"), "a", encoding="utf-8") as conf:
+        conf.write(
+            f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{base}'\n"
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nfsync = off\n"
+        )
+    log = os.path.join(base, "log")
+    subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "start"], **run)
+    try:
+        yield port
+    finally:
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], **run)
+        shutil.rmtree(base, ignore_errors=True)

@@ -937,12 +937,48 @@ def found(
     conn.local, conn.remote = local, remote
     conn.host = _names.name_for(remote)
     conn._probe = probe
+    return _found_opened(conn, watchers)
+
+
+def _found_opened(conn: Connection, watchers: tuple[_state.Watcher, ...]) -> Connection:
     conn._watchers = watchers
     for watcher in watchers:
         watcher._opened(conn)
     notify(conn, "open")
     notify(conn, "connect")
     return conn
+
+
+@guarded
+def told_by_driver(
+    local: Any,
+    remote: Any,
+    probe: Callable[[], _kernel.TcpInfo | None],
+    opened: float,
+    origin: tuple[str | None, str | None],
+    host: str | None,
+    tls: str | None,
+    plain: bool,
+) -> Connection | None:
+    """A TCP connection C code made (libpq, libcurl...), told of by the Python call that made it
+    (_sources/drivers.py) and followed by the census from then on. Plain TCP, the stream's bytes
+    are the application's: rx/tx are the kernel's (kernel-counted, no per-call events, like
+    uvloop's). Otherwise only the kernel's figures are known (source "kernel"), with the TLS
+    version where the driver says. It ends through found_closed()."""
+    watchers = _state.active
+    if not watchers:
+        return None
+    conn = Connection(next(_ids), "client", "tcp")
+    conn.source = "python" if plain else "kernel"
+    conn.opened = conn.connected = opened
+    conn.origin, conn.caller = origin
+    conn.local, conn.remote = local, remote
+    conn.host = host or _names.name_for(remote)
+    conn.tls = tls
+    conn._probe = probe
+    conn._kernel_counted = plain
+    _handed[conn.id] = conn  # its descriptor is C code's: found_closed() ends it, with rx/tx final
+    return _found_opened(conn, watchers)
 
 
 def handed_on(conn: Connection, sock: Any) -> bool:

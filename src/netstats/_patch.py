@@ -17,6 +17,10 @@ While at least one capture is active:
 - if pyOpenSSL is imported: its `OpenSSL.SSL.Connection` counts the plaintext (_sources/pyopenssl.py);
 - if Twisted is imported: its resolver goes through `socket.getaddrinfo`, and its TLS protocol
   links its pyOpenSSL Connection to the socket (_sources/twisted.py);
+- C drivers, where the census runs (_sources/drivers.py): if psycopg2 is imported, its
+  `connect`; psycopg 3, `Connection.connect`, `AsyncConnection.connect` and `psycopg.connect`;
+  MySQLdb, `connections.Connection.__init__`; pycurl, `pycurl.Curl` (a subclass); grpc,
+  `grpc._channel.Channel.__init__` and `_close`: each tells the census of the connection it made;
   any of these (and trio, gevent) imported during a capture gets its patches as soon as it has
   loaded (`_LateImports`).
 When the last capture stops, each of these is the stock object again (the same object).
@@ -47,7 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _engine, _lifecycle, _state
-from ._sources import census, functions, pyopenssl, sockets, tls
+from ._sources import census, drivers, functions, pyopenssl, sockets, tls
 from ._sources import gevent as gevent_source
 from ._sources import trio as trio_source
 from ._sources import twisted as twisted_source
@@ -219,7 +223,63 @@ def _patches() -> list[Patch]:
     patches += _trio_patches() + _uvloop_patches()
     patches += _gevent_socket_patches() + _gevent_tls_patches()
     patches += _pyopenssl_patches() + _twisted_patches() + _twisted_tls_patches()
+    patches += _psycopg2_patches() + _psycopg_patches() + _mysqldb_patches()
+    patches += _pycurl_patches() + _grpc_patches()
     return patches
+
+
+# The C drivers (_sources/drivers.py): what each lacks is said once, and it is then left to the
+# census (its short connections may be missed, as before).
+_DRIVER_LEFT = "that driver's connections are left to the kernel census (a short one may be missed)"
+
+
+def _psycopg2_patches() -> list[Patch]:
+    psycopg2 = drivers.module("psycopg2")
+    if psycopg2 is None:
+        return []
+    return [Patch(psycopg2, "connect", drivers.psycopg2_connect, lacks(psycopg2, "connect"), _DRIVER_LEFT)]
+
+
+def _psycopg_patches() -> list[Patch]:
+    psycopg = drivers.module("psycopg")
+    if psycopg is None:
+        return []
+    sync, not_sync = psycopg.Connection, psycopg.AsyncConnection
+    lacking = lacks(psycopg, "connect") + lacks(sync, "connect") + lacks(not_sync, "connect")
+    return [
+        Patch(sync, "connect", drivers.psycopg_connect, lacking, _DRIVER_LEFT),
+        Patch(not_sync, "connect", drivers.psycopg_connect_async, lacking, _DRIVER_LEFT),
+        # psycopg.connect is Connection.connect bound at import: bound again to the patched one
+        Patch(psycopg, "connect", lambda _orig: psycopg.Connection.connect, lacking, _DRIVER_LEFT),
+    ]
+
+
+def _mysqldb_patches() -> list[Patch]:
+    connections = drivers.module("MySQLdb.connections")
+    if connections is None:
+        return []
+    connection = connections.Connection
+    return [Patch(connection, "__init__", drivers.mysqldb_init, lacks(connection, "__init__"), _DRIVER_LEFT)]
+
+
+def _pycurl_patches() -> list[Patch]:
+    pycurl = drivers.module("pycurl")
+    if pycurl is None:
+        return []
+    lacking = [f"no pycurl.{n}" for n in ("CLOSESOCKETFUNCTION", "ACTIVESOCKET") if not hasattr(pycurl, n)]
+    return [Patch(pycurl, "Curl", drivers.curl_class, lacking, _DRIVER_LEFT)]
+
+
+def _grpc_patches() -> list[Patch]:
+    channel_module = drivers.module("grpc._channel")
+    if channel_module is None:
+        return []
+    channel = channel_module.Channel
+    lacking = lacks(channel, "__init__", "_close")
+    return [
+        Patch(channel, "__init__", drivers.grpc_channel_init, lacking, _DRIVER_LEFT),
+        Patch(channel, "_close", drivers.grpc_channel_close, lacking, _DRIVER_LEFT),
+    ]
 
 
 def _twisted_patches() -> list[Patch]:
@@ -325,6 +385,11 @@ class _LateImports:
         "OpenSSL.SSL": _pyopenssl_patches,
         "twisted.internet._resolver": _twisted_patches,
         "twisted.protocols.tls": _twisted_tls_patches,
+        "psycopg2": _psycopg2_patches,
+        "psycopg": _psycopg_patches,
+        "MySQLdb.connections": _mysqldb_patches,
+        "pycurl": _pycurl_patches,
+        "grpc._channel": _grpc_patches,
     }
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:

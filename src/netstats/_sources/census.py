@@ -18,6 +18,15 @@ local port being one this process listens on, only with servers=True), its `open
 first sweep's time. A connection that lives less than two sweeps may be missed; one open for
 0.5 s or more is always found.
 
+A C driver netstats knows (_sources/drivers.py) tells of its connection at the Python call that
+made it: `claim(fd)` reads it at once and listens for its destroy notification, so a connection
+closed a few milliseconds later still gets its final figures; `record(claim, make)` makes its
+record (the driver's `make` gives origin, host, TLS...). While such a call is under way
+(`calling`), a socket first seen after it began is not recorded by the sweep as a bare kernel
+connection, only followed (DEFERRED): the call may be about to tell of it, with more to say. Once
+no such call is left, the sweep records it (dead or alive) as usual. `catch(wanted, make)` is a
+sweep at once for a driver that cannot tell its descriptor (grpc, at a channel's close).
+
 The census also follows Python's own connections whose kernel socket outlives their last
 descriptor: a close() while another thread's call (a blocked recv) still holds the socket. The
 kernel keeps it, unorphaned, until that call returns: the record goes on, counting what the call
@@ -27,6 +36,7 @@ moves, and ends once the kernel lets go of the socket (`close_held`).
 from __future__ import annotations
 
 import _socket
+import itertools
 import logging
 import os
 import select
@@ -59,10 +69,14 @@ class _Seen:
     """One socket inode the census knows, and what it decided about it."""
 
     __slots__ = (
-        "kind", "family", "local", "remote", "cookie", "side", "conn", "last", "sweeps", "fin_seen", "first"
+        "kind", "family", "local", "remote", "cookie", "side", "conn", "last", "sweeps", "fin_seen", "first",
+        "inode", "dead",
     )  # fmt: skip
 
     IGNORED, LISTENER, WAITING, FOUND = "ignored", "listener", "waiting", "found"
+    # Followed by its cookie, not recorded yet: told of by a driver whose record is to come
+    # (CLAIMED), or seen by the sweep while a driver's call that may tell of it is under way.
+    CLAIMED, DEFERRED = "claimed", "deferred"
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -76,6 +90,8 @@ class _Seen:
         self.sweeps = 0
         self.fin_seen = False  # a live reading showed the peer's FIN had arrived
         self.first = time.time()  # when a sweep first saw it
+        self.inode = 0
+        self.dead = False  # CLAIMED or DEFERRED, and destroyed: `last` is final
 
     def figures(self, fresh_only: bool = False) -> _kernel.TcpInfo | None:
         """The kernel's figures now, or the last ones read once the socket is gone (or None
@@ -179,6 +195,8 @@ class Census:
         self._closing: dict[int, float] = {}  # cookie -> until when its destroy notification may come
         self._listened: set[int] = set()  # local ports of the listeners seen (65,536 at most)
         self._held: dict[int, _Held] = {}  # cookie -> a connection whose socket a call holds
+        self._calls: dict[int, float] = {}  # a driver's connecting call under way -> when it began
+        self._call_ids = itertools.count()
         # One sweep at a time (the thread's, or stop()'s last one); reentrant: a connection's end
         # calls its capture's callback, whose own close may be one to follow (close_held).
         self._lock = threading.RLock()
@@ -243,6 +261,7 @@ class Census:
         self._by_cookie.clear()
         self._closing.clear()
         self._held.clear()
+        self._calls.clear()  # (the calling threads stayed in the parent)
 
     def _run(self) -> None:
         """Sweep every INTERVAL; in between, take destroy notifications as they come."""
@@ -300,9 +319,11 @@ class Census:
             self._listened.update(s.local[1] for s in self._known.values() if s.kind == _Seen.LISTENER)
             listening = self._listened
             for inode, seen in list(self._known.items()):
+                if seen.kind == _Seen.DEFERRED and (inode not in present or not self._calling_since(seen)):
+                    self._record(seen)  # no driver told of it: a bare kernel connection after all
                 if inode not in present:
                     del self._known[inode]
-                    if seen.kind == _Seen.FOUND:
+                    if seen.kind == _Seen.FOUND and seen.conn.closed is None:
                         self._gone(seen)
                 elif seen.kind == _Seen.WAITING and seen.remote is not None:
                     self._settle(seen, listening)
@@ -464,14 +485,111 @@ class Census:
         if seen.cookie is None:
             seen.kind = _Seen.IGNORED
             return
-        seen.kind = _Seen.FOUND
         self._hear_destroys(True)  # before the reading: a socket that dies after it is heard of
         seen.last = seen.figures()
+        self._by_cookie[seen.cookie] = seen
+        if self._calling_since(seen):
+            seen.kind = _Seen.DEFERRED
+            return
+        self._record(seen)
+
+    def _record(self, seen: _Seen) -> None:
+        """A connection followed by its cookie (in _by_cookie) becomes a found record."""
+        seen.kind = _Seen.FOUND
         seen.conn = _engine.found(seen.side, seen.local, seen.remote, seen.figures, seen.first)
         if seen.conn is None:
             seen.kind = _Seen.IGNORED  # nobody captures this side (accepted, without servers=True)
-            return
-        self._by_cookie[seen.cookie] = seen
+            self._by_cookie.pop(seen.cookie or 0, None)
+        elif seen.dead:
+            _engine.found_closed(seen.conn, seen.last)
+
+    def _calling_since(self, seen: _Seen) -> bool:
+        """Whether a driver's connecting call that began before seen was first swept is under way."""
+        return any(began <= seen.first for began in list(self._calls.values()))
+
+    # ---- connections a C driver tells of (_sources/drivers.py) ---------------------------
+
+    def calling(self) -> int:
+        """A driver's connecting call begins (its end: `called`); see the module's docstring."""
+        call = next(self._call_ids)
+        self._calls[call] = time.time()
+        return call
+
+    def called(self, call: int) -> None:
+        self._calls.pop(call, None)
+
+    def claim(self, fd: int) -> _Seen | None:
+        """The TCP connection on descriptor fd, which a C driver has just told of: followed by its
+        cookie from now on (its final figures are heard however soon it ends). None if there is
+        nothing to record: not a connected TCP socket, Python's own, there before the capture, or
+        the census is not running. The one a sweep found or deferred already is that one."""
+        if self._thread is None or _engine.claims_descriptor(fd):
+            return None
+        with self._lock:
+            try:
+                inode = os.fstat(fd).st_ino
+            except OSError:
+                return None
+            known = self._known.get(inode)
+            if known is not None and known.kind in (_Seen.FOUND, _Seen.CLAIMED, _Seen.DEFERRED):
+                if known.kind == _Seen.DEFERRED:
+                    known.kind = _Seen.CLAIMED
+                return known
+            if known is not None and known.kind != _Seen.WAITING:
+                return None  # there before the capture, a listener, not TCP
+            seen = _inspect(fd)
+            if seen.kind != _Seen.WAITING or seen.cookie is None or seen.remote is None:
+                return None
+            seen.kind, seen.inode = _Seen.CLAIMED, inode
+            self._hear_destroys(True)  # before the reading: a socket that dies after it is heard of
+            seen.last = seen.figures()
+            self._known[inode] = seen
+            self._by_cookie[seen.cookie] = seen
+            return seen
+
+    def record(self, seen: _Seen, make: Any) -> Any:
+        """The record of a claimed connection: make(local, remote, probe) gives it (None: not
+        recorded). One the sweep found before the driver told of it keeps its record."""
+        with self._lock:
+            if seen.kind != _Seen.CLAIMED:
+                return seen.conn
+            seen.conn = make(seen.local, seen.remote, seen.figures)
+            if seen.conn is None:
+                seen.kind = _Seen.IGNORED
+                self._by_cookie.pop(seen.cookie or 0, None)
+                return None
+            seen.kind = _Seen.FOUND
+            if seen.dead:  # it died meanwhile: its final figures came
+                _engine.found_closed(seen.conn, seen.last)
+            elif self._known.get(seen.inode) is not seen:  # its descriptor closed meanwhile
+                self._gone(seen)
+            return seen.conn
+
+    def catch(self, wanted: Any, make: Any) -> list[Any]:
+        """A sweep now, for C code that cannot tell its descriptor (grpc's channels): each
+        connection whose remote address `wanted` accepts, seen now for the first time or not
+        recorded yet, is recorded at once by make(local, remote, probe); those found before are
+        returned too (the caller may fill in what they lack)."""
+        if self._thread is None:
+            return []
+        with self._lock:
+            self.sweep()
+            out = []
+            for inode, seen in list(self._known.items()):
+                if seen.remote is None or not wanted(seen.remote):
+                    continue
+                if seen.kind == _Seen.WAITING and seen.cookie is not None:
+                    seen.kind, seen.inode = _Seen.CLAIMED, inode
+                    self._hear_destroys(True)
+                    seen.last = seen.figures()
+                    self._by_cookie[seen.cookie] = seen
+                elif seen.kind == _Seen.DEFERRED:
+                    seen.kind = _Seen.CLAIMED
+                if seen.kind in (_Seen.CLAIMED, _Seen.FOUND):
+                    conn = self.record(seen, make)
+                    if conn is not None:
+                        out.append(conn)
+            return out
 
     def _gone(self, seen: _Seen) -> None:
         """Its last descriptor closed: the socket lingers (FIN_WAIT, unsent data) and its figures
@@ -516,11 +634,14 @@ class Census:
                 continue
             seen = self._by_cookie.pop(diag.cookie, None)
             self._closing.pop(diag.cookie, None)
-            if seen is None or seen.conn is None:
+            if seen is None:
                 continue
             final = _figures(diag, seen.side == "client", _diag.fin_at_destroy(diag, seen.fin_seen))
             if final is not None:
                 seen.last = final
+            if seen.conn is None:  # CLAIMED or DEFERRED: its record, when made, ends at once
+                seen.dead = True
+                continue
             _engine.found_closed(seen.conn, seen.last)
 
 
@@ -564,6 +685,30 @@ def settle() -> None:
 def hand_on(conn: Any, sock: Any) -> bool:
     """See Census.hand_on; False where the census does not run."""
     return supported and census.hand_on(conn, sock)
+
+
+def claim(fd: int) -> _Seen | None:
+    """See Census.claim; None where the census does not run."""
+    return census.claim(fd) if supported else None
+
+
+def record(seen: _Seen, make: Any) -> Any:
+    """See Census.record."""
+    return census.record(seen, make)
+
+
+def catch(wanted: Any, make: Any) -> list[Any]:
+    """See Census.catch; nothing where the census does not run."""
+    return census.catch(wanted, make) if supported else []
+
+
+def calling() -> int:
+    """See Census.calling."""
+    return census.calling()
+
+
+def called(call: int) -> None:
+    census.called(call)
 
 
 def stop() -> None:
