@@ -266,7 +266,8 @@ def _pycurl_patches() -> list[Patch]:
     pycurl = drivers.module("pycurl")
     if pycurl is None:
         return []
-    lacking = [f"no pycurl.{n}" for n in ("CLOSESOCKETFUNCTION", "ACTIVESOCKET") if not hasattr(pycurl, n)]
+    needed = ("CLOSESOCKETFUNCTION", "ACTIVESOCKET", "SCHEME", "EFFECTIVE_URL", "REDIRECT_COUNT")
+    lacking = [f"no pycurl.{n}" for n in needed if not hasattr(pycurl, n)]  # (libcurl 7.52+ has them)
     return [Patch(pycurl, "Curl", drivers.curl_class, lacking, _DRIVER_LEFT)]
 
 
