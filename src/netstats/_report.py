@@ -322,7 +322,7 @@ def _legend(rows: list[list[str]]) -> list[str]:
 
 def _summary(run: Run) -> list[str]:
     conns = run.connections
-    pids = {c["pid"] for c in conns} | {run.pid}
+    pids = {c["pid"] for c in conns} | {p["pid"] for p in run.processes} | {run.pid}
     parts = [
         f"netstats: {len(conns)} connection{'s' * (len(conns) != 1)}",
         f"tx {size_total((c.get('tx') for c in conns), size(0))}",
