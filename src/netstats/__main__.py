@@ -6,9 +6,9 @@ import argparse
 import json
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from ._report import FORMATS, GROUPS, SORTS, TAG, BadRun, Run, render, unwritable, write
+from ._report import FORMATS, GROUPS, SORTS, TAG, BadRun, Run, deliver, unwritable
 from ._version import __version__
 
 EXAMPLES = """\
@@ -159,15 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _render(run: Run, args: argparse.Namespace) -> str:
-    return render(run, args.format, args.by, top=args.top, sort=args.sort, wide=args.wide)
-
-
-def _write_html(run: Run, args: argparse.Namespace) -> None:
-    if args.html:
-        from ._html import render_html
-
-        write(render_html(run), args.html)
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """What _report.deliver needs to render and write a run as the command line asked."""
+    return {
+        "format": args.format, "by": args.by, "top": args.top, "sort": args.sort, "wide": args.wide,
+        "output": args.output, "html": args.html,
+    }  # fmt: skip
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -188,10 +185,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 parser.exit(2, f"netstats run: error: cannot write {path}: {unwritable(path)}\n")
             setattr(args, option, os.path.abspath(path))
 
-    options = {
-        "format": args.format, "by": args.by, "top": args.top, "sort": args.sort, "wide": args.wide,
-        "output": args.output, "html": args.html,
-    }  # fmt: skip
     watch = None
     if args.live:
         from . import _live
@@ -201,7 +194,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         watch = _live.watch
     try:
         result = run_program(
-            target, rest, module=bool(args.module), servers=args.servers, report=options, watch=watch
+            target, rest, module=bool(args.module), servers=args.servers, report=_options(args), watch=watch
         )
     except NoSuchProgram as exc:
         print(f"netstats run: {exc}", file=sys.stderr)
@@ -251,8 +244,7 @@ def _report(args: argparse.Namespace) -> int:
         if path and unwritable(path):
             print(f"netstats report: cannot write {path}: {unwritable(path)}", file=sys.stderr)
             return 2
-    write(_render(run, args), args.output, sys.stdout)
-    _write_html(run, args)
+    deliver(run, _options(args), "netstats report", sys.stdout)
     return 0
 
 

@@ -717,18 +717,19 @@ def write(text: str, path: str | None, stream: Any = None) -> None:
         raise
 
 
-def deliver(run: Run, options: dict[str, Any], who: str = "netstats run") -> None:
+def deliver(run: Run, options: dict[str, Any], who: str = "netstats run", stream: Any = None) -> None:
     """Render a run as `options` say ("format", "by", "top", "sort", "wide": see render) and
     write it to options["output"] (stderr if None), and the timeline to options["html"] if
-    given. A write that fails costs one line naming the path and the reason, and the report
-    goes to stderr instead: never an exception (the program's exit code stands)."""
+    given (`stream`, stderr by default, when there is no "output"). A write that fails costs one
+    line naming the path and the reason, and the report goes to stderr instead: never an
+    exception (the program's exit code stands)."""
     text = render(
         run, options.get("format", "text"), options.get("by"), top=options.get("top"),
         sort=options.get("sort", "bytes"), wide=bool(options.get("wide")),
     )  # fmt: skip
     output = options.get("output")
     try:
-        write(text, output)
+        write(text, output, stream)
     except OSError as exc:
         try:
             print(f"{who}: cannot write {output}: {exc.strerror or exc}; the report follows", file=sys.stderr)
