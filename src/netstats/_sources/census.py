@@ -238,7 +238,10 @@ class Census:
         self._thread = None
         self._feed = None
         self._listening = False
+        # Made anew: the parent's thread may have held either at the fork (a C fork() runs no
+        # hook of Python's own either), and the child would wait for it forever.
         self._lock = threading.RLock()
+        self._stopping = threading.Event()
         self._known.clear()
         self._by_cookie.clear()
         self._closing.clear()
