@@ -183,7 +183,7 @@ def another_descriptor(sock: Any) -> None:
     if conn._sock is None:
         if _handed.pop(conn.id, None) is conn:  # handed on by detach(): this object takes it back
             conn._probe = None
-            twin = getattr(type(sock), "_kernel_twin", None)
+            twin = _twin(sock, "_kernel_twin")
             if twin is not None:
                 sock.__class__ = twin
             attach(conn, sock)
@@ -191,7 +191,7 @@ def another_descriptor(sock: Any) -> None:
                 count_in_python(conn)
         return
     sock._netstats_counts = conn
-    twin = type(sock)._kernel_twin if conn._kernel_counted else type(sock)._python_twin
+    twin = _twin(sock, "_kernel_twin" if conn._kernel_counted else "_python_twin")
     if twin is not None:
         sock.__class__ = twin
     ref = weakref.ref(sock)
@@ -408,9 +408,16 @@ def lookup_failed(host: Any, kind: int, exc: BaseException) -> None:
 # ---- how a connection is counted ----------------------------------------------------------
 
 
+def _twin(sock: Any, name: str) -> Any:
+    """The class sock takes in the other counting mode (`_kernel_twin`, `_python_twin`), set on
+    netstats' own classes only: a program's subclass of one (made during a capture) is never
+    changed into ours, which would drop its own methods; it stays wrapped."""
+    return vars(type(sock)).get(name)
+
+
 def count_in_kernel(conn: Connection, sock: Any) -> None:
     """Drop the per-call wrappers when the kernel's counters can give rx/tx exactly."""
-    bare = getattr(type(sock), "_kernel_twin", None)
+    bare = _twin(sock, "_kernel_twin")
     if (
         bare is not None
         and conn._on_io is None
@@ -423,7 +430,7 @@ def count_in_kernel(conn: Connection, sock: Any) -> None:
         sock.__class__ = bare
         if conn._others:
             for other in _holders(conn):
-                twin = getattr(type(other), "_kernel_twin", None)
+                twin = _twin(other, "_kernel_twin")
                 if twin is not None:
                     other.__class__ = twin
 
@@ -439,7 +446,7 @@ def count_in_python(conn: Connection) -> None:
         conn.tcp_info()
         conn._kernel_counted = False
         for sock in _holders(conn):
-            wrapped = getattr(type(sock), "_python_twin", None)
+            wrapped = _twin(sock, "_python_twin")
             if wrapped is not None:
                 sock.__class__ = wrapped
 
