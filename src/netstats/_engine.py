@@ -117,6 +117,8 @@ def refresh(conn: Connection) -> None:
 # The C type's own attributes: plain ints (socket.socket's properties make enums, slowly).
 _family_of, _type_of = _socket.socket.family.__get__, _socket.socket.type.__get__
 _timeout_of = _socket.socket.timeout.__get__  # None (blocking), seconds, or 0.0 (non-blocking)
+# The kernel's addresses, whatever a subclass answers (PySocks' getpeername is the proxied peer).
+_peer_of, _local_of = _socket.socket.getpeername, _socket.socket.getsockname
 _AF_INET, _AF_UNIX = _socketmod.AF_INET, getattr(_socketmod, "AF_UNIX", -1)
 
 
@@ -266,7 +268,7 @@ def open_connection(
     conn.host, conn.dns_time = _names.name_and_time(remote)
     if remote is None or side != "client":  # a connecting client learns its address once connected
         try:
-            conn.local = sock.getsockname()
+            conn.local = _local_of(sock)
         except OSError:
             pass
     attach(conn, sock)
@@ -313,8 +315,8 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
     try:
         # An IPv4 address asked for by number is the peer's address: no need to ask the kernel.
         if not (conn.transport == "tcp" and _family_of(sock) == _AF_INET and _is_ipv4_sockaddr(asked)):
-            conn.remote = sock.getpeername()
-        conn.local = sock.getsockname()
+            conn.remote = _peer_of(sock)
+        conn.local = _local_of(sock)
     except OSError:
         pass
     if conn.host is None and conn.remote != asked:  # (the address asked for was looked up at open)
@@ -361,7 +363,7 @@ def accepted(sock: Any) -> None:
     if not _state.serving:
         return
     try:
-        remote = sock.getpeername()
+        remote = _peer_of(sock)
     except OSError:
         remote = None
     conn = open_connection(sock, "server", _state.serving, remote)
@@ -374,7 +376,7 @@ def accepted(sock: Any) -> None:
 def registered(conn: Connection, sock: Any) -> None:
     """register() adopted a socket that may have moved bytes already: those are not this record's."""
     try:
-        conn.remote = sock.getpeername()
+        conn.remote = _peer_of(sock)
         conn.connected = conn.opened
     except OSError:
         pass
@@ -614,7 +616,7 @@ def release(conn: Connection, sock: Any, closing: bool = False) -> bool:
     if sock is not None and conn.transport == "tcp" and conn.error is None:
         if conn.connected is None:
             try:  # a non-blocking connect whose end nobody asked about
-                sock.getpeername()
+                _peer_of(sock)
                 _mark_connected(conn, sock)
             except OSError:
                 pass
