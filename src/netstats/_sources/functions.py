@@ -5,6 +5,7 @@ Each maker takes the stock function and returns its replacement, for _patch.py t
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ from .. import _engine, _names
 
 
 def getaddrinfo(original: Any) -> Any:
-    """Remember which name gave which addresses; a lookup that fails is a failed attempt."""
+    """Remember which name gave which addresses; a lookup of a name that fails is a failed attempt."""
 
     def getaddrinfo(
         host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
@@ -21,7 +22,10 @@ def getaddrinfo(original: Any) -> Any:
         try:
             results = original(host, port, family, type, proto, flags)
         except OSError as exc:  # gaierror: the attempt is recorded, the error goes on unchanged
-            _engine.lookup_failed(host, type, exc)
+            # (Asked for a numeric address only, it fails for a name by design: trio asks so
+            # first. That answers "not an address", and is no connection attempt.)
+            if not flags & _NUMERIC_HOST:
+                _engine.lookup_failed(host, type, exc)
             raise
         try:
             _resolved(host, results, _monotonic() - start)
@@ -35,6 +39,7 @@ def getaddrinfo(original: Any) -> Any:
 
 
 _resolved = _names.resolved
+_NUMERIC_HOST = int(socket.AI_NUMERICHOST)
 _monotonic = time.monotonic
 
 
