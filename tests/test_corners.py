@@ -501,3 +501,78 @@ def test_a_close_from_another_thread_ends_the_record_when_the_blocked_recv_gets_
     assert (conn.rx, conn.tx) == (cap.rx, cap.tx) == (0, 4)
     names = [e for e, _ in events]
     assert names[-1] == "close" and names.count("close") == 1
+
+
+# ---- reads and writes after shutdown() ------------------------------------------------------
+# shutdown() hands a kernel-counted connection back to the wrappers: the calls the kernel
+# counted were never seen, so reads/writes stay None (they were the calls since the hand-back).
+
+
+def exchange(sock: socket.socket, rounds: int, size: int) -> tuple[int, int]:
+    """rounds × (send size bytes, read size bytes) with an echo on the other end: (reads, writes),
+    each a call that moved bytes, as the test counts them itself."""
+    reads = 0
+    for _ in range(rounds):
+        sock.sendall(b"e" * size)
+        got = 0
+        while got < size:
+            got += len(sock.recv(size - got))
+            reads += 1
+    return reads, rounds
+
+
+def read_to_end(sock: socket.socket) -> tuple[int, int]:
+    """Read until end-of-file: (bytes, calls that returned bytes)."""
+    total = calls = 0
+    while chunk := sock.recv(65536):
+        total += len(chunk)
+        calls += 1
+    return total, calls
+
+
+def calls_as_counted(mode: str, conn: netstats.Connection, reads: int, writes: int) -> None:
+    if mode == "wrapped":
+        assert (conn.reads, conn.writes) == (reads, writes)
+    else:  # the kernel counted some of them: unknown, never a number that is not the count
+        assert (conn.reads, conn.writes) == (None, None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reads_and_writes_after_a_clients_shutdown_are_the_count_or_none(peer, mode):
+    echo = peer("echo")
+    with capture_in(mode) as cap, socket.create_connection(echo.address) as s:
+        s.settimeout(30)
+        reads, writes = exchange(s, 40, 100)
+        s.sendall(b"e" * 5000)
+        s.shutdown(socket.SHUT_WR)  # then the echo's last answer, and its end
+        total, more = read_to_end(s)
+        assert total == 5000
+        (conn,) = cap.connections
+        calls_as_counted(mode, conn, reads + more, writes + 1)  # live, before the close
+    calls_as_counted(mode, conn, reads + more, writes + 1)
+    assert (conn.tx, conn.rx) == echo.totals(1) == (9000, 9000)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reads_and_writes_of_an_accepted_connection_after_shutdown_are_the_count_or_none(mode):
+    """A server's graceful close (gunicorn, Twisted, trio): answer, shutdown(), read to the end."""
+    with capture_in(mode, servers=True) as cap:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+            with client, server:
+                client.sendall(b"q" * 3000)
+                got = reads = 0
+                while got < 3000:
+                    got += len(server.recv(3000 - got))
+                    reads += 1
+                server.sendall(b"a" * 7000)
+                server.shutdown(socket.SHUT_WR)
+                assert len(drain(client, 7000)) == 7000 and client.recv(1) == b""
+                client.sendall(b"late")  # the client's last words before its close
+                client.close()
+                assert read_to_end(server) == (4, 1)
+                (conn,) = [c for c in cap.connections if c.side == "server"]
+                calls_as_counted(mode, conn, reads + 1, 1)
+    calls_as_counted(mode, conn, reads + 1, 1)
+    assert (conn.rx, conn.tx) == (3004, 7000)

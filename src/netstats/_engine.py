@@ -447,6 +447,7 @@ def count_in_python(conn: Connection) -> None:
     if conn._kernel_counted:
         conn.tcp_info()
         conn._kernel_counted = False
+        conn._calls_unseen = True  # (the calls the kernel counted are not in reads/writes)
         for sock in _holders(conn):
             wrapped = _twin(sock, "_python_twin")
             if wrapped is not None:
