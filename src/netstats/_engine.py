@@ -265,7 +265,8 @@ def open_connection(
         return None
     conn = _new(side, transport, watchers)
     conn.remote = remote
-    conn.host, conn.dns_time = _names.name_and_time(remote)
+    if side == "client":  # (an accepted connection's peer was asked for by no name)
+        conn.host, conn.dns_time = _names.name_and_time(remote)
     if remote is None or side != "client":  # a connecting client learns its address once connected
         try:
             conn.local = _local_of(sock)
@@ -319,7 +320,7 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
         conn.local = _local_of(sock)
     except OSError:
         pass
-    if conn.host is None and conn.remote != asked:  # (the address asked for was looked up at open)
+    if conn.host is None and conn.side == "client" and conn.remote != asked:  # (asked: looked up at open)
         conn.host, conn.dns_time = _names.name_and_time(conn.remote)
     notify(conn, "connect")
 
@@ -861,7 +862,8 @@ def opened_elsewhere(
     conn = _new(side, "tcp", watchers)
     conn.origin, conn.caller = origin
     conn.local, conn.remote = local, remote
-    conn.host = _names.name_for(remote)
+    if side == "client":  # (on the thread that made it: uvloop's loop)
+        conn.host = _names.name_and_time(remote)[0]
     conn._probe = probe
     conn._kernel_counted = tls_obj is None
     _claims[fd] = conn
@@ -945,7 +947,7 @@ def found(
     conn.source = "kernel"
     conn.opened = conn.connected = seen
     conn.local, conn.remote = local, remote
-    conn.host = _names.name_for(remote)
+    conn.host = _names.name_for(remote) if side == "client" else None
     conn._probe = probe
     conn._watchers = watchers
     for watcher in watchers:

@@ -5,7 +5,9 @@ While at least one capture is active:
   time, so create_connection, accept, socketpair, fromfd and dup make counting sockets);
 - every subclass of the stock socket class that exists (PySocks' socksocket) has netstats'
   wrappers in the stock class's place among its bases (`Rebase`): it counts like socket.socket;
-- `socket.getaddrinfo` remembers which name resolved to which address (for `host`);
+- `socket.getaddrinfo` remembers which name resolved to which address (for `host`); so does
+  asyncio's `BaseEventLoop.getaddrinfo` (its answer, on the loop's thread), and its
+  `create_connection` says when an address literal is asked for (it names no host);
 - `ssl.SSLContext.sslsocket_class` / `sslobject_class` count TLS plaintext;
 - `asyncio.sslproto.SSLProtocol.connection_made` links its TLS object to the socket;
 - `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile);
@@ -232,10 +234,17 @@ def _patches() -> list[Patch]:
     if hasattr(os, "sendfile"):
         patches.append(Patch(os, "sendfile", functions.sendfile))
     try:
-        from asyncio import sslproto
+        from asyncio import base_events, sslproto
     except ImportError:  # pragma: no cover - asyncio is always there on CPython
         pass
     else:
+        loop = base_events.BaseEventLoop
+        patches.append(Patch(loop, "getaddrinfo", functions.loop_getaddrinfo, lacks(loop, "getaddrinfo")))
+        patches.append(
+            Patch(
+                loop, "create_connection", functions.loop_create_connection, lacks(loop, "create_connection")
+            )
+        )
         protocol = sslproto.SSLProtocol
         patches.append(
             Patch(
