@@ -911,10 +911,17 @@ def adopted_elsewhere(conn: Connection, tls_obj: Any) -> Connection | None:
     return conn
 
 
+def followed(conn: Connection) -> None:
+    """An opened_elsewhere() connection is followed by the census from now on (census.follow):
+    it ends through found_closed(), with the kernel's final figures."""
+    _handed[conn.id] = conn
+
+
 @guarded
 def closed_elsewhere(conn: Connection, fd: int) -> None:
     """A connection of opened_elsewhere() or adopted_elsewhere() is lost, its descriptor still
-    open: the last reading is final."""
+    open: the last reading is final. (One the census followed and no longer does ends here.)"""
+    _handed.pop(conn.id, None)
     if conn.closed is not None:
         return
     sock = conn._sock() if conn._sock is not None else None
