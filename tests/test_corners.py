@@ -317,6 +317,63 @@ def test_a_stale_keep_alive_reset_after_the_peers_fin_counts_exactly(mode, read_
 
 
 @linux
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stale_keep_alive_connections_live_figures_are_exact(mode):
+    """The answer read, then the peer closes an idle keep-alive connection (its FIN comes alone);
+    the next request draws a reset. A stats() before the close reads rx/wire_rx exactly (the
+    FIN counted as a byte: 2,001), and so do the ones after the end-of-file is read."""
+    with listening() as listener, capture_in(mode) as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"GET\n")
+        server.recv(4)
+        server.sendall(b"r" * 2000)
+        drain(client, 2000)
+        client.sendall(b"idle\n")  # (kernel-counted from here on)
+        server.recv(5)
+        server.close()  # the peer's FIN, on its own
+        wait_until(lambda: tcp_state(client) == 8)  # CLOSE_WAIT
+        client.sendall(b"again\n")  # the peer's kernel answers with a reset
+        wait_until(lambda: tcp_state(client) == TCP_CLOSE)
+        assert (netstats.stats(client, "rx"), netstats.stats(client, "wire_rx")) == (2000, 2000)
+        assert client.recv(10) == b""  # the FIN, read as end-of-file
+        assert (netstats.stats(client, "rx"), netstats.stats(client, "wire_rx")) == (2000, 2000)
+        client.close()
+    (conn,) = cap.connections
+    assert (conn.rx, conn.tx) == (2000, 15)
+    assert (conn.wire_rx, conn.wire_tx) == (2000, 15)
+
+
+@linux
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit: a FIN that came on the last data's segment is taken with that data; after "
+    "the reset that a write then draws, nothing a live reading may look at (without taking the "
+    "program's pending error) tells it from none, and it counts as a byte until the close",
+)
+def test_a_fin_read_with_the_last_data_then_a_reset_has_exact_live_figures():
+    with listening() as listener, capture_in("kernel-counted") as cap:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"GET\n")
+        server.recv(4)
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # the data and the FIN in one segment
+        server.sendall(b"r" * 2000)
+        server.shutdown(socket.SHUT_WR)
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        drain(client, 2000)
+        client.sendall(b"again\n")
+        wait_until(lambda: tcp_state(client) == TCP_CLOSE)
+        try:
+            assert netstats.stats(client, "rx") == 2000
+        finally:
+            client.close()
+            server.close()
+    (conn,) = cap.connections
+    assert conn.rx == 2000
+
+
+@linux
 @pytest.mark.parametrize("how", ["SHUT_WR", "SHUT_RDWR"])
 @pytest.mark.parametrize("mode", MODES)
 def test_a_reset_after_our_own_fin_counts_exactly(mode, how):
