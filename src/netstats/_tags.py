@@ -224,9 +224,10 @@ def with_tags(listener: Callable[[str, Any, int], None] | None) -> Callable[[str
 
 def splittable(conn: Any) -> bool:
     """Whether conn's bytes can be split by tag: False for a connection that moved bytes while
-    tags were in use with no netstats code on its reads and writes (`reads` None: the kernel
-    counted them, e.g. uvloop's plain TCP), whose bytes cannot be said to be any tag's."""
-    return began is None or conn.reads is not None or (conn.closed is not None and conn.closed <= began)
+    tags were in use with no netstats code on its reads and writes (the kernel counted them,
+    e.g. uvloop's plain TCP), whose bytes cannot be said to be any tag's."""
+    wrapped = not conn._kernel_counted and conn.source == "python"
+    return began is None or wrapped or (conn.closed is not None and conn.closed <= began)
 
 
 def tallies(conn: Any) -> list[tuple[Labels, int, int]]:

@@ -18,6 +18,9 @@ local port being one this process listens on, only with servers=True), its `open
 first sweep's time. A connection that lives less than two sweeps may be missed; one open for
 0.5 s or more is always found.
 
+It follows by cookie, too, a Python-seen connection whose descriptor C code closes before
+netstats hears of its end (uvloop's TLS: `follow`), and ends it with the kernel's final figures.
+
 The census also follows Python's own connections whose kernel socket outlives their last
 descriptor: a close() while another thread's call (a blocked recv) still holds the socket. The
 kernel keeps it, unorphaned, until that call returns: the record goes on, counting what the call
@@ -364,6 +367,35 @@ class Census:
             self._by_cookie[cookie] = seen
         return True
 
+    def follow(self, conn: Any, fd: int) -> bool:
+        """conn is live on descriptor fd, which C code holds and closes before netstats hears of
+        the end (uvloop's TLS: the program's protocol is told a loop turn after the close): the
+        census follows the kernel socket by its cookie from now on, and conn ends with the
+        kernel's final figures, from the destroy feed or the lingering socket (as a found
+        connection's). False if it cannot (not running, no feed): conn ends as it would have."""
+        if self._thread is None or self._feed is None:
+            return False
+        with self._lock:
+            try:
+                inode = os.fstat(fd).st_ino
+            except OSError:
+                return False
+            seen = _inspect(fd)
+            if seen.kind != _Seen.WAITING or seen.cookie is None:
+                return False
+            seen.kind, seen.conn, seen.side = _Seen.FOUND, conn, conn.side
+            self._hear_destroys(True)  # before the reading: a socket that dies after it is heard of
+            seen.last = seen.figures()
+            _engine.followed(conn)
+            self._known[inode] = seen
+            self._by_cookie[seen.cookie] = seen
+        return True
+
+    def following(self, conn: Any, cookie: int) -> bool:
+        """Whether the census follows conn (see follow()) and will end it."""
+        seen = self._by_cookie.get(cookie)
+        return self._thread is not None and seen is not None and seen.conn is conn
+
     def close_held(self, conn: Any, sock: Any, close: Any, ss: Any) -> bool:
         """Close sock (close(sock, ss), its error the caller's) while other threads run: if one
         of them is inside a call on it (a recv blocked across close()), the kernel socket lives
@@ -567,6 +599,15 @@ def settle() -> None:
 def hand_on(conn: Any, sock: Any) -> bool:
     """See Census.hand_on; False where the census does not run."""
     return supported and census.hand_on(conn, sock)
+
+
+def follow(conn: Any, fd: int) -> bool:
+    """See Census.follow; False where the census does not run."""
+    return supported and census.follow(conn, fd)
+
+
+def following(conn: Any, cookie: int) -> bool:
+    return supported and census.following(conn, cookie)
 
 
 def stop() -> None:
