@@ -381,3 +381,55 @@ def test_run_live_without_a_terminal_says_so_and_runs_the_program(peer, tmp_path
     first, *rest = done.stderr.splitlines()
     assert first == "netstats run: --live draws on a terminal and stderr is not one; running without it"
     assert re.search(rf"127\.0\.0\.1:{echo.port}\s+700 B\s+700 B", done.stderr), done.stderr
+
+
+# ---- names are data: never read as rich markup, never sent to the terminal raw ---------------
+
+TLS_PROGRAM = """\
+import os, socket, ssl, sys, time
+port, go, names = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+held = []
+for name in names:  # a TLS connection to the echo peer per name, that name as its SNI
+    s = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=name)
+    s.sendall(b"x" * 300)
+    got = 0
+    while got < 300:
+        got += len(s.recv(65536))
+    held.append(s)
+print("connected", flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit(5)
+"""
+
+
+def run_live_with_names(
+    pane: Callable[[list[str]], Pane], peer: Any, tmp_path: Path, *names: str
+) -> tuple[str, str, int]:
+    """A program under `run --live` holding a TLS connection per name (its server_hostname),
+    its last argument the name too: (the pane while the table is up, after the end, the port)."""
+    echo = peer("echo", tls=True)
+    program = tmp_path / "tls.py"
+    program.write_text(TLS_PROGRAM)
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go), *names])
+    try:
+        live = view.wait(lambda t: t.count(f":{echo.port}") >= len(names), "a row per connection")
+    finally:
+        go.write_text("")
+    return live, view.wait(lambda t: "exit=" in t, "the program's end"), echo.port
+
+
+@pytest.mark.parametrize("name", ["[/]", "[link=https://x]click-me[/link]", "[blink red]:smile:"])
+def test_run_live_shows_a_host_and_argv_that_look_like_rich_markup_as_they_are(pane, peer, tmp_path, name):
+    live, end, port = run_live_with_names(pane, peer, tmp_path, name)
+    (row,) = [line for line in live.splitlines() if f"127.0.0.1:{port}" in line]
+    assert f" {name} " in row, live  # the host as it is: no link, no style, no emoji
+    assert " ".join(live.split()).count(name) == 2, live  # and the argv in the title (wrapped)
+    assert "exit=5" in end, end  # the program's exit code, no MarkupError
+    assert "MarkupError" not in end and "Traceback" not in end
+    (row,) = [line for line in end.splitlines() if f":{port}" in line]
+    assert name in row, end  # the report, after the view
