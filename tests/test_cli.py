@@ -1110,3 +1110,53 @@ def test_a_modules_own_options_after_dash_m_are_the_programs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == '{"a":2,"b":1}\n'
     assert load(tmp_path / "r.json")["program"] == ["-m", "json.tool", "--sort-keys", "--compact", str(data)]
+
+
+# ---- names are data: shown escaped, never interpreted, in every output ----------------------
+
+NAMED = """\
+import socket, ssl, sys
+import netstats
+port, name = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+with netstats.tag(route=name):  # the name as the SNI and as a tag value
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=name) as s:
+        s.sendall(b"x" * 100)
+        got = 0
+        while got < 100:
+            got += len(s.recv(65536))
+sys.exit(5)
+"""
+
+
+def run_named(tmp_path: Path, script: str | bytes, name: str, port: int, *options: str) -> bytes:
+    """`netstats run OPTIONS SCRIPT PORT NAME` of the NAMED program saved as `script`: its stderr
+    (the report), as bytes (a report must not need decoding to be checked). Exit code 5 kept."""
+    path = os.path.join(os.fsencode(tmp_path), os.fsencode(script))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(NAMED)
+    done = subprocess.run(
+        [sys.executable, "-m", "netstats", "run", *options, os.fsdecode(path), str(port), name],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},  # strict, as on a usual UTF-8 terminal
+    )
+    assert done.returncode == 5, done.stderr.decode(errors="replace")
+    return done.stderr
+
+
+def test_control_characters_of_a_host_and_a_caller_reach_the_terminal_escaped(tmp_path, peer):
+    echo = peer("echo", tls=True)
+    host = "evil\x1b[31mred\x1b]0;title\x07"  # an SNI value the ssl module sends as it is
+    script = "name\x1b[2J.py"  # the caller's file: clears the screen, if printed raw
+    for options in ([], ["--wide"], ["--by", "host"], ["--by", "caller"], ["--by", "tag:route"]):
+        report = run_named(tmp_path, script, host, echo.port, *options).decode()
+        assert "\x1b" not in report and "\x07" not in report, options
+        if options[-1:] in ([], ["--wide"], ["host"]):
+            assert f"evil\\x1b[31mred\\x1b]0;title\\x07:{echo.port}" in report, report
+        if options[-1:] in ([], ["--wide"], ["caller"]):
+            assert "name\\x1b[2J.py:" in report, report
+        if options[-1:] == ["tag:route"]:
+            assert "evil\\x1b[31mred\\x1b]0;title\\x07" in report, report

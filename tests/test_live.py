@@ -433,3 +433,14 @@ def test_run_live_shows_a_host_and_argv_that_look_like_rich_markup_as_they_are(p
     assert "MarkupError" not in end and "Traceback" not in end
     (row,) = [line for line in end.splitlines() if f":{port}" in line]
     assert name in row, end  # the report, after the view
+
+
+def test_run_live_and_its_report_show_control_characters_of_a_host_escaped(pane, peer, tmp_path):
+    name = "evil\x1b[31mred\x1b]0;title\x07"  # recolours, then retitles the terminal, if sent raw
+    live, end, port = run_live_with_names(pane, peer, tmp_path, name)
+    escaped = "evil\\x1b[31mred\\x1b]0;title\\x07"
+    (row,) = [line for line in live.splitlines() if f"127.0.0.1:{port}" in line]
+    assert f" {escaped} " in row, live
+    assert "exit=5" in end, end
+    (row,) = [line for line in end.splitlines() if f":{port}" in line]
+    assert escaped in row, end

@@ -43,6 +43,7 @@ from ._format import (
     size,
     size_total,
     total,
+    visible,
 )
 from ._trace import render_trace
 
@@ -459,7 +460,7 @@ def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
     shown = conns[:top] if top else conns
     columns = [col for col in COLUMNS if wide or not col.wide]
     header = [col.name for col in columns]
-    rows = [[col.cell(c) for col in columns] for c in shown]
+    rows = [[visible(col.cell(c)) for col in columns] for c in shown]  # (names: never raw)
     totals = [col.total(run.connections) for col in columns]
     if not wide:
         _fit([*rows, totals], header, [header.index("PEER"), header.index("CALLER")], WIDTH)
@@ -573,7 +574,7 @@ def tag_groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
 def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[str]:
     rows_data = groups(run, by, sort)
     shown = rows_data[:top] if top else rows_data
-    header = [by.upper(), "CONNS", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME"]
+    header = [visible(by.upper()), "CONNS", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME"]
 
     def figure(g: dict[str, Any], name: str, fmt: Callable[[Any], str]) -> str:
         if g[name] is None:
@@ -583,7 +584,7 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
 
     rows = [
         [
-            g[by] if g[by] is not None else UNTAGGED,
+            visible(g[by]) if g[by] is not None else UNTAGGED,
             str(g["connections"]),
             *(figure(g, name, size) for name in ("tx", "rx", "wire_tx", "wire_rx", "tls_overhead")),
             figure(g, "duration", duration),
