@@ -1160,3 +1160,25 @@ def test_control_characters_of_a_host_and_a_caller_reach_the_terminal_escaped(tm
             assert "name\\x1b[2J.py:" in report, report
         if options[-1:] == ["tag:route"]:
             assert "evil\\x1b[31mred\\x1b]0;title\\x07" in report, report
+
+
+@pytest.mark.parametrize("host", ["=1+2", "+1+2", "-1+2", "@SUM(1+2)"])
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_start_with_a_quote(tmp_path, peer, host):
+    echo = peer("echo", tls=True)
+    quoted = "'" + host
+    rows = list(
+        csv.DictReader(
+            io.StringIO(run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv").decode())
+        )
+    )
+    (row,) = rows
+    assert row["host"] == quoted
+    assert json.loads(row["tags"])[0]["labels"] == {"route": host}  # (JSON: "[...", no formula)
+    assert (row["rx"], row["tx"]) == ("100", "100") and row["pid"].isdigit()  # numbers stay numbers
+    by_host = run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv", "--by", "host").decode()
+    assert [r["host"] for r in csv.DictReader(io.StringIO(by_host))] == [f"{quoted}:{echo.port}"]
+    by_tag = run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv", "--by", "tag:route").decode()
+    assert [r["tag:route"] for r in csv.DictReader(io.StringIO(by_tag))] == [quoted]
+    by_caller = run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv", "--by", "caller").decode()
+    ((caller, count),) = [(r["caller"], r["connections"]) for r in csv.DictReader(io.StringIO(by_caller))]
+    assert caller.startswith("'=1+2.py:") and count == "1"

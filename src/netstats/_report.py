@@ -616,14 +616,15 @@ def render_json(run: Run, by: str | None = None, *, sort: str = "bytes", **_: An
 
 def render_csv(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any) -> str:
     """CSV: a row per connection (addresses as host:port, [v6]:port; marks as JSON), or per group.
-    An unknown figure is an empty cell."""
+    An unknown figure is an empty cell. Text cells are names: see `_csv_cell`."""
     buffer = io.StringIO()
     if by:
         names = [by, "connections", *_SUMMED, "tls_overhead", "incomplete"]
         writer = csv.DictWriter(buffer, fieldnames=names)
         writer.writeheader()
         for g in groups(run, by, sort):
-            writer.writerow({**g, "incomplete": " ".join(g["incomplete"])})
+            row = {**g, "incomplete": " ".join(g["incomplete"])}
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
         return buffer.getvalue()
     from ._record import FIELDS
 
@@ -634,8 +635,21 @@ def render_csv(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any
         for key in ("local", "remote"):
             if c.get(key):
                 row[key] = address(c[key])
-        writer.writerow(row)
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+_FORMULA = ("=", "+", "-", "@")  # what a spreadsheet reads as the start of a formula (OWASP)
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: numbers as they are; text through `visible` (no control character: OWASP's tab
+    and CR starts are escaped there) and, if a spreadsheet would run it as a formula ("=1+2",
+    "@SUM(A1)"), with a ' before it. A lone "-" (not applicable) is no formula."""
+    if not isinstance(value, str):
+        return value
+    text = visible(value)
+    return "'" + text if text.startswith(_FORMULA) and text != NOT_APPLICABLE else text
 
 
 RENDERERS: dict[str, Callable[..., str]] = {
