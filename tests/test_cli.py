@@ -1182,3 +1182,54 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_start_with_a_quote(tmp_pa
     by_caller = run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv", "--by", "caller").decode()
     ((caller, count),) = [(r["caller"], r["connections"]) for r in csv.DictReader(io.StringIO(by_caller))]
     assert caller.startswith("'=1+2.py:") and count == "1"
+
+
+def test_a_program_in_a_folder_whose_name_is_not_utf8_is_run_and_reported(tmp_path, peer):
+    echo = peer("echo", tls=True)
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"dir\xff"))  # the caller's path: not UTF-8
+    script = b"dir\xff/named.py"
+    report = run_named(tmp_path, script, "host", echo.port, "--wide")  # exit code 5 kept (run_named)
+    assert b"dir\\xff/named.py:" in report, report  # the byte shown as it was
+    for options in (["--by", "caller"], ["--format", "csv"], ["--format", "json"], ["--format", "trace"]):
+        saved = tmp_path / "report.out"
+        assert run_named(tmp_path, script, "host", echo.port, "-o", str(saved), *options) == b""
+        assert b"dir\\xff" in saved.read_bytes() or b"dir\\udcff" in saved.read_bytes(), options
+
+
+HOSTILE_TEXT = "\ud800 m\u00fcnchen \udcff"  # lone surrogates (not UTF-8 at all), and a printable name
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_a_saved_run_holding_lone_surrogates_renders_in_every_format(tmp_path, encoding):
+    frame = f"/src/{HOSTILE_TEXT}.py:1 in f"
+    tags = [{"labels": {"route": HOSTILE_TEXT}, "rx": 5, "tx": 5}]
+    conn = conn_record(
+        1, tx=10, rx=20, duration=0.1, host=HOSTILE_TEXT, caller=frame, origin=frame, tags=tags
+    )
+    path = saved_run(tmp_path, [conn], program=[HOSTILE_TEXT])
+    shown = "\\ud800 m\u00fcnchen \\xff" if encoding == "utf-8" else "\\ud800 m\\xfcnchen \\xff"
+
+    def report(*options: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "netstats", "report", str(path), "--wide", *options],
+            capture_output=True,
+            timeout=TIMEOUT,
+            env={**os.environ, "PYTHONIOENCODING": encoding},  # strict: a UTF-8, or an ASCII, terminal
+        )
+        assert done.returncode == 0 and done.stderr == b"", done.stderr.decode(errors="replace")
+        return done.stdout.decode(encoding)
+
+    for by in ("host", "caller", "tag:route"):
+        assert shown in report("--by", by), by
+    assert f"{shown}:8001" in report() and f"/src/{shown}.py:1 in f" in report()
+    (row,) = csv.DictReader(io.StringIO(report("--format", "csv")))
+    assert (row["host"], row["caller"]) == (shown, f"/src/{shown}.py:1 in f")
+    rows = csv.DictReader(io.StringIO(report("--format", "csv", "--by", "tag:route")))
+    assert sorted(r["tag:route"] for r in rows) == ["", shown]  # and the untagged rest
+    saved, again = json.loads(path.read_text()), json.loads(report("--format", "json"))
+    assert (again["program"], again["connections"]) == (saved["program"], saved["connections"])  # exact
+    names = [e["args"].get("name") for e in json.loads(report("--format", "trace"))["traceEvents"]]
+    assert f"#1 tcp {HOSTILE_TEXT}" in names and HOSTILE_TEXT in names  # JSON: the names exact
+    page = tmp_path / "page.html"
+    assert report("--html", str(page))
+    assert "\\ud800 m\\u00fcnchen \\udcff" in page.read_text(encoding="ascii")  # JSON escapes

@@ -700,7 +700,10 @@ def write(text: str, path: str | None, stream: Any = None) -> None:
     one). OSError if it cannot be written."""
     if path is None:
         stream = stream or sys.stderr
-        stream.write(text)
+        # What the stream cannot encode (a name on an ASCII terminal) goes as an escape, never
+        # as UnicodeEncodeError (names are visible() already: this is for printable ones).
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
         stream.flush()
         return
     path = os.path.abspath(path)
