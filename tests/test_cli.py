@@ -1233,3 +1233,36 @@ def test_a_saved_run_holding_lone_surrogates_renders_in_every_format(tmp_path, e
     page = tmp_path / "page.html"
     assert report("--html", str(page))
     assert "\\ud800 m\\u00fcnchen \\udcff" in page.read_text(encoding="ascii")  # JSON escapes
+
+
+SINCE_1970 = "a time in seconds since 1970 (0 to 1e+10)"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"connection": {"opened": -1e308, "closed": 1e308}}, f"'opened' must be {SINCE_1970}"),
+        ({"connection": {"opened": 1.5, "closed": 1e308}}, f"'closed' must be {SINCE_1970}"),
+        ({"started": 1e17}, f"'started' must be {SINCE_1970}, not 1e+17"),
+        ({"started": 0.0, "finished": 1e12}, f"'finished' must be {SINCE_1970}, not 1000000000000.0"),
+        ({"started": 2.0, "finished": 1.0}, "'finished' (1.0) is before 'started' (2.0)"),
+        ({"connection": {"opened": 2.0, "closed": 1.5}}, "connection 0: 'opened' (2.0) is after 'closed'"),
+        ({"connection": {"connected": 1.9, "closed": 1.5}}, "'connected' (1.9) is after 'closed'"),
+        ({"connection": {"first_write": 3.0}}, "'first_write' (3.0) is after 'closed' (2.0)"),
+        ({"connection": {"duration": -1.0}}, "'duration' must be a number of seconds (0 to 1e+10)"),
+        ({"connection": {"ttfb": 1e300}}, "'ttfb' must be a number of seconds"),
+    ],
+    ids=["opened-1e308", "closed-1e308", "started-1e17", "span-1e12", "finished-first", "closed-first",
+         "connected-late", "first-write-late", "negative-duration", "ttfb-1e300"],
+)  # fmt: skip
+def test_a_saved_run_whose_times_are_not_a_runs_is_refused_in_one_line_naming_the_field(
+    tmp_path, changes, field
+):
+    conn = {**conn_record(1, tx=10, rx=20, duration=0.1), **changes.pop("connection", {})}
+    path = saved_run(tmp_path, [conn], **changes)
+    for options in (["--html", "page.html"], ["--format", "trace"], ["--format", "csv"], []):
+        result = netstats("report", str(path), *options, cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (2, ""), (options, result.stderr)
+        line = one_line(result.stderr)
+        assert line.startswith(f"netstats report: {path}: ") and field in line, line
+        assert not (tmp_path / "page.html").exists()

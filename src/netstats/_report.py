@@ -101,11 +101,17 @@ class Run:
                 '\'processes\' must be a list of {"pid": integer, "parent": integer or null, '
                 '"ended": "exit", "lost" or "running"}'
             )
+        started, finished = _need(data, "started", float), _need(data, "finished", float)
+        for key, value in (("started", started), ("finished", finished)):
+            if not _is_time(value):
+                raise BadRun(f"{key!r} must be {_WHEN}, not {value}")
+        if finished < started:
+            raise BadRun(f"'finished' ({finished}) is before 'started' ({started})")
         return cls(
             program=list(program),
             pid=_need(data, "pid", int),
-            started=_need(data, "started", float),
-            finished=_need(data, "finished", float),
+            started=started,
+            finished=finished,
             exit_code=exit_code,
             connections=list(connections),
             accepts_left_out=accepts,
@@ -138,6 +144,10 @@ def _is_number(v: Any) -> bool:
     return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
+def _is_time(v: Any) -> bool:
+    return _is_number(v) and 0 <= v < _LATEST
+
+
 def _show(v: Any) -> str:
     text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else str(v)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -162,17 +172,12 @@ def _need(data: dict[str, Any], key: str, kind: type) -> Any:
 
 # Connection fields the renderers read, and what each may hold besides null.
 _COUNTS = ("rx", "tx", "wire_rx", "wire_tx", "retransmits", "retrans_bytes", "reads", "writes")
-_TIMES = (
-    "rtt",
-    "min_rtt",
-    "opened",
-    "connected",
-    "closed",
-    "duration",
-    *PHASES,
-    "tls_started",
-    "first_write",
-)
+_CLOCKS = ("opened", "connected", "closed", "tls_started", "first_write")  # times on the clock
+_SPANS = ("rtt", "min_rtt", "duration", *PHASES)  # lengths of time
+# Seconds since 1970 before this (the year 2286), lengths shorter: a time beyond is not from a
+# real run, and would overflow a sum, a JavaScript date or the page's axis.
+_LATEST = 1e10
+_WHEN = f"a time in seconds since 1970 (0 to {_LATEST:.0e})"
 _TEXTS = ("side", "host", "tls", "origin", "caller", "error", "source", "unfinished")
 
 
@@ -189,7 +194,8 @@ def _check_connection(i: int, conn: Any) -> None:
         raise BadRun(f"connection {i}: 'transport' must be a string, not {_show(conn['transport'])}")
     for keys, ok, what in (
         (_COUNTS, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-        (_TIMES, _is_number, "a number"),
+        (_CLOCKS, _is_time, _WHEN),
+        (_SPANS, _is_time, f"a number of seconds (0 to {_LATEST:.0e})"),
         (_TEXTS, lambda v: isinstance(v, str), "a string"),
     ):
         for key in keys:
@@ -200,6 +206,12 @@ def _check_connection(i: int, conn: Any) -> None:
         value = conn.get(key)
         if value is not None and not (isinstance(value, str) or _is_address(value)):
             raise BadRun(f"connection {i}: {key!r} must be [address, port, ...], a path or null")
+    closed = conn.get("closed")
+    # Each time is before the close (not `opened` after `connected`: reset(full=True) restarts it).
+    for key in ("opened", "connected", "tls_started", "first_write"):
+        value = conn.get(key)
+        if value is not None and closed is not None and value > closed:
+            raise BadRun(f"connection {i}: {key!r} ({value}) is after 'closed' ({closed})")
     resumed = conn.get("tls_resumed")
     if resumed is not None and not isinstance(resumed, bool):
         raise BadRun(f"connection {i}: 'tls_resumed' must be true, false or null, not {_show(resumed)}")
