@@ -444,3 +444,30 @@ def test_run_live_and_its_report_show_control_characters_of_a_host_escaped(pane,
     assert "exit=5" in end, end
     (row,) = [line for line in end.splitlines() if f":{port}" in line]
     assert escaped in row, end
+
+
+@pytest.mark.parametrize("pid", ["99999999999999999999", "0", "-1", "2147483648", "12ab"])
+def test_top_of_what_is_not_a_process_id_is_one_line_and_exit_2(pid):
+    done = subprocess.run([*NETSTATS, "top", pid, "--once"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"netstats top: error: argument pid: not a process id: {pid!r} (see --help)\n"
+
+
+def test_top_of_a_zombie_of_ones_own_says_it_has_ended():
+    # As nobody when root (a zombie of the user's own, whoever runs the suite): a child that
+    # ended, not reaped, then `top` of it.
+    code = (
+        "import os, subprocess, sys, time\n"
+        "import netstats.__main__, netstats._top, netstats._live, netstats._errors\n"
+        "netstats.__main__._parser()\n"  # argparse's own late imports, while they can be read
+        "if os.getuid() == 0:\n    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "child = subprocess.Popen(['true'])\n"
+        "while open(f'/proc/{child.pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z':\n"
+        "    time.sleep(0.01)\n"
+        "print(child.pid, flush=True)\n"
+        "sys.exit(netstats.__main__.main(['top', str(child.pid), '--once']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
+    pid = int(done.stdout.split()[0])
+    assert done.returncode == 1
+    assert done.stderr == f"netstats top: process {pid} has ended (a zombie: its parent has not reaped it)\n"
