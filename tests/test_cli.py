@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1266,3 +1267,82 @@ def test_a_saved_run_whose_times_are_not_a_runs_is_refused_in_one_line_naming_th
         line = one_line(result.stderr)
         assert line.startswith(f"netstats report: {path}: ") and field in line, line
         assert not (tmp_path / "page.html").exists()
+
+
+# ---- children that are other Pythons: they see nothing of netstats ---------------------------
+
+OLD_PYTHONS = ("2.7", "3.6", "3.8")  # pyenv's, on the machines that run the suite
+
+
+def old_python(version: str) -> str | None:
+    """pyenv's Python `version` (its latest patch), else pythonX.Y on PATH, else None."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    installs = sorted(root.glob(f"{version}.*/bin/python{version}"), key=lambda p: p.parts[-3])
+    return str(installs[-1]) if installs else shutil.which(f"python{version}")
+
+
+# A child of any Python, 2.7 on: what it sees of netstats, and that its own sitecustomize ran.
+OLD_CHILD = """\
+import os, sys
+print(sorted(m for m in sys.modules if m.startswith("netstats")))
+print(os.environ["NETSTATS_PACKAGE_PATH"] in sys.path)
+"""
+USER_SITECUSTOMIZE = """\
+import os, sys
+with open(os.environ["SITECUSTOMIZE_RAN"], "a") as f:
+    f.write("%d.%d %d\\n" % (sys.version_info[0], sys.version_info[1], os.getpid()))
+"""
+
+
+@pytest.mark.parametrize("version", OLD_PYTHONS)
+def test_a_child_that_is_an_older_python_sees_nothing_of_netstats_and_runs_its_own_sitecustomize(
+    tmp_path, version
+):
+    python = old_python(version)
+    if python is None:
+        if os.environ.get("CI") and not any(old_python(v) for v in OLD_PYTHONS):
+            pytest.fail(f"none of Python {', '.join(OLD_PYTHONS)} is on this machine (pyenv's, in CI)")
+        pytest.skip(f"no Python {version} here")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(USER_SITECUSTOMIZE)
+    ran = tmp_path / "sitecustomize-ran"
+    program(
+        tmp_path,
+        "parent.py",
+        f"import subprocess, sys\nsys.exit(subprocess.call([{python!r}, '-c', {OLD_CHILD!r}]))\n",
+        talk=False,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "netstats", "run", "-o", "report.txt", "parent.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SITECUSTOMIZE_RAN": str(ran)},
+    )
+    assert done.stderr == ""  # no "Error in sitecustomize", nothing at all
+    assert (done.returncode, done.stdout) == (0, "[]\nFalse\n")  # no netstats module, not on its path
+    assert version in ran.read_text().split(), ran.read_text()  # the child's own sitecustomize ran
+    assert (tmp_path / "report.txt").read_text().startswith("netstats: 0 connections")
+
+
+def test_a_child_of_this_python_runs_its_own_sitecustomize_after_netstats_hook(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(USER_SITECUSTOMIZE)
+    ran = tmp_path / "sitecustomize-ran"
+    child = "import os, sys; print('netstats._child' in sys.modules, os.getpid())"
+    program(
+        tmp_path, "parent.py", f"import subprocess, sys\nsubprocess.call([sys.executable, '-c', {child!r}])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "netstats", "run", "-o", "report.txt", "parent.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SITECUSTOMIZE_RAN": str(ran)},
+    )
+    loaded, pid = done.stdout.split()
+    assert (done.returncode, done.stderr, loaded) == (0, "", "True")  # netstats' hook ran in the child
+    this = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert f"{this} {pid}" in ran.read_text().splitlines()  # and then the child's own sitecustomize
