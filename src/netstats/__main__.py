@@ -39,6 +39,16 @@ def _positive(text: str) -> int:
     return n
 
 
+def _pid(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 0 < n < 2**31:  # a pid_t (os.kill overflows beyond; 0 and -1 would mean groups)
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return n
+
+
 def _grouping(text: str) -> str:
     if text in GROUPS or (text.startswith(TAG) and len(text) > len(TAG)):
         return text
@@ -109,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  netstats top 1234\n  netstats top 1234 --once --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("pid", type=int, help="the process to watch")
+    top.add_argument("pid", type=_pid, help="the process to watch")
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top.add_argument("--format", choices=("text", "json"), default="text", help="with --once (default text)")
     commands.add_parser(

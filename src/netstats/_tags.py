@@ -192,14 +192,27 @@ def _sweep() -> None:
     _sweep_at = max(256, 2 * len(_open))
 
 
+MAX_TALLIES = 1000  # label sets tallied apart on one connection (the exporters' max_series)
+OTHER = "other"  # the value of every label beyond them, as the exporters fold
+
+
 def _tally(conn: Any, scope: Scope) -> list[int]:
-    """conn's [rx, tx] for scope's labels, made at their first byte on it."""
+    """conn's [rx, tx] for scope's labels, made at their first byte on it. Beyond MAX_TALLIES
+    label sets on the connection (a request id as a tag value) they are folded: the same label
+    names, every value OTHER; past twice that (names that never repeat), the one label set
+    {OTHER: OTHER}. A long-lived connection's memory stays bounded, and its bytes are all there."""
     tally = conn._tagged
     if tally is None:
         tally = conn._tagged = {}
     pair = tally.get(scope.key)
     if pair is None:
-        pair = tally[scope.key] = [0, 0]
+        key = scope.key
+        if len(tally) >= MAX_TALLIES:
+            names = [name for name, _ in key.labels] if len(tally) < 2 * MAX_TALLIES else [OTHER]
+            key = label_set(tuple((name, OTHER) for name in names))
+            pair = tally.get(key)
+        if pair is None:
+            pair = tally[key] = [0, 0]
     return pair  # type: ignore[no-any-return]
 
 
