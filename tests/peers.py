@@ -13,7 +13,7 @@ to TLS), udp (echo datagrams), websocket
 (a `websockets` echo server that counts nothing itself: put a relay in front), relay (forwards
 to --backend, counting what passes; terminates TLS when given a certificate, so its counts are
 the plaintext), proxy (an HTTP CONNECT proxy, HTTPS with a certificate: a relay whose backend
-the client names).
+the client names), socks (a SOCKS5 proxy, no authentication, CONNECT only: the same relay).
 """
 
 from __future__ import annotations
@@ -205,6 +205,40 @@ def serve_proxy(conn: Counted, args: Any) -> None:
     _relay(conn, backend)
 
 
+def serve_socks(conn: Counted, args: Any) -> None:
+    """A SOCKS5 proxy (RFC 1928: no authentication, CONNECT to an IPv4 address, a name or an
+    IPv6 address). The record keeps the negotiation apart (connect_rx, connect_tx); the rest is
+    the tunnel, relayed."""
+    buf = bytearray()
+    greeting = _read_exact(conn, buf, 2)
+    if greeting is None or greeting[0] != 5 or _read_exact(conn, buf, greeting[1]) is None:
+        return
+    conn.send(b"\x05\x00")  # version 5, no authentication
+    head = _read_exact(conn, buf, 4)  # version, command, reserved, address type
+    if head is None or head[1] != 1:
+        conn.send(b"\x05\x07\x00\x01" + bytes(6))  # command not supported
+        return
+    if head[3] == 1:
+        raw = _read_exact(conn, buf, 4)
+        host = socket.inet_ntop(socket.AF_INET, raw) if raw is not None else None
+    elif head[3] == 4:
+        raw = _read_exact(conn, buf, 16)
+        host = socket.inet_ntop(socket.AF_INET6, raw) if raw is not None else None
+    else:
+        size = _read_exact(conn, buf, 1)
+        raw = _read_exact(conn, buf, size[0]) if size is not None else None
+        host = raw.decode("idna") if raw is not None else None
+    port = _read_exact(conn, buf, 2)
+    if host is None or port is None or buf:
+        return
+    backend = socket.create_connection((host, int.from_bytes(port, "big")))
+    bound = backend.getsockname()
+    family, kind = (socket.AF_INET6, b"\x04") if ":" in bound[0] else (socket.AF_INET, b"\x01")
+    conn.send(b"\x05\x00\x00" + kind + socket.inet_pton(family, bound[0]) + bound[1].to_bytes(2, "big"))
+    conn.record["connect_rx"], conn.record["connect_tx"] = conn.record["rx"], conn.record["tx"]
+    _relay(conn, backend)
+
+
 def _relay(conn: Counted, backend: socket.socket) -> None:
     done = threading.Event()
 
@@ -284,6 +318,7 @@ SERVERS = {
     "resp": serve_resp,
     "relay": serve_relay,
     "proxy": serve_proxy,
+    "socks": serve_socks,
     "starttls": serve_starttls,
     "smtp": serve_smtp,
 }

@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1110,3 +1111,238 @@ def test_a_modules_own_options_after_dash_m_are_the_programs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == '{"a":2,"b":1}\n'
     assert load(tmp_path / "r.json")["program"] == ["-m", "json.tool", "--sort-keys", "--compact", str(data)]
+
+
+# ---- names are data: shown escaped, never interpreted, in every output ----------------------
+
+NAMED = """\
+import socket, ssl, sys
+import netstats
+port, name = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+with netstats.tag(route=name):  # the name as the SNI and as a tag value
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=name) as s:
+        s.sendall(b"x" * 100)
+        got = 0
+        while got < 100:
+            got += len(s.recv(65536))
+sys.exit(5)
+"""
+
+
+def run_named(tmp_path: Path, script: str | bytes, name: str, port: int, *options: str) -> bytes:
+    """`netstats run OPTIONS SCRIPT PORT NAME` of the NAMED program saved as `script`: its stderr
+    (the report), as bytes (a report must not need decoding to be checked). Exit code 5 kept."""
+    path = os.path.join(os.fsencode(tmp_path), os.fsencode(script))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(NAMED)
+    done = subprocess.run(
+        [sys.executable, "-m", "netstats", "run", *options, os.fsdecode(path), str(port), name],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},  # strict, as on a usual UTF-8 terminal
+    )
+    assert done.returncode == 5, done.stderr.decode(errors="replace")
+    return done.stderr
+
+
+def test_control_characters_of_a_host_and_a_caller_reach_the_terminal_escaped(tmp_path, peer):
+    echo = peer("echo", tls=True)
+    host = "evil\x1b[31mred\x1b]0;title\x07"  # an SNI value the ssl module sends as it is
+    script = "name\x1b[2J.py"  # the caller's file: clears the screen, if printed raw
+    for options in ([], ["--wide"], ["--by", "host"], ["--by", "caller"], ["--by", "tag:route"]):
+        report = run_named(tmp_path, script, host, echo.port, *options).decode()
+        assert "\x1b" not in report and "\x07" not in report, options
+        if options[-1:] in ([], ["--wide"], ["host"]):
+            assert f"evil\\x1b[31mred\\x1b]0;title\\x07:{echo.port}" in report, report
+        if options[-1:] in ([], ["--wide"], ["caller"]):
+            assert "name\\x1b[2J.py:" in report, report
+        if options[-1:] == ["tag:route"]:
+            assert "evil\\x1b[31mred\\x1b]0;title\\x07" in report, report
+
+
+@pytest.mark.parametrize("host", ["=1+2", "+1+2", "-1+2", "@SUM(1+2)"])
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_start_with_a_quote(tmp_path, peer, host):
+    echo = peer("echo", tls=True)
+    quoted = "'" + host
+    rows = list(
+        csv.DictReader(
+            io.StringIO(run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv").decode())
+        )
+    )
+    (row,) = rows
+    assert row["host"] == quoted
+    assert json.loads(row["tags"])[0]["labels"] == {"route": host}  # (JSON: "[...", no formula)
+    assert (row["rx"], row["tx"]) == ("100", "100") and row["pid"].isdigit()  # numbers stay numbers
+    by_host = run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv", "--by", "host").decode()
+    assert [r["host"] for r in csv.DictReader(io.StringIO(by_host))] == [f"{quoted}:{echo.port}"]
+    by_tag = run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv", "--by", "tag:route").decode()
+    assert [r["tag:route"] for r in csv.DictReader(io.StringIO(by_tag))] == [quoted]
+    by_caller = run_named(tmp_path, "=1+2.py", host, echo.port, "--format", "csv", "--by", "caller").decode()
+    ((caller, count),) = [(r["caller"], r["connections"]) for r in csv.DictReader(io.StringIO(by_caller))]
+    assert caller.startswith("'=1+2.py:") and count == "1"
+
+
+def test_a_program_in_a_folder_whose_name_is_not_utf8_is_run_and_reported(tmp_path, peer):
+    echo = peer("echo", tls=True)
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"dir\xff"))  # the caller's path: not UTF-8
+    script = b"dir\xff/named.py"
+    report = run_named(tmp_path, script, "host", echo.port, "--wide")  # exit code 5 kept (run_named)
+    assert b"dir\\xff/named.py:" in report, report  # the byte shown as it was
+    for options in (["--by", "caller"], ["--format", "csv"], ["--format", "json"], ["--format", "trace"]):
+        saved = tmp_path / "report.out"
+        assert run_named(tmp_path, script, "host", echo.port, "-o", str(saved), *options) == b""
+        assert b"dir\\xff" in saved.read_bytes() or b"dir\\udcff" in saved.read_bytes(), options
+
+
+HOSTILE_TEXT = "\ud800 m\u00fcnchen \udcff"  # lone surrogates (not UTF-8 at all), and a printable name
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_a_saved_run_holding_lone_surrogates_renders_in_every_format(tmp_path, encoding):
+    frame = f"/src/{HOSTILE_TEXT}.py:1 in f"
+    tags = [{"labels": {"route": HOSTILE_TEXT}, "rx": 5, "tx": 5}]
+    conn = conn_record(
+        1, tx=10, rx=20, duration=0.1, host=HOSTILE_TEXT, caller=frame, origin=frame, tags=tags
+    )
+    path = saved_run(tmp_path, [conn], program=[HOSTILE_TEXT])
+    shown = "\\ud800 m\u00fcnchen \\xff" if encoding == "utf-8" else "\\ud800 m\\xfcnchen \\xff"
+
+    def report(*options: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "netstats", "report", str(path), "--wide", *options],
+            capture_output=True,
+            timeout=TIMEOUT,
+            env={**os.environ, "PYTHONIOENCODING": encoding},  # strict: a UTF-8, or an ASCII, terminal
+        )
+        assert done.returncode == 0 and done.stderr == b"", done.stderr.decode(errors="replace")
+        return done.stdout.decode(encoding)
+
+    for by in ("host", "caller", "tag:route"):
+        assert shown in report("--by", by), by
+    assert f"{shown}:8001" in report() and f"/src/{shown}.py:1 in f" in report()
+    (row,) = csv.DictReader(io.StringIO(report("--format", "csv")))
+    assert (row["host"], row["caller"]) == (shown, f"/src/{shown}.py:1 in f")
+    rows = csv.DictReader(io.StringIO(report("--format", "csv", "--by", "tag:route")))
+    assert sorted(r["tag:route"] for r in rows) == ["", shown]  # and the untagged rest
+    saved, again = json.loads(path.read_text()), json.loads(report("--format", "json"))
+    assert (again["program"], again["connections"]) == (saved["program"], saved["connections"])  # exact
+    names = [e["args"].get("name") for e in json.loads(report("--format", "trace"))["traceEvents"]]
+    assert f"#1 tcp {HOSTILE_TEXT}" in names and HOSTILE_TEXT in names  # JSON: the names exact
+    page = tmp_path / "page.html"
+    assert report("--html", str(page))
+    assert "\\ud800 m\\u00fcnchen \\udcff" in page.read_text(encoding="ascii")  # JSON escapes
+
+
+SINCE_1970 = "a time in seconds since 1970 (0 to 1e+10)"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"connection": {"opened": -1e308, "closed": 1e308}}, f"'opened' must be {SINCE_1970}"),
+        ({"connection": {"opened": 1.5, "closed": 1e308}}, f"'closed' must be {SINCE_1970}"),
+        ({"started": 1e17}, f"'started' must be {SINCE_1970}, not 1e+17"),
+        ({"started": 0.0, "finished": 1e12}, f"'finished' must be {SINCE_1970}, not 1000000000000.0"),
+        ({"started": 2.0, "finished": 1.0}, "'finished' (1.0) is before 'started' (2.0)"),
+        ({"connection": {"opened": 2.0, "closed": 1.5}}, "connection 0: 'opened' (2.0) is after 'closed'"),
+        ({"connection": {"connected": 1.9, "closed": 1.5}}, "'connected' (1.9) is after 'closed'"),
+        ({"connection": {"first_write": 3.0}}, "'first_write' (3.0) is after 'closed' (2.0)"),
+        ({"connection": {"duration": -1.0}}, "'duration' must be a number of seconds (0 to 1e+10)"),
+        ({"connection": {"ttfb": 1e300}}, "'ttfb' must be a number of seconds"),
+    ],
+    ids=["opened-1e308", "closed-1e308", "started-1e17", "span-1e12", "finished-first", "closed-first",
+         "connected-late", "first-write-late", "negative-duration", "ttfb-1e300"],
+)  # fmt: skip
+def test_a_saved_run_whose_times_are_not_a_runs_is_refused_in_one_line_naming_the_field(
+    tmp_path, changes, field
+):
+    conn = {**conn_record(1, tx=10, rx=20, duration=0.1), **changes.pop("connection", {})}
+    path = saved_run(tmp_path, [conn], **changes)
+    for options in (["--html", "page.html"], ["--format", "trace"], ["--format", "csv"], []):
+        result = netstats("report", str(path), *options, cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (2, ""), (options, result.stderr)
+        line = one_line(result.stderr)
+        assert line.startswith(f"netstats report: {path}: ") and field in line, line
+        assert not (tmp_path / "page.html").exists()
+
+
+# ---- children that are other Pythons: they see nothing of netstats ---------------------------
+
+OLD_PYTHONS = ("2.7", "3.6", "3.8")  # pyenv's, on the machines that run the suite
+
+
+def old_python(version: str) -> str | None:
+    """pyenv's Python `version` (its latest patch), else pythonX.Y on PATH, else None."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    installs = sorted(root.glob(f"{version}.*/bin/python{version}"), key=lambda p: p.parts[-3])
+    return str(installs[-1]) if installs else shutil.which(f"python{version}")
+
+
+# A child of any Python, 2.7 on: what it sees of netstats, and that its own sitecustomize ran.
+OLD_CHILD = """\
+import os, sys
+print(sorted(m for m in sys.modules if m.startswith("netstats")))
+print(os.environ["NETSTATS_PACKAGE_PATH"] in sys.path)
+"""
+USER_SITECUSTOMIZE = """\
+import os, sys
+with open(os.environ["SITECUSTOMIZE_RAN"], "a") as f:
+    f.write("%d.%d %d\\n" % (sys.version_info[0], sys.version_info[1], os.getpid()))
+"""
+
+
+@pytest.mark.parametrize("version", OLD_PYTHONS)
+def test_a_child_that_is_an_older_python_sees_nothing_of_netstats_and_runs_its_own_sitecustomize(
+    tmp_path, version
+):
+    python = old_python(version)
+    if python is None:
+        if os.environ.get("CI") and not any(old_python(v) for v in OLD_PYTHONS):
+            pytest.fail(f"none of Python {', '.join(OLD_PYTHONS)} is on this machine (pyenv's, in CI)")
+        pytest.skip(f"no Python {version} here")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(USER_SITECUSTOMIZE)
+    ran = tmp_path / "sitecustomize-ran"
+    program(
+        tmp_path,
+        "parent.py",
+        f"import subprocess, sys\nsys.exit(subprocess.call([{python!r}, '-c', {OLD_CHILD!r}]))\n",
+        talk=False,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "netstats", "run", "-o", "report.txt", "parent.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SITECUSTOMIZE_RAN": str(ran)},
+    )
+    assert done.stderr == ""  # no "Error in sitecustomize", nothing at all
+    assert (done.returncode, done.stdout) == (0, "[]\nFalse\n")  # no netstats module, not on its path
+    assert version in ran.read_text().split(), ran.read_text()  # the child's own sitecustomize ran
+    assert (tmp_path / "report.txt").read_text().startswith("netstats: 0 connections")
+
+
+def test_a_child_of_this_python_runs_its_own_sitecustomize_after_netstats_hook(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(USER_SITECUSTOMIZE)
+    ran = tmp_path / "sitecustomize-ran"
+    child = "import os, sys; print('netstats._child' in sys.modules, os.getpid())"
+    program(
+        tmp_path, "parent.py", f"import subprocess, sys\nsubprocess.call([sys.executable, '-c', {child!r}])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "netstats", "run", "-o", "report.txt", "parent.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SITECUSTOMIZE_RAN": str(ran)},
+    )
+    loaded, pid = done.stdout.split()
+    assert (done.returncode, done.stderr, loaded) == (0, "", "True")  # netstats' hook ran in the child
+    this = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert f"{this} {pid}" in ran.read_text().splitlines()  # and then the child's own sitecustomize

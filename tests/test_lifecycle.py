@@ -249,7 +249,11 @@ def test_sigterm_or_sighup_to_the_run_reports_children_done_and_still_running(tm
         import subprocess
         port = int(sys.argv[1])
         kids = [
-            subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(n)], stdout=subprocess.PIPE)
+            subprocess.Popen(  # (stderr not the run's: the test reads that to its end)
+                [sys.executable, "-c", CHILD, str(port), str(n)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
             for n in (1500, 2500)
         ]
         for kid in kids:

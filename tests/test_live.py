@@ -381,3 +381,93 @@ def test_run_live_without_a_terminal_says_so_and_runs_the_program(peer, tmp_path
     first, *rest = done.stderr.splitlines()
     assert first == "netstats run: --live draws on a terminal and stderr is not one; running without it"
     assert re.search(rf"127\.0\.0\.1:{echo.port}\s+700 B\s+700 B", done.stderr), done.stderr
+
+
+# ---- names are data: never read as rich markup, never sent to the terminal raw ---------------
+
+TLS_PROGRAM = """\
+import os, socket, ssl, sys, time
+port, go, names = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+held = []
+for name in names:  # a TLS connection to the echo peer per name, that name as its SNI
+    s = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=name)
+    s.sendall(b"x" * 300)
+    got = 0
+    while got < 300:
+        got += len(s.recv(65536))
+    held.append(s)
+print("connected", flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit(5)
+"""
+
+
+def run_live_with_names(
+    pane: Callable[[list[str]], Pane], peer: Any, tmp_path: Path, *names: str
+) -> tuple[str, str, int]:
+    """A program under `run --live` holding a TLS connection per name (its server_hostname),
+    its last argument the name too: (the pane while the table is up, after the end, the port)."""
+    echo = peer("echo", tls=True)
+    program = tmp_path / "tls.py"
+    program.write_text(TLS_PROGRAM)
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go), *names])
+    try:
+        live = view.wait(lambda t: t.count(f":{echo.port}") >= len(names), "a row per connection")
+    finally:
+        go.write_text("")
+    return live, view.wait(lambda t: "exit=" in t, "the program's end"), echo.port
+
+
+@pytest.mark.parametrize("name", ["[/]", "[link=https://x]click-me[/link]", "[blink red]:smile:"])
+def test_run_live_shows_a_host_and_argv_that_look_like_rich_markup_as_they_are(pane, peer, tmp_path, name):
+    live, end, port = run_live_with_names(pane, peer, tmp_path, name)
+    (row,) = [line for line in live.splitlines() if f"127.0.0.1:{port}" in line]
+    assert f" {name} " in row, live  # the host as it is: no link, no style, no emoji
+    assert " ".join(live.split()).count(name) == 2, live  # and the argv in the title (wrapped)
+    assert "exit=5" in end, end  # the program's exit code, no MarkupError
+    assert "MarkupError" not in end and "Traceback" not in end
+    (row,) = [line for line in end.splitlines() if f":{port}" in line]
+    assert name in row, end  # the report, after the view
+
+
+def test_run_live_and_its_report_show_control_characters_of_a_host_escaped(pane, peer, tmp_path):
+    name = "evil\x1b[31mred\x1b]0;title\x07"  # recolours, then retitles the terminal, if sent raw
+    live, end, port = run_live_with_names(pane, peer, tmp_path, name)
+    escaped = "evil\\x1b[31mred\\x1b]0;title\\x07"
+    (row,) = [line for line in live.splitlines() if f"127.0.0.1:{port}" in line]
+    assert f" {escaped} " in row, live
+    assert "exit=5" in end, end
+    (row,) = [line for line in end.splitlines() if f":{port}" in line]
+    assert escaped in row, end
+
+
+@pytest.mark.parametrize("pid", ["99999999999999999999", "0", "-1", "2147483648", "12ab"])
+def test_top_of_what_is_not_a_process_id_is_one_line_and_exit_2(pid):
+    done = subprocess.run([*NETSTATS, "top", pid, "--once"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"netstats top: error: argument pid: not a process id: {pid!r} (see --help)\n"
+
+
+def test_top_of_a_zombie_of_ones_own_says_it_has_ended():
+    # As nobody when root (a zombie of the user's own, whoever runs the suite): a child that
+    # ended, not reaped, then `top` of it.
+    code = (
+        "import os, subprocess, sys, time\n"
+        "import netstats.__main__, netstats._top, netstats._live, netstats._errors\n"
+        "netstats.__main__._parser()\n"  # argparse's own late imports, while they can be read
+        "if os.getuid() == 0:\n    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "child = subprocess.Popen(['true'])\n"
+        "while open(f'/proc/{child.pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z':\n"
+        "    time.sleep(0.01)\n"
+        "print(child.pid, flush=True)\n"
+        "sys.exit(netstats.__main__.main(['top', str(child.pid), '--once']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
+    pid = int(done.stdout.split()[0])
+    assert done.returncode == 1
+    assert done.stderr == f"netstats top: process {pid} has ended (a zombie: its parent has not reaped it)\n"

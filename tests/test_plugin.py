@@ -741,3 +741,26 @@ def test_a_tls_test_shows_its_overhead_and_a_plain_one_none(suite: pytest.Pytest
     result.stdout.fnmatch_lines(
         ["*4.9 KiB*4.9 KiB*-*1*test_plain*", f"*4.9 KiB*4.9 KiB*{overhead}*1*test_t.py::test_tls*"]
     )
+
+
+def test_a_long_test_id_is_clipped_in_the_summary_not_every_row_widened(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_a="""
+        import pytest
+
+        @pytest.mark.parametrize("case", [1], ids=["x" * 1200])
+        def test_long(echo, case):
+            echo.talk(10)
+
+        def test_short(echo):
+            echo.talk(20)
+        """
+    )
+    result = run(suite, "--netstats")
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "netstats: network use per test" in line)
+    section = lines[start + 1 : start + 5]  # the header, two rows, the total
+    assert max(len(line) for line in section) < 160, "\n".join(section)
+    short, long = summary(result)  # busiest first
+    assert short == ("20 B", "20 B", 1, "test_a.py::test_short")
+    assert long[:3] == ("10 B", "10 B", 1) and long[3].startswith("…") and long[3].endswith("xxx]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import array
 import asyncio
 import errno
@@ -17,7 +18,7 @@ import urllib.request
 from multiprocessing.reduction import ForkingPickler
 
 import pytest
-from helpers import MODES, capture_in, drain
+from helpers import MODES, capture_in, drain, wait_for
 
 import netstats
 
@@ -399,3 +400,64 @@ def test_host_is_the_name_asked_for_not_one_resolved_earlier(peer):
     named_conn, literal_conn = [c for c in cap.connections if c.error is None]
     assert named_conn.host == "localhost"
     assert literal_conn.host is None  # the same address, asked for by number
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_address_asked_for_by_number_never_takes_a_name_looked_up_for_another(peer, mode):
+    """After connections to "localhost" (looked up on this thread, and by asyncio on a worker
+    thread), connections to 127.0.0.1 asked for by number have no host: a plain connect(),
+    asyncio's, an accepted connection's, and one made by C code (the census's, to a port that no
+    lookup gave)."""
+    echo, other = peer("echo"), peer("echo")
+    literal = ("127.0.0.1", echo.port)
+
+    async def asyncio_pair() -> None:
+        for host in ("localhost", "127.0.0.1"):
+            reader, writer = await asyncio.open_connection(host, echo.port)
+            writer.write(b"a")
+            assert await reader.readexactly(1) == b"a"
+            writer.close()
+            await writer.wait_closed()
+
+    with capture_in(mode, servers=True) as cap:
+        socket.getaddrinfo("localhost", None)  # a lookup no connection follows (of no port)
+        with socket.create_connection(("localhost", echo.port)) as named:
+            named.sendall(b"n")
+            drain(named, 1)
+        with socket.socket() as plain:
+            plain.connect(literal)
+            plain.sendall(b"p")
+            drain(plain, 1)
+        asyncio.run(asyncio_pair())
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            served = listener.getsockname()[1]
+            with socket.create_connection(("localhost", served)):
+                accepted, _ = listener.accept()
+                accepted.close()
+        raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)  # the C type: the census finds it
+        raw.connect(("127.0.0.1", other.port))
+        found = wait_for(lambda: [c for c in cap.connections if c.source == "kernel"], 10, "the census")
+        raw.close()
+    made = [c for c in cap.connections if c.error is None]
+    hosts = [(c.side, c.source, c.remote[1] if c.side == "client" else "peer", c.host) for c in made]
+    assert hosts == [
+        ("client", "python", echo.port, "localhost"),
+        ("client", "python", echo.port, None),
+        ("client", "python", echo.port, "localhost"),  # asyncio's lookup, on a worker thread
+        ("client", "python", echo.port, None),
+        ("client", "python", served, "localhost"),
+        ("server", "python", "peer", None),
+        ("client", "kernel", other.port, None),
+    ], hosts
+    assert found[0].host is None
+
+
+def test_a_name_given_to_connect_itself_is_the_host(peer):
+    """connect(("localhost", port)) resolves in C, no getaddrinfo() seen: the name is the host."""
+    echo = peer("echo")
+    with netstats.capture() as cap, socket.socket() as s:
+        s.connect(("localhost", echo.port))
+        s.sendall(b"x")
+        drain(s, 1)
+    (conn,) = cap.connections
+    assert conn.host == "localhost" and conn.remote == ("127.0.0.1", echo.port)

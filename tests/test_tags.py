@@ -529,3 +529,45 @@ def test_uvloop_tags_its_tls_plaintext_and_says_plain_tcp_cannot_be_split(
         assert conn.tags is None
         assert cap.by_tag("route") == {v: {"rx": None, "tx": None} for v in (None,)}
         assert conn.as_dict()["tags"] is None
+
+
+# ---- tag cardinality: distinct values on one connection cost bounded memory ------------------
+
+
+def test_distinct_tag_values_on_one_open_connection_are_folded_and_the_totals_stay_exact(
+    peer: PeerFactory,
+) -> None:
+    import socket
+    import tracemalloc
+
+    echo = peer("echo")
+    many = 200_000
+    with netstats.capture(keep=False) as cap, socket.create_connection(echo.address) as s:
+
+        def tagged(values: range) -> None:  # a byte written under each value (a request id)
+            for i in values:
+                with netstats.tag(request=f"id-{i}"):
+                    s.sendall(b"x")
+
+        traced = 50_000  # the last ones: what they leave behind is what each new value costs
+        tagged(range(many - traced))
+        tracemalloc.start()
+        try:
+            tagged(range(many - traced, many))
+            grown = tracemalloc.get_traced_memory()[0]  # allocated since start, still held
+        finally:
+            tracemalloc.stop()
+        got = 0
+        while got < many:  # the echo, read under no tag
+            got += len(s.recv(65536))
+        (conn,) = cap.open_connections()
+        entries, (rx, tx) = conn.tags, conn.totals()
+    assert grown < 1_000_000, f"{grown} bytes held for {traced} more tag values"  # (was 39 MB)
+    (counts,) = echo.counts()
+    assert (rx, tx) == (counts["tx"], counts["rx"]) == (many, many)  # the peer's own counts
+    by_value = {e["labels"]["request"]: (e["rx"], e["tx"]) for e in entries}
+    assert len(by_value) == len(entries) == _tags.MAX_TALLIES + 1  # the first values, then "other"
+    assert by_value["id-0"] == (0, 1)
+    assert by_value["other"] == (0, many - _tags.MAX_TALLIES)
+    assert sum(tx for _, tx in by_value.values()) == many  # folded, and still exact
+    assert sum(rx for rx, _ in by_value.values()) == 0  # the echo was read under no tag

@@ -306,3 +306,55 @@ def test_ten_thousand_connections_load_in_a_few_seconds(browser: Any, tmp_path: 
     print(f"screenshot: {tmp_path / 'big.png'}")
     assert errors == [] and blocked == []
     page.close()
+
+
+# ---- a saved run is data: nothing it holds may make the page throw or hang --------------------
+
+
+def saved(folder: Path, started: float, finished: float, opened: float, closed: float) -> Path:
+    run = {"schema": "netstats.run/1", "program": ["app.py"], "pid": 7, "started": started}
+    run |= {"finished": finished, "exit_code": 0, "connections": [{"id": 1, "pid": 7, "transport": "tcp"}]}
+    run["connections"][0] |= {"host": "far.test", "opened": opened, "closed": closed, "rx": 5, "tx": 5}
+    path = folder / "run.json"
+    path.write_text(json.dumps(run))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("started", "finished", "opened", "closed"),
+    [(0.0, 9.9e9, 1.0, 9.8e9), (9.9e9, 9.9e9 + 1, 9.9e9, 9.9e9 + 0.5)],
+    ids=["a-300-year-run", "started-in-the-year-2283"],
+)
+def test_the_page_of_the_longest_run_a_file_may_hold_loads_with_a_few_axis_ticks(
+    browser: Any, tmp_path: Path, started: float, finished: float, opened: float, closed: float
+) -> None:
+    saved(tmp_path, started, finished, opened, closed)
+    netstats("report", "run.json", "--html", "page.html", "-o", "out.txt", cwd=tmp_path)
+    page, errors, blocked = open_page(browser, tmp_path / "page.html")  # ready, not hung
+    assert 2 <= page.locator("#axis .tick").count() <= 1400 // 90 + 1  # a tick per 90 px at most
+    assert re.search(r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page.text_content("#summary") or "")
+    assert conn_ids(page) == [1]
+    assert errors == [] and blocked == []
+    page.close()
+
+
+@pytest.mark.parametrize(
+    ("started", "finished", "opened", "closed"),
+    [(1.0, 2.0, -1e308, 1e308), (1e17, 1e17 + 1, 1e17, 1e17), (0.0, 1e12, 1.0, 2.0)],
+    ids=["opened-1e308", "started-1e17", "span-1e12"],
+)
+def test_a_saved_run_with_absurd_times_gets_no_page_and_no_trace_but_one_line(
+    tmp_path: Path, started: float, finished: float, opened: float, closed: float
+) -> None:
+    saved(tmp_path, started, finished, opened, closed)
+    for options in (["--html", "page.html"], ["--format", "trace"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "netstats", "report", "run.json", *options],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert (done.returncode, done.stdout) == (2, ""), done.stderr  # no Infinity, no traceback
+        assert done.stderr.count("\n") == 1 and "must be a time in seconds since 1970" in done.stderr
+        assert not (tmp_path / "page.html").exists()

@@ -179,3 +179,43 @@ def test_accepted_connection_counts_application_bytes_exactly(
     assert (record["rx"], record["tx"]) == (sent, received) == (N, N)
     assert record["source"] == "python"
     assert (record["tls"] is not None) == tls
+
+
+HTTPX_CHILD = r"""
+import json, sys
+port, mode = int(sys.argv[1]), sys.argv[2]
+import httpx, trio
+import netstats
+events = {"open", "connect", "close"} if mode == "kernel-counted" else None
+with netstats.capture(lambda event, conn, nbytes: None, events=events) as cap:
+    async def main():
+        for _ in range(3):  # a client each: a connection each
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"http://localhost:{port}/bytes/1000")
+                assert len(response.content) == 1000
+    trio.run(main)
+print(json.dumps([{"host": c.host, "rx": c.rx, "tx": c.tx, "error": c.error} for c in cap.connections]))
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_httpx_on_trio_makes_one_record_per_connection(peer: Any, mode: str) -> None:
+    """trio first asks getaddrinfo for the name as a numeric address (AI_NUMERICHOST), which
+    fails for a name by design: that probe is no connection attempt (it made a failed record,
+    gaierror, each time: six records for three connections)."""
+    pytest.importorskip("httpx")
+    http = peer("http")
+    out = subprocess.run(
+        [sys.executable, "-c", HTTPX_CHILD, str(http.port), mode],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 0, out.stderr
+    records = json.loads(out.stdout.splitlines()[-1])
+    served = http.wait_closed(3)
+    refused = [r for r in records if r["error"] == "ConnectionRefusedError"]  # (::1 first, if it resolves so)
+    made = [r for r in records if r["error"] is None]
+    assert len(records) == len(made) + len(refused)
+    assert [(r["rx"], r["tx"]) for r in made] == [(s["tx"], s["rx"]) for s in served]
+    assert all(r["host"] == "localhost" for r in made)

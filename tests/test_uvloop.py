@@ -103,6 +103,43 @@ def test_plain_client_has_no_per_call_events_and_says_so(peer: Any, mode: str) -
     assert [e for e, _ in events] == ["open", "connect", "close"]
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("closer", ["client", "server"], ids=["client-closes", "server-closes"])
+def test_tls_client_has_exact_wire_bytes(
+    peer: Any, client_context: ssl.SSLContext, mode: str, closer: str
+) -> None:
+    """uvloop closes a TLS connection's descriptor a loop turn before the program's protocol hears
+    of it, and the kernel may destroy the socket meanwhile: the census follows it and the record
+    ends with the kernel's final figures. The truth: a plain relay in front of the TLS server,
+    counting the ciphertext (wire_rx/wire_tx were None)."""
+    backend = peer("echo" if closer == "client" else "http", tls=True)
+    relay = peer("relay", backend=backend.address)
+    request = b"GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % N
+
+    async def main() -> None:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", relay.port, ssl=client_context, server_hostname="localhost"
+        )
+        if closer == "client":
+            writer.write(b"x" * N)
+            await reader.readexactly(N)
+        else:
+            writer.write(request)
+            assert len(await reader.read()) > N  # to the end: the server closes first
+        writer.close()
+        await writer.wait_closed()
+        await until_closed(only(cap, "client"))
+
+    with capture_in(mode) as cap:
+        run(main)
+    (relayed,) = relay.wait_closed(1)
+    (served,) = backend.wait_closed(1)
+    conn = only(cap, "client")
+    assert (conn.wire_tx, conn.wire_rx) == (relayed["rx"], relayed["tx"])
+    assert (conn.tx, conn.rx) == (served["rx"], served["tx"])
+    assert conn.tls is not None and conn.source == "python"
+
+
 def test_the_programs_protocol_and_transport_are_its_own(peer: Any) -> None:
     echo = peer("echo")
     seen: dict[str, Any] = {}
@@ -171,6 +208,7 @@ def test_start_tls_counts_plain_bytes_then_the_plaintext(
     conn = only(cap, "client")
     assert (conn.rx, conn.tx) == (served["tx"], served["rx"]) == (len(ok) + N, len(command) + N)
     assert conn.tls is not None and conn.host == "localhost"
+    assert conn.wire_rx > conn.rx and conn.wire_tx > conn.tx  # the census followed it once TLS began
 
 
 # ---- servers ------------------------------------------------------------------------------

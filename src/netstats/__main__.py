@@ -6,9 +6,9 @@ import argparse
 import json
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from ._report import FORMATS, GROUPS, SORTS, TAG, BadRun, Run, render, unwritable, write
+from ._report import FORMATS, GROUPS, SORTS, TAG, BadRun, Run, deliver, unwritable
 from ._version import __version__
 
 EXAMPLES = """\
@@ -36,6 +36,16 @@ def _positive(text: str) -> int:
         n = 0
     if n < 1:
         raise argparse.ArgumentTypeError(f"needs a number of rows >= 1, not {text!r}")
+    return n
+
+
+def _pid(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 0 < n < 2**31:  # a pid_t (os.kill overflows beyond; 0 and -1 would mean groups)
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
     return n
 
 
@@ -109,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  netstats top 1234\n  netstats top 1234 --once --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("pid", type=int, help="the process to watch")
+    top.add_argument("pid", type=_pid, help="the process to watch")
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top.add_argument("--format", choices=("text", "json"), default="text", help="with --once (default text)")
     commands.add_parser(
@@ -159,15 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _render(run: Run, args: argparse.Namespace) -> str:
-    return render(run, args.format, args.by, top=args.top, sort=args.sort, wide=args.wide)
-
-
-def _write_html(run: Run, args: argparse.Namespace) -> None:
-    if args.html:
-        from ._html import render_html
-
-        write(render_html(run), args.html)
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """What _report.deliver needs to render and write a run as the command line asked."""
+    return {
+        "format": args.format, "by": args.by, "top": args.top, "sort": args.sort, "wide": args.wide,
+        "output": args.output, "html": args.html,
+    }  # fmt: skip
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -188,10 +195,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 parser.exit(2, f"netstats run: error: cannot write {path}: {unwritable(path)}\n")
             setattr(args, option, os.path.abspath(path))
 
-    options = {
-        "format": args.format, "by": args.by, "top": args.top, "sort": args.sort, "wide": args.wide,
-        "output": args.output, "html": args.html,
-    }  # fmt: skip
     watch = None
     if args.live:
         from . import _live
@@ -201,7 +204,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         watch = _live.watch
     try:
         result = run_program(
-            target, rest, module=bool(args.module), servers=args.servers, report=options, watch=watch
+            target, rest, module=bool(args.module), servers=args.servers, report=_options(args), watch=watch
         )
     except NoSuchProgram as exc:
         print(f"netstats run: {exc}", file=sys.stderr)
@@ -251,8 +254,7 @@ def _report(args: argparse.Namespace) -> int:
         if path and unwritable(path):
             print(f"netstats report: cannot write {path}: {unwritable(path)}", file=sys.stderr)
             return 2
-    write(_render(run, args), args.output, sys.stdout)
-    _write_html(run, args)
+    deliver(run, _options(args), "netstats report", sys.stdout)
     return 0
 
 

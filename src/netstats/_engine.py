@@ -117,6 +117,8 @@ def refresh(conn: Connection) -> None:
 # The C type's own attributes: plain ints (socket.socket's properties make enums, slowly).
 _family_of, _type_of = _socket.socket.family.__get__, _socket.socket.type.__get__
 _timeout_of = _socket.socket.timeout.__get__  # None (blocking), seconds, or 0.0 (non-blocking)
+# The kernel's addresses, whatever a subclass answers (PySocks' getpeername is the proxied peer).
+_peer_of, _local_of = _socket.socket.getpeername, _socket.socket.getsockname
 _AF_INET, _AF_UNIX = _socketmod.AF_INET, getattr(_socketmod, "AF_UNIX", -1)
 
 
@@ -183,7 +185,7 @@ def another_descriptor(sock: Any) -> None:
     if conn._sock is None:
         if _handed.pop(conn.id, None) is conn:  # handed on by detach(): this object takes it back
             conn._probe = None
-            twin = getattr(type(sock), "_kernel_twin", None)
+            twin = _twin(sock, "_kernel_twin")
             if twin is not None:
                 sock.__class__ = twin
             attach(conn, sock)
@@ -191,7 +193,7 @@ def another_descriptor(sock: Any) -> None:
                 count_in_python(conn)
         return
     sock._netstats_counts = conn
-    twin = type(sock)._kernel_twin if conn._kernel_counted else type(sock)._python_twin
+    twin = _twin(sock, "_kernel_twin" if conn._kernel_counted else "_python_twin")
     if twin is not None:
         sock.__class__ = twin
     ref = weakref.ref(sock)
@@ -263,10 +265,11 @@ def open_connection(
         return None
     conn = _new(side, transport, watchers)
     conn.remote = remote
-    conn.host, conn.dns_time = _names.name_and_time(remote)
+    if side == "client":  # (an accepted connection's peer was asked for by no name)
+        conn.host, conn.dns_time = _names.name_and_time(remote)
     if remote is None or side != "client":  # a connecting client learns its address once connected
         try:
-            conn.local = sock.getsockname()
+            conn.local = _local_of(sock)
         except OSError:
             pass
     attach(conn, sock)
@@ -313,11 +316,11 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
     try:
         # An IPv4 address asked for by number is the peer's address: no need to ask the kernel.
         if not (conn.transport == "tcp" and _family_of(sock) == _AF_INET and _is_ipv4_sockaddr(asked)):
-            conn.remote = sock.getpeername()
-        conn.local = sock.getsockname()
+            conn.remote = _peer_of(sock)
+        conn.local = _local_of(sock)
     except OSError:
         pass
-    if conn.host is None and conn.remote != asked:  # (the address asked for was looked up at open)
+    if conn.host is None and conn.side == "client" and conn.remote != asked:  # (asked: looked up at open)
         conn.host, conn.dns_time = _names.name_and_time(conn.remote)
     notify(conn, "connect")
 
@@ -361,7 +364,7 @@ def accepted(sock: Any) -> None:
     if not _state.serving:
         return
     try:
-        remote = sock.getpeername()
+        remote = _peer_of(sock)
     except OSError:
         remote = None
     conn = open_connection(sock, "server", _state.serving, remote)
@@ -374,7 +377,7 @@ def accepted(sock: Any) -> None:
 def registered(conn: Connection, sock: Any) -> None:
     """register() adopted a socket that may have moved bytes already: those are not this record's."""
     try:
-        conn.remote = sock.getpeername()
+        conn.remote = _peer_of(sock)
         conn.connected = conn.opened
     except OSError:
         pass
@@ -408,9 +411,16 @@ def lookup_failed(host: Any, kind: int, exc: BaseException) -> None:
 # ---- how a connection is counted ----------------------------------------------------------
 
 
+def _twin(sock: Any, name: str) -> Any:
+    """The class sock takes in the other counting mode (`_kernel_twin`, `_python_twin`), set on
+    netstats' own classes only: a program's subclass of one (made during a capture) is never
+    changed into ours, which would drop its own methods; it stays wrapped."""
+    return vars(type(sock)).get(name)
+
+
 def count_in_kernel(conn: Connection, sock: Any) -> None:
     """Drop the per-call wrappers when the kernel's counters can give rx/tx exactly."""
-    bare = getattr(type(sock), "_kernel_twin", None)
+    bare = _twin(sock, "_kernel_twin")
     if (
         bare is not None
         and conn._on_io is None
@@ -423,7 +433,7 @@ def count_in_kernel(conn: Connection, sock: Any) -> None:
         sock.__class__ = bare
         if conn._others:
             for other in _holders(conn):
-                twin = getattr(type(other), "_kernel_twin", None)
+                twin = _twin(other, "_kernel_twin")
                 if twin is not None:
                     other.__class__ = twin
 
@@ -438,8 +448,9 @@ def count_in_python(conn: Connection) -> None:
     if conn._kernel_counted:
         conn.tcp_info()
         conn._kernel_counted = False
+        conn._calls_unseen = True  # (the calls the kernel counted are not in reads/writes)
         for sock in _holders(conn):
-            wrapped = getattr(type(sock), "_python_twin", None)
+            wrapped = _twin(sock, "_python_twin")
             if wrapped is not None:
                 sock.__class__ = wrapped
 
@@ -607,7 +618,7 @@ def release(conn: Connection, sock: Any, closing: bool = False) -> bool:
     if sock is not None and conn.transport == "tcp" and conn.error is None:
         if conn.connected is None:
             try:  # a non-blocking connect whose end nobody asked about
-                sock.getpeername()
+                _peer_of(sock)
                 _mark_connected(conn, sock)
             except OSError:
                 pass
@@ -851,7 +862,8 @@ def opened_elsewhere(
     conn = _new(side, "tcp", watchers)
     conn.origin, conn.caller = origin
     conn.local, conn.remote = local, remote
-    conn.host = _names.name_for(remote)
+    if side == "client":  # (on the thread that made it: uvloop's loop)
+        conn.host = _names.name_and_time(remote)[0]
     conn._probe = probe
     conn._kernel_counted = tls_obj is None
     _claims[fd] = conn
@@ -899,10 +911,17 @@ def adopted_elsewhere(conn: Connection, tls_obj: Any) -> Connection | None:
     return conn
 
 
+def followed(conn: Connection) -> None:
+    """An opened_elsewhere() connection is followed by the census from now on (census.follow):
+    it ends through found_closed(), with the kernel's final figures."""
+    _handed[conn.id] = conn
+
+
 @guarded
 def closed_elsewhere(conn: Connection, fd: int) -> None:
     """A connection of opened_elsewhere() or adopted_elsewhere() is lost, its descriptor still
-    open: the last reading is final."""
+    open: the last reading is final. (One the census followed and no longer does ends here.)"""
+    _handed.pop(conn.id, None)
     if conn.closed is not None:
         return
     sock = conn._sock() if conn._sock is not None else None
@@ -935,7 +954,7 @@ def found(
     conn.source = "kernel"
     conn.opened = conn.connected = seen
     conn.local, conn.remote = local, remote
-    conn.host = _names.name_for(remote)
+    conn.host = _names.name_for(remote) if side == "client" else None
     conn._probe = probe
     return _found_opened(conn, watchers)
 

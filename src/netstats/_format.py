@@ -6,6 +6,9 @@ Two marks stand in for a figure, and they mean different things:
   a record lacks it). Never shown as 0. A sum with an unknown part says so: ``12.3 KiB+?``.
 - ``-`` (NOT_APPLICABLE): there is no such figure (TLS overhead of a plain connection, the peer
   of an unconnected UDP socket, the caller of a connection no user code opened).
+
+Names (hosts, paths, tag values, argv) come from the program and the network: every report for
+people shows them through `visible()`, never as something to interpret.
 """
 
 from __future__ import annotations
@@ -19,6 +22,24 @@ from typing import Any
 UNKNOWN = "?"
 NOT_APPLICABLE = "-"
 LEGEND = "? unknown, - not applicable"
+
+
+def visible(name: str) -> str:
+    """A name as every report for people shows it: as it is, except each character that is not
+    printable (str.isprintable: control characters such as ESC, line breaks, bidi overrides, lone
+    surrogates) written as its escape, "\\x1b", "\\u202e", and a byte that was not UTF-8 (a
+    path's, kept by surrogateescape) as that byte, "\\xff". So no name can move the cursor,
+    recolour or hide text, or fail to encode on the way out."""
+    if name.isprintable():  # (nearly every name: nothing to do)
+        return name
+    return "".join(c if c.isprintable() else _escape(c) for c in name)
+
+
+def _escape(char: str) -> str:
+    n = ord(char)
+    if 0xDC80 <= n <= 0xDCFF:  # os.fsdecode's stand-in for the undecodable byte n - 0xDC00
+        n -= 0xDC00
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def size(n: int | float | None) -> str:

@@ -228,13 +228,33 @@ def _fin_in_close(sock: Any, our_fin_acked: bool, addresses: tuple[Any, Any] | N
 
     The state follows both FINs or a reset. Our FIN acknowledged: both FINs leave a TIME_WAIT
     entry for the 4-tuple, a reset none. Our FIN not sent: a reset; one that came after the
-    peer's FIN (CLOSE_WAIT) leaves the error EPIPE, read (and so taken) only at the last close.
+    peer's FIN (CLOSE_WAIT, a stale keep-alive connection written to) leaves the FIN's own
+    segment in the receive queue until it is read as end-of-file (_fin_queued), and the error
+    EPIPE, read (and so taken) only at the last close. A FIN read already, or one that came on
+    the last data's segment and was read with it, leaves nothing else that a live reading may
+    take without taking the program's pending error with it: it counts then as no FIN.
     """
     if our_fin_acked:
         return addresses is not None and time_wait(_family_of(sock), *addresses) is True
+    if _fin_queued(sock):
+        return True
     if final:
         return bool(_getsockopt(sock, socket.SOL_SOCKET, socket.SO_ERROR) == errno.EPIPE)
     return False
+
+
+_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux 3.18: SK_MEMINFO_RMEM_ALLOC first
+
+
+def _fin_queued(sock: Any) -> bool:
+    """Whether the peer's FIN waits in the receive queue with nothing before it to read: no byte
+    unread (SIOCINQ leaves a FIN out), yet a segment still holds receive memory."""
+    try:
+        unread: int = _INQ.unpack(_ioctl(sock.fileno(), SIOCINQ, _NO_BYTES))[0]
+        queued: int = struct.unpack_from("I", _getsockopt(sock, _SOL_SOCKET, _SO_MEMINFO, 36))[0]
+    except (OSError, ValueError, TypeError, struct.error):
+        return False
+    return unread == 0 and queued > 0
 
 
 _family_of = _socket.socket.family.__get__

@@ -70,10 +70,14 @@ def _order(row: Row) -> tuple[float, int]:
 
 
 def table(title: str, rows: list[Row], limit: int, app_bytes: bool = True) -> Any:
-    """A rich Table of the `limit` busiest rows (current rate first, then bytes)."""
-    from rich.table import Table
+    """A rich Table of the `limit` busiest rows (current rate first, then bytes).
 
-    grid = Table(title=title, title_justify="left", expand=False, pad_edge=False)
+    Every cell and the title are rich `Text`: names (hosts, argv) are never read as rich markup
+    ("[/]", "[link=...]") or emoji codes; and `visible`: never control characters."""
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table(title=Text(_format.visible(title)), title_justify="left", expand=False, pad_edge=False)
     head = ["remote", "host" if app_bytes else "state", "rx/s", "tx/s"]
     head += ["rx", "tx"] if app_bytes else []
     head += ["wire rx", "wire tx", "rtt", "retrans"]
@@ -88,7 +92,7 @@ def table(title: str, rows: list[Row], limit: int, app_bytes: bool = True) -> An
             _top.rtt_text(row.rtt),
             _format.UNKNOWN if row.retransmits is None else str(row.retransmits),
         ]
-        grid.add_row(*cells)
+        grid.add_row(*(Text(_format.visible(cell)) for cell in cells))
     if len(rows) > limit:
         grid.caption = f"{len(rows) - limit} more not shown"
     return grid

@@ -3,7 +3,11 @@
 While at least one capture is active:
 - `socket.socket` is `_sources.sockets.CountingSocket` (socket.py looks the name up at call
   time, so create_connection, accept, socketpair, fromfd and dup make counting sockets);
-- `socket.getaddrinfo` remembers which name resolved to which address (for `host`);
+- every subclass of the stock socket class that exists (PySocks' socksocket) has netstats'
+  wrappers in the stock class's place among its bases (`Rebase`): it counts like socket.socket;
+- `socket.getaddrinfo` remembers which name resolved to which address (for `host`); so does
+  asyncio's `BaseEventLoop.getaddrinfo` (its answer, on the loop's thread), and its
+  `create_connection` says when an address literal is asked for (it names no host);
 - `ssl.SSLContext.sslsocket_class` / `sslobject_class` count TLS plaintext;
 - `asyncio.sslproto.SSLProtocol.connection_made` links its TLS object to the socket;
 - `os.sendfile` counts bytes sent by descriptor (socket.sendfile, asyncio's sendfile);
@@ -116,6 +120,34 @@ class Override(Patch):
             self.installed = False
 
 
+class Rebase(Patch):
+    """A class's base replaced in its `__bases__` (a subclass of the stock socket made before the
+    capture gets netstats' wrappers under its own methods); the original tuple goes back exactly."""
+
+    def __init__(self, owner: type, old: type, new: type) -> None:
+        super().__init__(owner, "__bases__", None)
+        self.old, self.new = old, new
+
+    def install(self) -> None:
+        self.original = self.owner.__bases__
+        self.replacement = tuple(self.new if base is self.old else base for base in self.original)
+        try:
+            self.owner.__bases__ = self.replacement
+        except TypeError as exc:  # (a class CPython will not rebase): it alone is left out, said once
+            _tell(
+                f"sockets of class {_name(self.owner)} are not counted ({exc}): the census finds "
+                "their TCP connections (wire bytes; rx/tx unknown)"
+            )
+            return
+        self.installed = True
+
+    def remove(self) -> None:
+        if self.installed:
+            if self.owner.__bases__ == self.replacement:  # else another changed them meanwhile: theirs stay
+                self.owner.__bases__ = self.original
+            self.installed = False
+
+
 # ---- the stock internals the patches rely on ---------------------------------------------
 # Checked by name before installing, so that a Python netstats does not know yet (a private
 # method renamed, an attribute no longer set) loses what depends on it, says so once on the
@@ -185,6 +217,7 @@ def _patches() -> list[Patch]:
                 "no socket is captured",
             )
         )
+        patches += _subclass_patches()
         patches.append(
             Patch(
                 context,
@@ -205,10 +238,17 @@ def _patches() -> list[Patch]:
     if hasattr(os, "sendfile"):
         patches.append(Patch(os, "sendfile", functions.sendfile))
     try:
-        from asyncio import sslproto
+        from asyncio import base_events, sslproto
     except ImportError:  # pragma: no cover - asyncio is always there on CPython
         pass
     else:
+        loop = base_events.BaseEventLoop
+        patches.append(Patch(loop, "getaddrinfo", functions.loop_getaddrinfo, lacks(loop, "getaddrinfo")))
+        patches.append(
+            Patch(
+                loop, "create_connection", functions.loop_create_connection, lacks(loop, "create_connection")
+            )
+        )
         protocol = sslproto.SSLProtocol
         patches.append(
             Patch(
@@ -281,6 +321,22 @@ def _grpc_patches() -> list[Patch]:
         Patch(channel, "__init__", drivers.grpc_channel_init, lacking, _DRIVER_LEFT),
         Patch(channel, "_close", drivers.grpc_channel_close, lacking, _DRIVER_LEFT),
     ]
+
+
+def _subclass_patches() -> list[Patch]:
+    """Each subclass of the stock socket that exists now (PySocks' socksocket, made at import)
+    counts like socket.socket: the wrappers are put under its own methods (sockets.UnderSubclass),
+    in the stock class's place among its bases. Its own subclasses inherit them; one made
+    during the capture derives from socket.socket as it then is, ours. A change of `__bases__`,
+    not of methods: nothing runs per call on the stock class, and the subclass's own methods
+    and their super() calls are as they were."""
+    stock: Any = sockets._StockSocket
+    patches: list[Patch] = []
+    for cls in stock.__subclasses__():  # (the classes with the stock one among their own bases)
+        under = sockets.under(cls)
+        if under is not None:
+            patches.append(Rebase(cls, stock, under))
+    return patches
 
 
 def _twisted_patches() -> list[Patch]:

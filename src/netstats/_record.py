@@ -167,6 +167,8 @@ class Connection(Counts):
         "_marks",
         # rx/tx come from the kernel's counters (no wrappers); the kernel's figures frozen at close
         "_kernel_counted",
+        # the kernel counted for a while (reads and writes no wrapper saw): reads/writes unknown
+        "_calls_unseen",
         "_final_info",
         # the socket's kernel identity (a reused descriptor number is not this connection), and
         # what the kernel had counted before the record began (a register()ed socket)
@@ -212,7 +214,7 @@ class Connection(Counts):
         self.error: str | None = None
         self._base = (0, 0, 0, 0)
         self._mark = (time.monotonic(), 0, 0)
-        self._kernel_counted = False
+        self._kernel_counted = self._calls_unseen = False
         self._final_info: _kernel.TcpInfo | None = None
         self._ident: Any = None
         self._kernel_base = (0, 0)
@@ -299,11 +301,16 @@ class Connection(Counts):
 
     @property
     def reads(self) -> int | None:
-        return None if self._kernel_counted or self.source != "python" else self._reads - self._base[2]
+        return self._reads - self._base[2] if self._calls_known() else None
 
     @property
     def writes(self) -> int | None:
-        return None if self._kernel_counted or self.source != "python" else self._writes - self._base[3]
+        return self._writes - self._base[3] if self._calls_known() else None
+
+    def _calls_known(self) -> bool:
+        """Whether the wrappers saw every read and write: not while the kernel counts, nor ever
+        after it did (a connection handed back by shutdown() or TLS), nor for the census's."""
+        return not (self._kernel_counted or self._calls_unseen or self.source != "python")
 
     # Kernel figures (see _kernel.TcpInfo): fresh while open, frozen at close, None where unknown.
     wire_rx = _kernel_field("wire_rx")

@@ -43,6 +43,7 @@ from ._format import (
     size,
     size_total,
     total,
+    visible,
 )
 from ._trace import render_trace
 
@@ -100,11 +101,17 @@ class Run:
                 '\'processes\' must be a list of {"pid": integer, "parent": integer or null, '
                 '"ended": "exit", "lost" or "running"}'
             )
+        started, finished = _need(data, "started", float), _need(data, "finished", float)
+        for key, value in (("started", started), ("finished", finished)):
+            if not _is_time(value):
+                raise BadRun(f"{key!r} must be {_WHEN}, not {value}")
+        if finished < started:
+            raise BadRun(f"'finished' ({finished}) is before 'started' ({started})")
         return cls(
             program=list(program),
             pid=_need(data, "pid", int),
-            started=_need(data, "started", float),
-            finished=_need(data, "finished", float),
+            started=started,
+            finished=finished,
             exit_code=exit_code,
             connections=list(connections),
             accepts_left_out=accepts,
@@ -137,6 +144,10 @@ def _is_number(v: Any) -> bool:
     return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
+def _is_time(v: Any) -> bool:
+    return _is_number(v) and 0 <= v < _LATEST
+
+
 def _show(v: Any) -> str:
     text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else str(v)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -161,17 +172,12 @@ def _need(data: dict[str, Any], key: str, kind: type) -> Any:
 
 # Connection fields the renderers read, and what each may hold besides null.
 _COUNTS = ("rx", "tx", "wire_rx", "wire_tx", "retransmits", "retrans_bytes", "reads", "writes")
-_TIMES = (
-    "rtt",
-    "min_rtt",
-    "opened",
-    "connected",
-    "closed",
-    "duration",
-    *PHASES,
-    "tls_started",
-    "first_write",
-)
+_CLOCKS = ("opened", "connected", "closed", "tls_started", "first_write")  # times on the clock
+_SPANS = ("rtt", "min_rtt", "duration", *PHASES)  # lengths of time
+# Seconds since 1970 before this (the year 2286), lengths shorter: a time beyond is not from a
+# real run, and would overflow a sum, a JavaScript date or the page's axis.
+_LATEST = 1e10
+_WHEN = f"a time in seconds since 1970 (0 to {_LATEST:.0e})"
 _TEXTS = ("side", "host", "tls", "origin", "caller", "error", "source", "unfinished")
 
 
@@ -188,7 +194,8 @@ def _check_connection(i: int, conn: Any) -> None:
         raise BadRun(f"connection {i}: 'transport' must be a string, not {_show(conn['transport'])}")
     for keys, ok, what in (
         (_COUNTS, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-        (_TIMES, _is_number, "a number"),
+        (_CLOCKS, _is_time, _WHEN),
+        (_SPANS, _is_time, f"a number of seconds (0 to {_LATEST:.0e})"),
         (_TEXTS, lambda v: isinstance(v, str), "a string"),
     ):
         for key in keys:
@@ -199,6 +206,12 @@ def _check_connection(i: int, conn: Any) -> None:
         value = conn.get(key)
         if value is not None and not (isinstance(value, str) or _is_address(value)):
             raise BadRun(f"connection {i}: {key!r} must be [address, port, ...], a path or null")
+    closed = conn.get("closed")
+    # Each time is before the close (not `opened` after `connected`: reset(full=True) restarts it).
+    for key in ("opened", "connected", "tls_started", "first_write"):
+        value = conn.get(key)
+        if value is not None and closed is not None and value > closed:
+            raise BadRun(f"connection {i}: {key!r} ({value}) is after 'closed' ({closed})")
     resumed = conn.get("tls_resumed")
     if resumed is not None and not isinstance(resumed, bool):
         raise BadRun(f"connection {i}: 'tls_resumed' must be true, false or null, not {_show(resumed)}")
@@ -322,7 +335,7 @@ def _legend(rows: list[list[str]]) -> list[str]:
 
 def _summary(run: Run) -> list[str]:
     conns = run.connections
-    pids = {c["pid"] for c in conns} | {run.pid}
+    pids = {c["pid"] for c in conns} | {p["pid"] for p in run.processes} | {run.pid}
     parts = [
         f"netstats: {len(conns)} connection{'s' * (len(conns) != 1)}",
         f"tx {size_total((c.get('tx') for c in conns), size(0))}",
@@ -468,7 +481,7 @@ def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
     shown = conns[:top] if top else conns
     columns = [col for col in COLUMNS if wide or not col.wide]
     header = [col.name for col in columns]
-    rows = [[col.cell(c) for col in columns] for c in shown]
+    rows = [[visible(col.cell(c)) for col in columns] for c in shown]  # (names: never raw)
     totals = [col.total(run.connections) for col in columns]
     if not wide:
         _fit([*rows, totals], header, [header.index("PEER"), header.index("CALLER")], WIDTH)
@@ -582,7 +595,7 @@ def tag_groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
 def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[str]:
     rows_data = groups(run, by, sort)
     shown = rows_data[:top] if top else rows_data
-    header = [by.upper(), "CONNS", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME"]
+    header = [visible(by.upper()), "CONNS", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME"]
 
     def figure(g: dict[str, Any], name: str, fmt: Callable[[Any], str]) -> str:
         if g[name] is None:
@@ -592,7 +605,7 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
 
     rows = [
         [
-            g[by] if g[by] is not None else UNTAGGED,
+            visible(g[by]) if g[by] is not None else UNTAGGED,
             str(g["connections"]),
             *(figure(g, name, size) for name in ("tx", "rx", "wire_tx", "wire_rx", "tls_overhead")),
             figure(g, "duration", duration),
@@ -624,14 +637,15 @@ def render_json(run: Run, by: str | None = None, *, sort: str = "bytes", **_: An
 
 def render_csv(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any) -> str:
     """CSV: a row per connection (addresses as host:port, [v6]:port; marks as JSON), or per group.
-    An unknown figure is an empty cell."""
+    An unknown figure is an empty cell. Text cells are names: see `_csv_cell`."""
     buffer = io.StringIO()
     if by:
         names = [by, "connections", *_SUMMED, "tls_overhead", "incomplete"]
         writer = csv.DictWriter(buffer, fieldnames=names)
         writer.writeheader()
         for g in groups(run, by, sort):
-            writer.writerow({**g, "incomplete": " ".join(g["incomplete"])})
+            row = {**g, "incomplete": " ".join(g["incomplete"])}
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
         return buffer.getvalue()
     from ._record import FIELDS
 
@@ -642,8 +656,21 @@ def render_csv(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any
         for key in ("local", "remote"):
             if c.get(key):
                 row[key] = address(c[key])
-        writer.writerow(row)
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+_FORMULA = ("=", "+", "-", "@")  # what a spreadsheet reads as the start of a formula (OWASP)
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: numbers as they are; text through `visible` (no control character: OWASP's tab
+    and CR starts are escaped there) and, if a spreadsheet would run it as a formula ("=1+2",
+    "@SUM(A1)"), with a ' before it. A lone "-" (not applicable) is no formula."""
+    if not isinstance(value, str):
+        return value
+    text = visible(value)
+    return "'" + text if text.startswith(_FORMULA) and text != NOT_APPLICABLE else text
 
 
 RENDERERS: dict[str, Callable[..., str]] = {
@@ -694,7 +721,10 @@ def write(text: str, path: str | None, stream: Any = None) -> None:
     one). OSError if it cannot be written."""
     if path is None:
         stream = stream or sys.stderr
-        stream.write(text)
+        # What the stream cannot encode (a name on an ASCII terminal) goes as an escape, never
+        # as UnicodeEncodeError (names are visible() already: this is for printable ones).
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
         stream.flush()
         return
     path = os.path.abspath(path)
@@ -726,18 +756,19 @@ def write(text: str, path: str | None, stream: Any = None) -> None:
         raise
 
 
-def deliver(run: Run, options: dict[str, Any], who: str = "netstats run") -> None:
+def deliver(run: Run, options: dict[str, Any], who: str = "netstats run", stream: Any = None) -> None:
     """Render a run as `options` say ("format", "by", "top", "sort", "wide": see render) and
     write it to options["output"] (stderr if None), and the timeline to options["html"] if
-    given. A write that fails costs one line naming the path and the reason, and the report
-    goes to stderr instead: never an exception (the program's exit code stands)."""
+    given (`stream`, stderr by default, when there is no "output"). A write that fails costs one
+    line naming the path and the reason, and the report goes to stderr instead: never an
+    exception (the program's exit code stands)."""
     text = render(
         run, options.get("format", "text"), options.get("by"), top=options.get("top"),
         sort=options.get("sort", "bytes"), wide=bool(options.get("wide")),
     )  # fmt: skip
     output = options.get("output")
     try:
-        write(text, output)
+        write(text, output, stream)
     except OSError as exc:
         try:
             print(f"{who}: cannot write {output}: {exc.strerror or exc}; the report follows", file=sys.stderr)

@@ -192,14 +192,27 @@ def _sweep() -> None:
     _sweep_at = max(256, 2 * len(_open))
 
 
+MAX_TALLIES = 1000  # label sets tallied apart on one connection (the exporters' max_series)
+OTHER = "other"  # the value of every label beyond them, as the exporters fold
+
+
 def _tally(conn: Any, scope: Scope) -> list[int]:
-    """conn's [rx, tx] for scope's labels, made at their first byte on it."""
+    """conn's [rx, tx] for scope's labels, made at their first byte on it. Beyond MAX_TALLIES
+    label sets on the connection (a request id as a tag value) they are folded: the same label
+    names, every value OTHER; past twice that (names that never repeat), the one label set
+    {OTHER: OTHER}. A long-lived connection's memory stays bounded, and its bytes are all there."""
     tally = conn._tagged
     if tally is None:
         tally = conn._tagged = {}
     pair = tally.get(scope.key)
     if pair is None:
-        pair = tally[scope.key] = [0, 0]
+        key = scope.key
+        if len(tally) >= MAX_TALLIES:
+            names = [name for name, _ in key.labels] if len(tally) < 2 * MAX_TALLIES else [OTHER]
+            key = label_set(tuple((name, OTHER) for name in names))
+            pair = tally.get(key)
+        if pair is None:
+            pair = tally[key] = [0, 0]
     return pair  # type: ignore[no-any-return]
 
 
@@ -224,9 +237,10 @@ def with_tags(listener: Callable[[str, Any, int], None] | None) -> Callable[[str
 
 def splittable(conn: Any) -> bool:
     """Whether conn's bytes can be split by tag: False for a connection that moved bytes while
-    tags were in use with no netstats code on its reads and writes (`reads` None: the kernel
-    counted them, e.g. uvloop's plain TCP), whose bytes cannot be said to be any tag's."""
-    return began is None or conn.reads is not None or (conn.closed is not None and conn.closed <= began)
+    tags were in use with no netstats code on its reads and writes (the kernel counted them,
+    e.g. uvloop's plain TCP), whose bytes cannot be said to be any tag's."""
+    wrapped = not conn._kernel_counted and conn.source == "python"
+    return began is None or wrapped or (conn.closed is not None and conn.closed <= began)
 
 
 def tallies(conn: Any) -> list[tuple[Labels, int, int]]:

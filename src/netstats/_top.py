@@ -50,6 +50,8 @@ def socket_inodes(pid: int) -> set[int]:
         raise NoSuchProcess(f"no process {pid}") from None
     except PermissionError:
         raise NoSuchProcess(f"process {pid} is not yours: only your own processes can be watched") from None
+    if _zombie(pid):  # (its descriptors are gone, and unreadable: not "not yours")
+        raise NoSuchProcess(f"process {pid} has ended (a zombie: its parent has not reaped it)")
     folder = f"/proc/{pid}/fd"
     try:
         names = os.listdir(folder)
@@ -68,6 +70,17 @@ def socket_inodes(pid: int) -> set[int]:
         if link.startswith("socket:[") and link.endswith("]"):
             inodes.add(int(link[8:-1]))
     return inodes
+
+
+def _zombie(pid: int) -> bool:
+    """Whether the process has ended and waits for its parent: state Z in /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    end = stat.rfind(b")")  # the state follows the command's name, which may hold ") "
+    return stat[end + 2 : end + 3] == b"Z"
 
 
 def snapshot(pid: int) -> list[Socket]:

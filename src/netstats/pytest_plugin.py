@@ -63,7 +63,7 @@ import pytest
 
 from netstats import Capture
 from netstats._errors import NetstatsBlocked
-from netstats._format import LEGEND, NOT_APPLICABLE, UNKNOWN, peer, size
+from netstats._format import LEGEND, NOT_APPLICABLE, UNKNOWN, clip, peer, size, visible
 from netstats._ledger import AllowHosts, Budget, Ledger, Window, merge_rows, totals
 from netstats._report import unwritable, write
 
@@ -285,7 +285,7 @@ def _hosts(row: dict[str, Any], most: int = 3) -> str:
     def label(c: dict[str, Any]) -> str:
         return peer(c["host"], c["remote"]) if c["remote"] or c["host"] else c["transport"]
 
-    names = sorted({label(c) for c in row["connections"]})
+    names = sorted({visible(label(c)) for c in row["connections"]})
     more = f" (+{len(names) - most})" if len(names) > most else ""
     return ", ".join(names[:most]) + more
 
@@ -301,6 +301,11 @@ def _bytes(count: int, row: dict[str, Any]) -> str:
     return size(count) + ("+?" if row.get("unknown") else "")
 
 
+NAME_WIDTH = (
+    80  # a longer test id is clipped to its end ("…/test_x.py::test_y[...]"): one does not widen every row
+)
+
+
 def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int | None) -> None:
     tr.write_sep("=", "netstats: network use per test")
     busy = sorted((r for r in rows if r["connections"]), key=lambda r: (-(r["tx"] + r["rx"]), r["name"]))
@@ -308,7 +313,8 @@ def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int |
         tr.write_line("no test touched the network")
         return
     shown = busy[:top] if top else busy
-    width = max(len(r["name"]) for r in shown)
+    names = {r["name"]: clip(visible(r["name"]), NAME_WIDTH) for r in shown}
+    width = max(len(name) for name in names.values())
     cells: list[str] = []
 
     def line(row: dict[str, Any], tls: str, conns: int, name: str) -> str:
@@ -319,7 +325,7 @@ def _summary(tr: pytest.TerminalReporter, rows: list[dict[str, Any]], top: int |
     tr.write_line(f"{'tx':>11} {'rx':>11} {'tls+':>10} {'conns':>5}  {'test':<{width}}  hosts")
     for r in shown:
         tls = _tls_plus(r["tls_overhead"], r["connections"])
-        name = r["name"].ljust(width)
+        name = names[r["name"]].ljust(width)
         tr.write_line(f"{line(r, tls, len(r['connections']), name)}  {_hosts(r)}".rstrip())
     if len(busy) > len(shown):
         tr.write_line(f"... {len(busy) - len(shown)} more row(s) not shown (--netstats-top {top})")

@@ -18,14 +18,18 @@ local port being one this process listens on, only with servers=True), its `open
 first sweep's time. A connection that lives less than two sweeps may be missed; one open for
 0.5 s or more is always found.
 
+It follows by cookie, too, a Python-seen connection whose descriptor C code closes before
+netstats hears of its end (uvloop's TLS: `follow`), and ends it with the kernel's final figures.
+
 A C driver netstats knows (_sources/drivers.py) tells of its connection at the Python call that
-made it: `claim(fd)` reads it at once and listens for its destroy notification, so a connection
-closed a few milliseconds later still gets its final figures; `record(claim, make)` makes its
-record (the driver's `make` gives origin, host, TLS...). While such a call is under way
-(`calling`), a socket first seen after it began is not recorded by the sweep as a bare kernel
-connection, only followed (DEFERRED): the call may be about to tell of it, with more to say. Once
-no such call is left, the sweep records it (dead or alive) as usual. `catch(wanted, make)` is a
-sweep at once for a driver that cannot tell its descriptor (grpc, at a channel's close).
+made it: `claim(fd)` knows it at once by its cookie and listens for its destroy notification,
+so a connection closed a few milliseconds later still gets its final figures; `record(claim,
+make)` makes its record (the driver's `make` gives origin, host, TLS...). While such a call is
+under way (`calling`), a socket first seen after it began is not recorded by the sweep as a bare
+kernel connection, only followed (DEFERRED): the call may be about to tell of it, with more to
+say. Once no such call is left, the sweep records it (dead or alive) as usual. `catch(wanted,
+make)` is a sweep at once for a driver that cannot tell its descriptor (grpc, at a channel's
+close).
 
 The census also follows Python's own connections whose kernel socket outlives their last
 descriptor: a close() while another thread's call (a blocked recv) still holds the socket. The
@@ -256,7 +260,10 @@ class Census:
         self._thread = None
         self._feed = None
         self._listening = False
+        # Made anew: the parent's thread may have held either at the fork (a C fork() runs no
+        # hook of Python's own either), and the child would wait for it forever.
         self._lock = threading.RLock()
+        self._stopping = threading.Event()
         self._known.clear()
         self._by_cookie.clear()
         self._closing.clear()
@@ -381,6 +388,35 @@ class Census:
             self._known[inode] = seen
             self._by_cookie[cookie] = seen
         return True
+
+    def follow(self, conn: Any, fd: int) -> bool:
+        """conn is live on descriptor fd, which C code holds and closes before netstats hears of
+        the end (uvloop's TLS: the program's protocol is told a loop turn after the close): the
+        census follows the kernel socket by its cookie from now on, and conn ends with the
+        kernel's final figures, from the destroy feed or the lingering socket (as a found
+        connection's). False if it cannot (not running, no feed): conn ends as it would have."""
+        if self._thread is None or self._feed is None:
+            return False
+        with self._lock:
+            try:
+                inode = os.fstat(fd).st_ino
+            except OSError:
+                return False
+            seen = _inspect(fd)
+            if seen.kind != _Seen.WAITING or seen.cookie is None:
+                return False
+            seen.kind, seen.conn, seen.side = _Seen.FOUND, conn, conn.side
+            self._hear_destroys(True)  # before the reading: a socket that dies after it is heard of
+            seen.last = seen.figures()
+            _engine.followed(conn)
+            self._known[inode] = seen
+            self._by_cookie[seen.cookie] = seen
+        return True
+
+    def following(self, conn: Any, cookie: int) -> bool:
+        """Whether the census follows conn (see follow()) and will end it."""
+        seen = self._by_cookie.get(cookie)
+        return self._thread is not None and seen is not None and seen.conn is conn
 
     def close_held(self, conn: Any, sock: Any, close: Any, ss: Any) -> bool:
         """Close sock (close(sock, ss), its error the caller's) while other threads run: if one
@@ -709,6 +745,15 @@ def calling() -> int:
 
 def called(call: int) -> None:
     census.called(call)
+
+
+def follow(conn: Any, fd: int) -> bool:
+    """See Census.follow; False where the census does not run."""
+    return supported and census.follow(conn, fd)
+
+
+def following(conn: Any, cookie: int) -> bool:
+    return supported and census.following(conn, cookie)
 
 
 def stop() -> None:

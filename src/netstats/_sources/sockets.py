@@ -254,6 +254,40 @@ class CountingSocket(_Counting, KernelCountedSocket):
 KernelCountedSocket._python_twin = CountingSocket
 
 
+class UnderSubclass(_Counting, _StockSocket):
+    """Put in the stock class's place among the bases of each subclass of it that exists when a
+    capture starts (PySocks' socksocket), until the last one stops (_patch.Rebase): the
+    subclass's own methods still come first, and their super() calls reach the wrappers.
+
+    It adds no slot (a base of the same layout is the only kind `__bases__` takes), so
+    `_netstats_counts` is kept in the instance's dictionary, or read as the stock class's None.
+    Its instances stay wrapped: their class is the program's, never changed for a twin.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Any = None) -> None:
+        _StockSocket.__init__(self, family, type, proto, fileno)
+        if fileno is not None and _engine.any_shared():  # dup(), fromfd()...
+            _engine.another_descriptor(self)
+
+
+class UnderSlottedSubclass(UnderSubclass):
+    """UnderSubclass for a subclass whose instances have no dictionary (`__slots__`): their
+    record lives in the registered sockets' table (below)."""
+
+    __slots__ = ()
+
+
+def under(cls: type) -> type | None:
+    """The class to put under cls in the stock class's place (see UnderSubclass), or None to
+    leave cls alone: netstats' own classes, and the ssl module's SSLSocket (its sockets count
+    the plaintext: _sources/tls.py; by module, as gevent may have put its own in the name)."""
+    if issubclass(cls, _Lifecycle) or any(k.__module__ == "ssl" for k in cls.__mro__):
+        return None
+    return UnderSubclass if cls.__dictoffset__ else UnderSlottedSubclass
+
+
 # Registered stock sockets keep their layout (no slot to add): their record lives here,
 # keyed by id() and removed by a weakref callback the moment the socket dies.
 _registered: dict[int, tuple[Any, weakref.ref[Any]]] = {}
@@ -283,6 +317,9 @@ class RegisteredSocket(_Counting, _StockSocket):
 
     __slots__ = ()
     _netstats_counts = property(_get_registered, _set_registered)  # type: ignore[assignment]
+
+
+UnderSlottedSubclass._netstats_counts = property(_get_registered, _set_registered)  # type: ignore[assignment]
 
 
 def count_nothing_on_stock_sockets() -> None:

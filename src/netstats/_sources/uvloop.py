@@ -18,7 +18,10 @@ uvloop the program's protocol factory wrapped so that netstats hears of the tran
   a connection, and `reads`/`writes` are None.
 - TLS: uvloop's SSLProtocol makes its `ssl.SSLObject` with `SSLContext.wrap_bio`, so it is
   netstats' counting class (_sources/tls.py); linked to the record, it counts the plaintext,
-  and read/write events are delivered in both counting modes.
+  and read/write events are delivered in both counting modes. Its SSLProtocol closes the
+  descriptor a loop turn before the program's protocol hears of the loss, by when the kernel
+  may have destroyed the socket: the census follows it by cookie (`census.follow`) and ends
+  the record with the kernel's final figures.
 
 A server created while no capture was active is not counted this way (uvloop holds the
 program's factory itself); neither are Unix sockets (the kernel counts no bytes for them). A
@@ -37,6 +40,7 @@ from typing import Any
 
 from .. import _engine, _kernel, _origin, _state
 from .._record import Connection, StreamCounts
+from . import census
 from .tls import CountingSSLObject
 
 _TCP = (_socket.AF_INET, _socket.AF_INET6)
@@ -174,10 +178,26 @@ def _watch_lost(protocol: Any, d: dict[str, Any], conn: Connection, fd: int, tra
 
 @_engine.guarded
 def _lost(conn: Connection, fd: int, transport: Any) -> None:
-    _engine.closed_elsewhere(conn, fd)
+    _ended(conn, fd)
     tls_obj = transport.get_extra_info("ssl_object")
     if isinstance(tls_obj, CountingSSLObject) and tls_obj._netstats_counts is conn:
         tls_obj._netstats_counts = StreamCounts(conn)  # final: a later read counts into nothing
+
+
+def _ended(conn: Connection, fd: int) -> None:
+    """The record ends now, unless the census follows it (TLS), which ends it itself with the
+    kernel's final figures: uvloop closed the descriptor a loop turn before telling the
+    program's protocol, and the kernel may have destroyed the socket meanwhile."""
+    cookie = conn._probe.ident if isinstance(conn._probe, _Reading) else None
+    if type(cookie) is bytes and census.following(conn, int.from_bytes(cookie, sys.byteorder)):
+        return
+    _engine.closed_elsewhere(conn, fd)
+
+
+def _follow_tls(conn: Connection, fd: int) -> None:
+    """TLS: the census follows the kernel socket from now on (see _ended)."""
+    if isinstance(conn._probe, _Reading):
+        census.follow(conn, fd)
 
 
 # ---- the record ----------------------------------------------------------------------------
@@ -249,9 +269,11 @@ def _made(protocol: Any, d: dict[str, Any], transport: Any, side: str, origin: A
             reading.conn = weakref.ref(conn)
     if conn is None:
         return
+    if tls_obj is not None:
+        _follow_tls(conn, fd)
     _watch_lost(protocol, d, conn, fd, transport)
     try:  # if no connection_lost comes (set_protocol): at the latest when the transport goes
-        weakref.finalize(transport, _engine.closed_elsewhere, conn, fd).atexit = False
+        weakref.finalize(transport, _ended, conn, fd).atexit = False
     except TypeError:  # a transport that takes no weak reference
         pass
 
@@ -271,3 +293,6 @@ def _after_tls(conn: Connection, tls_transport: Any) -> None:
     tls_obj = tls_transport.get_extra_info("ssl_object")
     if isinstance(tls_obj, CountingSSLObject) and tls_obj._netstats_counts is None:
         _engine.link_elsewhere(conn, tls_obj)
+        raw = tls_transport.get_extra_info("socket")
+        if raw is not None:
+            _follow_tls(conn, raw.fileno())
