@@ -282,8 +282,9 @@ def test_sigterm_or_sighup_to_the_run_reports_children_done_and_still_running(tm
 
 
 def test_ctrl_c_reports_then_ends_the_run_by_sigint(tmp_path, peer):
-    """Ctrl-C (SIGINT to the process group): the report is written, then `netstats run` dies by
-    SIGINT as python does after an uncaught KeyboardInterrupt (a calling shell loop stops)."""
+    """Ctrl-C (SIGINT to the process group): the traceback is the program's, as python prints it
+    (no frame of netstats), the report is written, then `netstats run` dies by SIGINT as python
+    does after an uncaught KeyboardInterrupt (a calling shell loop stops)."""
     echo = peer("echo")
     write_program(tmp_path, "talk(int(sys.argv[1]), 700)\nprint('ready', flush=True)\ntime.sleep(60)\n")
     out = tmp_path / "r.json"
@@ -291,8 +292,10 @@ def test_ctrl_c_reports_then_ends_the_run_by_sigint(tmp_path, peer):
                  start_new_session=True)  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=TIMEOUT)
+    _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGINT
+    traceback = stderr[stderr.index("Traceback") : stderr.index("KeyboardInterrupt")]
+    assert 'prog.py", line' in traceback and "netstats" not in traceback
     run = report_of(out, timeout=1)
     assert [(c["tx"], c["rx"]) for c in to_port(run, echo.port)] == [(700, 700)]
     assert run_folder_gone(tmp_path)

@@ -154,14 +154,10 @@ def run_program(
     except SystemExit as exc:
         exit_code = _exit_code(exc)
     except KeyboardInterrupt:
-        traceback.print_exc()
+        _print_as_python_does()
         exit_code, interrupted = 128 + signal.SIGINT, True
     except BaseException:
-        # As python prints it: the traceback without netstats' own frames on top.
-        etype, value, tb = sys.exc_info()
-        while tb is not None and tb.tb_frame.f_globals.get("__name__") in (__name__, "runpy"):
-            tb = tb.tb_next
-        traceback.print_exception(etype, value, tb)
+        _print_as_python_does()
         exit_code = 1
     finally:
         if os.getpid() != pid:  # a bare os.fork() child that ran on to the end of the program
@@ -179,6 +175,14 @@ def run_program(
     if interrupted and report is not None:
         _lifecycle.die_by(signal.SIGINT)  # as python ends after a Ctrl-C nobody caught
     return run
+
+
+def _print_as_python_does() -> None:
+    """The exception being handled, as python prints it: without netstats' frames on top."""
+    etype, value, tb = sys.exc_info()
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") in (__name__, "runpy"):
+        tb = tb.tb_next
+    traceback.print_exception(etype, value, tb)
 
 
 def _run_path(target: str) -> None:
