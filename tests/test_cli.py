@@ -1346,3 +1346,17 @@ def test_a_child_of_this_python_runs_its_own_sitecustomize_after_netstats_hook(t
     assert (done.returncode, done.stderr, loaded) == (0, "", "True")  # netstats' hook ran in the child
     this = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert f"{this} {pid}" in ran.read_text().splitlines()  # and then the child's own sitecustomize
+
+
+@pytest.mark.parametrize("target", ["-", "/dev/stdin"])
+def test_a_program_piped_on_stdin_runs_as_python_runs_it(tmp_path, peer, target):
+    """`netstats run -` and `netstats run /dev/stdin` read the program from stdin, as python
+    does: it runs, with its argv, and its connection is in the report."""
+    echo = peer("echo")
+    source = TALK + f"\nimport sys\ntalk({echo.port}, 321)\nprint(sys.argv)\n"
+    done = netstats("run", "--format", "json", "-o", str(tmp_path / "r.json"), target, "x", cwd=tmp_path,
+                    stdin=source)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"[{target!r}, 'x']\n"
+    assert [(c["tx"], c["rx"]) for c in by_port(load(tmp_path / "r.json"), echo.port)] == [(321, 321)]
+    assert [(r["rx"], r["tx"]) for r in echo.counts()] == [(321, 321)]

@@ -73,6 +73,8 @@ def run_program(
     # current directory, first on sys.path.
     if module:
         new_path0 = os.getcwd()
+    elif target == "-":  # the program on stdin: python puts the current directory first, as ""
+        new_path0 = ""
     else:
         _check_script(target)
         new_path0 = (
@@ -187,19 +189,25 @@ def _print_as_python_does() -> None:
 
 def _run_path(target: str) -> None:
     """As python runs a script: `__file__` absolute, `sys.argv[0]` as given (runpy.run_path
-    gives both the path as given). A folder or zip with a `__main__` goes through runpy."""
-    path = os.path.abspath(target)
-    if not os.path.isfile(path) or zipfile.is_zipfile(path):
-        runpy.run_path(target, run_name="__main__")
-        return
-    with open(path, "rb") as f:
-        source = f.read()
-    compiled = path.endswith(".pyc")
-    code = marshal.loads(source[16:]) if compiled else compile(source, path, "exec")
+    gives both the path as given). A folder or zip with a `__main__` goes through runpy; "-" is
+    the program read from stdin, and a path that is no regular file (/dev/stdin, a pipe) is read
+    as it comes, as python does."""
     main = types.ModuleType("__main__")
-    kind = importlib.machinery.SourcelessFileLoader if compiled else importlib.machinery.SourceFileLoader
-    loader = kind("__main__", path)
-    main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins, __loader__=loader)
+    if target == "-":
+        code = compile(sys.stdin.buffer.read(), "<stdin>", "exec")
+        main.__dict__.update(__builtins__=builtins)
+    else:
+        path = os.path.abspath(target)
+        if os.path.isdir(path) or (os.path.isfile(path) and zipfile.is_zipfile(path)):
+            runpy.run_path(target, run_name="__main__")
+            return
+        with open(path, "rb") as f:
+            source = f.read()
+        compiled = path.endswith(".pyc")
+        code = marshal.loads(source[16:]) if compiled else compile(source, path, "exec")
+        kind = importlib.machinery.SourcelessFileLoader if compiled else importlib.machinery.SourceFileLoader
+        loader = kind("__main__", path)
+        main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins, __loader__=loader)
     saved = sys.modules.get("__main__")
     sys.modules["__main__"] = main
     try:
