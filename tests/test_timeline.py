@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 TIMEOUT = 120
 THINK = 0.25  # the program's server waits this long before it answers
@@ -358,3 +360,31 @@ def test_a_saved_run_with_absurd_times_gets_no_page_and_no_trace_but_one_line(
         assert (done.returncode, done.stdout) == (2, ""), done.stderr  # no Infinity, no traceback
         assert done.stderr.count("\n") == 1 and "must be a time in seconds since 1970" in done.stderr
         assert not (tmp_path / "page.html").exists()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.floats(1.7e9, 1.8e9),
+    times=st.lists(st.floats(0, 5), min_size=5, max_size=5),
+)
+def test_trace_phases_of_a_connection_never_partly_overlap(start: float, times: list[float]) -> None:
+    """Perfetto rejects slices of one track that partly overlap: however the phases' times
+    round, one phase ends at or before the next begins (the page and text are not involved)."""
+    from netstats._report import Run, render
+
+    dns, connect, wait, ttfb, rest = times
+    opened = start + dns
+    conn = {
+        "id": 1, "pid": 7, "transport": "tcp", "side": "client", "remote": ["127.0.0.1", 80],
+        "opened": opened, "dns_time": dns, "connect_time": connect,
+        "first_write": opened + connect + wait, "ttfb": ttfb,
+        "closed": opened + connect + wait + ttfb + rest,
+    }  # fmt: skip
+    run = Run(
+        program=["p.py"], pid=7, started=start, finished=conn["closed"] + 1, exit_code=0, connections=[conn]
+    )
+    slices = sorted(
+        (e["ts"], e["dur"]) for e in json.loads(render(run, "trace"))["traceEvents"] if e["ph"] == "X"
+    )
+    for (ts, dur), (next_ts, next_dur) in zip(slices, slices[1:], strict=False):
+        assert ts + dur <= next_ts or next_ts + next_dur <= ts + dur, (ts, dur, next_ts, next_dur)

@@ -18,6 +18,11 @@ from typing import Any
 PHASES = ("dns", "connect", "tls", "waiting", "transfer", "open")
 
 
+def _micro(seconds: float) -> int:
+    """Whole microseconds: integers add up exactly, so one phase ends where the next begins."""
+    return round(seconds * 1e6)
+
+
 def segments(c: dict[str, Any], end: float) -> list[tuple[str, float, float]]:
     """(phase, start, stop) in wall-clock seconds for one connection (as_dict() form); `end`
     stands in for `closed` while the connection is open."""
@@ -87,8 +92,11 @@ def render_trace(run: Any, by: str | None = None, **_: Any) -> str:
                     "cat": "netstats",
                     "pid": pid,
                     "tid": tid,
-                    "ts": round((begin - start) * 1e6, 3),
-                    "dur": round(max(0.0, stop - begin) * 1e6, 3),
+                    # Both ends rounded, the length their difference: a phase ends exactly where
+                    # the next begins (rounded apart, they overlapped by a nanosecond now and
+                    # then, and Perfetto rejects partly overlapping slices).
+                    "ts": _micro(begin - start),
+                    "dur": max(0, _micro(stop - start) - _micro(begin - start)),
                     "args": figures,
                 }
             )
