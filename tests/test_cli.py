@@ -1360,3 +1360,22 @@ def test_a_program_piped_on_stdin_runs_as_python_runs_it(tmp_path, peer, target)
     assert done.stdout == f"[{target!r}, 'x']\n"
     assert [(c["tx"], c["rx"]) for c in by_port(load(tmp_path / "r.json"), echo.port)] == [(321, 321)]
     assert [(r["rx"], r["tx"]) for r in echo.counts()] == [(321, 321)]
+
+
+def test_connect_and_ttfb_are_not_applicable_to_udp_and_to_attempts_that_never_connected(tmp_path):
+    """CONNECT and TTFB say "-" (cannot exist) for UDP and for a refused attempt, "?" only where a
+    TCP connection connected and the figure is not known."""
+    path = saved_run(
+        tmp_path,
+        [
+            conn_record(1, tx=10, rx=10, duration=0.1, transport="udp", connected=1.0),
+            conn_record(2, tx=0, rx=0, duration=0.1, error="ConnectionRefusedError"),
+            conn_record(3, tx=5, rx=5, duration=0.1, connected=1.0),
+        ],
+    )
+    wide = netstats("report", str(path), "--wide", "--sort", "time", cwd=tmp_path).stdout
+    header = cells(wide.splitlines()[2])
+    at = {row[2]: row for row in table_rows(wide)}
+    connect, ttfb = header.index("CONNECT"), header.index("TTFB")
+    assert [at[f"127.0.0.1:{8000 + i}"][connect] for i in (1, 2, 3)] == ["-", "-", "?"]
+    assert [at[f"127.0.0.1:{8000 + i}"][ttfb] for i in (1, 2, 3)] == ["-", "-", "?"]

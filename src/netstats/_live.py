@@ -328,7 +328,10 @@ def top(pid: int, interval: float = INTERVAL) -> int:
                             info.retransmits if info else None,
                         )
                     )
-                title = f"netstats top {pid}: {len(sockets)} TCP connections (kernel figures; Ctrl-C to quit)"
+                n = len(sockets)
+                title = (
+                    f"netstats top {pid}: {n} TCP connection{'s' * (n != 1)} (kernel figures; Ctrl-C to quit)"
+                )
                 live.update(table(title, rows, _limit(console), app_bytes=False), refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:

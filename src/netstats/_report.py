@@ -442,14 +442,25 @@ def _summed(name: str) -> Callable[[list[dict[str, Any]]], str]:
 _PHASE_TITLES = ("DNS", "CONNECT", "TLS", "TTFB")
 
 
+def _not_applicable(name: str, c: dict[str, Any]) -> bool:
+    """Whether a phase cannot exist for this connection (shown "-", never "?"): TLS on a plain
+    connection, DNS for a literal address, a connect or a first byte for UDP (no handshake, no
+    request), or either on an attempt that never connected (refused, unreachable)."""
+    if name == "tls_time":
+        return not c.get("tls")
+    if name == "dns_time":
+        return not c.get("host")
+    if name in ("connect_time", "ttfb"):
+        return c.get("transport") == "udp" or (c.get("connected") is None and bool(c.get("error")))
+    return False
+
+
 def _phase(name: str) -> Callable[[dict[str, Any]], str]:
-    """A phase's cell: "-" for TLS on a plain connection or DNS for a literal, else the time or "?"."""
+    """A phase's cell: the time, "-" where it cannot exist (_not_applicable), else "?"."""
 
     def cell(c: dict[str, Any]) -> str:
         value = c.get(name)
-        if value is None and (
-            name == "tls_time" and not c.get("tls") or name == "dns_time" and not c.get("host")
-        ):
+        if value is None and _not_applicable(name, c):
             return NOT_APPLICABLE
         return duration(value)
 
