@@ -1379,3 +1379,18 @@ def test_connect_and_ttfb_are_not_applicable_to_udp_and_to_attempts_that_never_c
     connect, ttfb = header.index("CONNECT"), header.index("TTFB")
     assert [at[f"127.0.0.1:{8000 + i}"][connect] for i in (1, 2, 3)] == ["-", "-", "?"]
     assert [at[f"127.0.0.1:{8000 + i}"][ttfb] for i in (1, 2, 3)] == ["-", "-", "?"]
+
+
+def test_a_connection_found_by_the_kernel_sorts_by_its_wire_bytes_not_last(tmp_path):
+    """A connection whose application bytes are unknown (found by the census) ranks by what is
+    known of it, its wire bytes: above a refused attempt that moved nothing."""
+    path = saved_run(
+        tmp_path,
+        [
+            conn_record(1, tx=0, rx=0, duration=0.1, error="ConnectionRefusedError"),
+            conn_record(2, tx=None, rx=None, duration=0.1, source="kernel", wire_tx=300, wire_rx=9000),
+            conn_record(3, tx=100, rx=20000, duration=0.1),
+        ],
+    )
+    text = netstats("report", str(path), cwd=tmp_path).stdout
+    assert [row[2] for row in table_rows(text)] == ["127.0.0.1:8003", "127.0.0.1:8002", "127.0.0.1:8001"]

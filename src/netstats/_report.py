@@ -261,17 +261,30 @@ def _both(conn: dict[str, Any], a: str, b: str) -> int | None:
     return None if x is None or y is None else x + y
 
 
+def _or_wire(c: dict[str, Any], *names: str) -> float | None:
+    """The application's bytes named, or where netstats cannot know them (a connection the
+    census found: C code's) the wire's, which are what is known of its size."""
+    plain: list[int | None] = [c.get(n) for n in names]
+    if all(v is not None for v in plain):
+        return float(sum(v or 0 for v in plain))
+    wire: list[int | None] = [c.get(f"wire_{n}") for n in names]
+    if c.get("source") != "kernel" or any(v is None for v in wire):
+        return None
+    return float(sum(v or 0 for v in wire))
+
+
 _SORT_KEYS: dict[str, Callable[[dict[str, Any]], float | None]] = {
-    "bytes": lambda c: _both(c, "tx", "rx"),
-    "tx": lambda c: c.get("tx"),
-    "rx": lambda c: c.get("rx"),
+    "bytes": lambda c: _or_wire(c, "tx", "rx"),
+    "tx": lambda c: _or_wire(c, "tx"),
+    "rx": lambda c: _or_wire(c, "rx"),
     "wire": lambda c: _both(c, "wire_tx", "wire_rx"),
     "time": lambda c: c.get("duration"),
 }
 
 
 def order(conns: list[dict[str, Any]], sort: str = "bytes") -> list[dict[str, Any]]:
-    """Largest first by `sort` (bytes: tx + rx); unknown figures last, then by id."""
+    """Largest first by `sort` (bytes: tx + rx; for a connection whose application bytes are
+    not known, its wire bytes); unknown figures last, then by id."""
     key = _SORT_KEYS[sort]
 
     def rank(c: dict[str, Any]) -> tuple[int, float, int]:
