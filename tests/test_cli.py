@@ -1394,3 +1394,15 @@ def test_a_connection_found_by_the_kernel_sorts_by_its_wire_bytes_not_last(tmp_p
     )
     text = netstats("report", str(path), cwd=tmp_path).stdout
     assert [row[2] for row in table_rows(text)] == ["127.0.0.1:8003", "127.0.0.1:8002", "127.0.0.1:8001"]
+
+
+def test_grouping_by_tag_says_when_no_connection_has_the_label_and_when_a_connection_counts_twice(tmp_path):
+    """`--by tag:KEY` with a label nobody used says so (instead of an untagged table without a
+    word), and a connection whose bytes went under two values is said to count in both rows."""
+    tags = [{"labels": {"route": "/a"}, "rx": 10, "tx": 5}, {"labels": {"route": "/b"}, "rx": 20, "tx": 5}]
+    path = saved_run(tmp_path, [conn_record(1, tx=10, rx=30, duration=0.1, tags=tags)])
+    nosuch = netstats("report", str(path), "--by", "tag:nosuch", cwd=tmp_path).stdout
+    assert "(no connection moved bytes under the tag label 'nosuch': all are untagged)" in nosuch
+    route = netstats("report", str(path), "--by", "tag:route", cwd=tmp_path).stdout
+    assert "(CONNS add up to more than the total: a connection under several values counts in each)" in route
+    assert "tag label" not in route

@@ -649,7 +649,24 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
     lines = _table(header, [*rows, totals], set(range(1, len(header))))
     if len(shown) < len(rows_data):
         lines.insert(-1, f"... {len(rows_data) - len(shown)} more group(s) not shown (--top {top})")
-    return lines + _legend([*rows, totals])
+    return lines + _legend([*rows, totals]) + _group_notes(run, by, rows_data)
+
+
+def _group_notes(run: Run, by: str, rows: list[dict[str, Any]]) -> list[str]:
+    """What a grouped table cannot say by itself: a tag label no connection carries (every byte
+    is then untagged), and connections counted in more than one row."""
+    notes = []
+    if by.startswith(TAG):
+        key = by[len(TAG) :]
+        if not any(key in (t.get("labels") or {}) for c in run.connections for t in c.get("tags") or ()):
+            notes.append(
+                f"(no connection moved bytes under the tag label {visible(key)!r}: all are untagged)"
+            )
+    if sum(g["connections"] for g in rows) > len(run.connections):
+        notes.append(
+            "(CONNS add up to more than the total: a connection under several values counts in each)"
+        )
+    return notes
 
 
 def render_json(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any) -> str:
