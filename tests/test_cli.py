@@ -289,7 +289,7 @@ def test_run_saves_a_json_report_whose_figures_are_the_peers_counts(tmp_path, pe
         "run", "-o", str(report), "--format", "json", "fetch.py", str(echo.port), str(http.port), cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""  # the report went to the file
+    assert result.stderr == f"netstats: wrote the report to {report}\n"  # the report went there, said once
     pid = int(result.stdout)
     run = load(report)
     assert run["schema"] == "netstats.run/1"
@@ -1193,7 +1193,8 @@ def test_a_program_in_a_folder_whose_name_is_not_utf8_is_run_and_reported(tmp_pa
     assert b"dir\\xff/named.py:" in report, report  # the byte shown as it was
     for options in (["--by", "caller"], ["--format", "csv"], ["--format", "json"], ["--format", "trace"]):
         saved = tmp_path / "report.out"
-        assert run_named(tmp_path, script, "host", echo.port, "-o", str(saved), *options) == b""
+        said = run_named(tmp_path, script, "host", echo.port, "-o", str(saved), *options)
+        assert said == f"netstats: wrote the report to {saved}\n".encode()
         assert b"dir\\xff" in saved.read_bytes() or b"dir\\udcff" in saved.read_bytes(), options
 
 

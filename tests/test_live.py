@@ -248,7 +248,7 @@ def test_top_draws_a_bash_process_connections_until_it_ends(pane):
             return "ESTABLISHED" in line and re.search(r"\b300 B\b.*\b700 B\b", line) is not None
 
         text = view.wait(row, "the bash connection's row: wire rx 300 B, wire tx 700 B")
-        assert f"netstats top {peer.proc.pid}: 1 TCP connections" in text
+        assert f"netstats top {peer.proc.pid}: 1 TCP connection (" in text
         view.wait(lambda t: "B/s" in t, "a rate once two readings were taken")
     finally:
         peer.end()

@@ -797,6 +797,14 @@ def write(text: str, path: str | None, stream: Any = None) -> None:
         raise
 
 
+def _say(line: str) -> None:
+    """One line on stderr about netstats' own files (none if stderr is gone)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def deliver(run: Run, options: dict[str, Any], who: str = "netstats run", stream: Any = None) -> None:
     """Render a run as `options` say ("format", "by", "top", "sort", "wide": see render) and
     write it to options["output"] (stderr if None), and the timeline to options["html"] if
@@ -810,6 +818,8 @@ def deliver(run: Run, options: dict[str, Any], who: str = "netstats run", stream
     output = options.get("output")
     try:
         write(text, output, stream)
+        if output is not None:
+            _say(f"netstats: wrote the report to {visible(str(output))}")
     except OSError as exc:
         try:
             print(f"{who}: cannot write {output}: {exc.strerror or exc}; the report follows", file=sys.stderr)
@@ -822,5 +832,6 @@ def deliver(run: Run, options: dict[str, Any], who: str = "netstats run", stream
 
         try:
             write(render_html(run), html)
+            _say(f"netstats: wrote the timeline to {visible(str(html))}")
         except OSError as exc:
             print(f"{who}: cannot write {html}: {exc.strerror or exc}", file=sys.stderr)
