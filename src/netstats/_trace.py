@@ -155,16 +155,20 @@ def render_trace(run: Any, by: str | None = None, **_: Any) -> str:
         pid = c["pid"]
         if pid not in named:
             named.add(pid)
-            title = " ".join(run.program) if pid == run.pid else f"child {pid}"
+            title = visible(" ".join(run.program)) if pid == run.pid else f"child {pid}"
             events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": title}})
         tid = c["id"]
-        name = f"#{c['id']} {c['transport']} {label(c)}"
+        name = f"#{c['id']} {visible(c['transport'])} {label(c)}"
         events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
         events.append(
             {"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": tid}}
         )
-        figures = {k: c.get(k) for k in _FIGURES}
+        figures = {k: visible(v) if isinstance(v, str) else v for k, v in ((k, c.get(k)) for k in _FIGURES)}
         figures["peer"] = label(c)
+        figures["tags"] = [
+            {**t, "labels": {visible(k): visible(v) for k, v in t["labels"].items()}}
+            for t in c.get("tags") or ()
+        ]
         # Both ends rounded, the length their difference: a phase ends exactly where the next
         # begins (rounded apart, they overlapped by a nanosecond now and then, and Perfetto
         # rejects partly overlapping slices).
