@@ -363,32 +363,60 @@ def test_a_saved_run_with_absurd_times_gets_no_page_and_no_trace_but_one_line(
         assert not (tmp_path / "page.html").exists()
 
 
+seconds = st.floats(0, 5)
+maybe = st.none() | st.floats(0, 2)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     start=st.floats(1.7e9, 1.8e9),
-    times=st.lists(st.floats(0, 5), min_size=5, max_size=5),
+    times=st.lists(seconds, min_size=5, max_size=5),
+    tls=st.none() | st.tuples(st.floats(-1, 1), seconds),
+    calls=st.lists(st.tuples(st.floats(0, 2), maybe, maybe), max_size=6),
 )
-def test_trace_phases_of_a_connection_never_partly_overlap(start: float, times: list[float]) -> None:
+def test_trace_phases_of_a_connection_never_partly_overlap(
+    start: float,
+    times: list[float],
+    tls: tuple[float, float] | None,
+    calls: list[tuple[float, float | None, float | None]],
+) -> None:
     """Perfetto rejects slices of one track that partly overlap: however the phases' times
-    round, one phase ends at or before the next begins (the page and text are not involved)."""
+    round, one phase ends at or before the next begins, with a TLS handshake (even one said to
+    start before the connect ended) and each request/response exchange as its own slices (the
+    page and text are not involved)."""
     from netstats._report import Run, render
 
     dns, connect, wait, ttfb, rest = times
     opened = start + dns
-    conn = {
+    conn: dict[str, Any] = {
         "id": 1, "pid": 7, "transport": "tcp", "side": "client", "remote": ["127.0.0.1", 80],
         "opened": opened, "dns_time": dns, "connect_time": connect,
         "first_write": opened + connect + wait, "ttfb": ttfb,
-        "closed": opened + connect + wait + ttfb + rest,
     }  # fmt: skip
+    clock = opened + connect
+    if tls is not None:
+        conn["tls_started"], conn["tls_time"] = clock + tls[0], tls[1]
+        clock += max(0.0, tls[0]) + tls[1]
+    exchanges = []
+    for gap, first, last in calls:  # sent, first byte, last byte, one after another
+        sent = clock + gap
+        got = None if first is None else sent + first
+        end = None if got is None or last is None else got + last
+        exchanges.append([sent, got, end])
+        clock = end or got or sent
+    conn["exchanges"] = exchanges
+    conn["closed"] = max(clock, conn["first_write"] + ttfb) + rest
     run = Run(
         program=["p.py"], pid=7, started=start, finished=conn["closed"] + 1, exit_code=0, connections=[conn]
     )
-    slices = sorted(
-        (e["ts"], e["dur"]) for e in json.loads(render(run, "trace"))["traceEvents"] if e["ph"] == "X"
-    )
+    events = json.loads(render(run, "trace"))["traceEvents"]
+    slices = sorted((e["ts"], e["dur"]) for e in events if e["ph"] == "X")
     for (ts, dur), (next_ts, next_dur) in zip(slices, slices[1:], strict=False):
         assert ts + dur <= next_ts or next_ts + next_dur <= ts + dur, (ts, dur, next_ts, next_dur)
+    answered = [e for e in exchanges if e[1] is not None]
+    if answered:  # each answered exchange: its own waiting and transfer
+        assert sum(e["name"] == "waiting" for e in events) == len(answered)
+        assert sum(e["name"] == "transfer" for e in events) == len(answered)
 
 
 # ---- the page as a DevTools network panel: hand-made runs with known figures ----------------
