@@ -731,7 +731,10 @@ def test_no_text_is_cut_in_the_tooltip_the_group_headers_or_the_legend(browser: 
         page.select_option("#group", by)
         page.wait_for_selector(".row.group")
         assert "3076" in (page.text_content(".row.group") or "")
-        assert page.eval_on_selector_all(".row.group > div, #legend span, #summary, #controls *", CUT) == []
+        assert (
+            page.eval_on_selector_all(".row.group > div, #legend span, #summary, #controls *, #axis", CUT)
+            == []
+        )
     assert errors == [] and blocked == []
     page.close()
 
@@ -778,5 +781,56 @@ def test_hostile_names_stay_text_everywhere_on_the_page(browser: Any, tmp_path: 
     assert escaped in (page.text_content("#summary") or "")
     trace = json.dumps(trace_of(tmp_path), ensure_ascii=False)  # (the trace names it escaped too)
     assert "\u202e" not in trace and "\x1b" not in trace and "\\\\u202e" in trace
+    assert errors == [] and blocked == []
+    page.close()
+
+
+# A real small run for the docs' picture: two requests over one kept-alive connection, then one
+# over TLS (http.client, as a user's program would), against the tests' own HTTP peers.
+KEEP_ALIVE = """\
+import http.client, ssl, sys
+
+port, tls_port, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+plain = http.client.HTTPConnection("localhost", port, timeout=30)
+for size in (5000, 20000):
+    plain.request("GET", f"/bytes/{size}")
+    assert len(plain.getresponse().read()) == size
+plain.close()
+context = ssl.create_default_context(cafile=ca)
+secure = http.client.HTTPSConnection("localhost", tls_port, timeout=30, context=context)
+secure.request("GET", "/bytes/3000")
+assert len(secure.getresponse().read()) == 3000
+secure.close()
+"""
+
+
+def test_the_timeline_of_a_real_run_with_keep_alive_and_tls(
+    browser: Any, tmp_path: Path, peer: Any, ca_file: str
+) -> None:
+    """Kept as a picture for the docs: at $NETSTATS_SCREENSHOT_DIR/timeline.png when set."""
+    plain, secure = peer("http"), peer("http", tls=True)
+    (tmp_path / "prog.py").write_text(KEEP_ALIVE)
+    args = ["prog.py", str(plain.port), str(secure.port), ca_file]
+    netstats("run", "--format", "json", "-o", "run.json", "--html", "timeline.html", *args, cwd=tmp_path)
+    conns = json.loads((tmp_path / "run.json").read_text())["connections"]
+    # what each peer counted, the other way round, is what the program sent and read
+    counted = sorted((p["tx"], p["rx"]) for p in plain.wait_closed(1) + secure.wait_closed(1))
+    assert sorted((c["rx"], c["tx"]) for c in conns) == counted
+    kept, tls = sorted(conns, key=lambda c: c["tls"] is not None)
+    assert tls["tls"] and tls["tls_time"] is not None and not kept["tls"]
+
+    page, errors, blocked = open_page(browser, tmp_path / "timeline.html")
+    assert sorted(conn_ids(page)) == sorted(c["id"] for c in conns)
+    assert len(seg_boxes(page, tls["id"], "tls")) == 1
+    if kept.get("exchanges") is not None:  # (once the records carry their exchanges)
+        assert len(seg_boxes(page, kept["id"], "waiting")) == 2
+    assert cells_of(page, kept["id"])["peer"] == f"localhost:{plain.port}"
+    page.set_viewport_size({"width": 1200, "height": 480})
+    tip = tip_of(page, f".row.conn[data-id='{tls['id']}'] .bar")
+    assert f"peer      localhost:{secure.port}" in tip
+    folder = Path(os.environ.get("NETSTATS_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / "timeline.png"))
+    print(f"screenshot: {folder / 'timeline.png'}")
     assert errors == [] and blocked == []
     page.close()
