@@ -440,14 +440,19 @@ def conn(id: int, opened: float, closed: float, **fields: Any) -> dict[str, Any]
     return record | fields
 
 
-def page_of(
-    browser: Any, folder: Path, conns: list[dict[str, Any]], **run: Any
-) -> tuple[Any, list[str], list[str]]:
-    """The page of a saved run holding conns, rendered by `netstats report --html`."""
+def save(folder: Path, conns: list[dict[str, Any]], **run: Any) -> None:
+    """A saved run holding conns, and its page by `netstats report --html` (page.html)."""
     data = {"schema": "netstats.run/1", "program": ["app.py"], "pid": 7, "started": 100.0, "finished": 110.0}
     data |= {"exit_code": 0, "connections": conns, **run}
     (folder / "run.json").write_text(json.dumps(data))
     netstats("report", "run.json", "--html", "page.html", "-o", "out.txt", cwd=folder)
+
+
+def page_of(
+    browser: Any, folder: Path, conns: list[dict[str, Any]], **run: Any
+) -> tuple[Any, list[str], list[str]]:
+    """The page of a saved run holding conns (see save), in the browser."""
+    save(folder, conns, **run)
     _offline((folder / "page.html").read_text())
     return open_page(browser, folder / "page.html")
 
@@ -834,3 +839,34 @@ def test_the_timeline_of_a_real_run_with_keep_alive_and_tls(
     print(f"screenshot: {folder / 'timeline.png'}")
     assert errors == [] and blocked == []
     page.close()
+
+
+def test_exchanges_and_marks_a_saved_run_garbles_are_left_out_not_raised(tmp_path: Path) -> None:
+    """A saved run is data: exchanges and marks that are not what netstats writes (text, NaN,
+    times outside the connection's life, the wrong shape) are dropped or kept inside its life."""
+    garbage = [
+        ["x", 1, 2],
+        [float("nan"), None, None],
+        [1e308, 1e308, 1e308],
+        [101.2],
+        "text",
+        None,
+        [101.5, None, None],
+    ]
+    marks = [
+        {"name": 5, "time": float("inf")},
+        "text",
+        {"name": "late", "time": 1e9, "rx": "many"},
+        {"time": 101.5},
+    ]
+    record = conn(1, 101.0, 102.0, exchanges=garbage, marks=marks)
+    save(tmp_path, [record])
+    page = (tmp_path / "page.html").read_text()
+    data = re.search(r'<script type="application/json" id="netstats-data">(.*?)</script>', page, re.S)
+    assert data is not None
+    row = json.loads(data.group(1))["connections"][0]
+    assert all(0 <= s[1] <= s[2] <= 1.0 for s in row["segs"])  # within its second of life
+    assert [m["time"] for m in row["marks"]] == [None, None, 0.5]  # (placed only where it was open)
+    events = trace_of(tmp_path)
+    assert [e["ts"] for e in events if e["ph"] == "i"] == [1_500_000]
+    assert all(e["ts"] >= 1_000_000 and e["ts"] + e["dur"] <= 2_000_000 for e in events if e["ph"] == "X")
