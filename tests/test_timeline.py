@@ -645,7 +645,8 @@ def test_every_figure_of_the_record_is_in_the_details(browser: Any, tmp_path: Pa
         "origin    lib/http.py:40 in send",
     ):
         assert shown in tip, (shown, tip)
-    assert "unfinished" in (page.text_content("#legend") or "")
+    assert cells_of(page, 1)["time"] == "\u22651.000 s"  # at least: it was still open
+    assert "\u2265unfinished" in (page.text_content("#legend") or "")
     assert errors == [] and blocked == []
     page.close()
 
