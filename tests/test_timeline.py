@@ -671,8 +671,12 @@ def test_a_census_row_shows_tls_unknown_and_says_the_kernel_found_it(browser: An
 
 def test_a_failed_tls_handshake_shows_the_time_it_took(browser: Any, tmp_path: Path) -> None:
     failed = conn(1, 101.0, 101.1, tls_started=101.002, tls_time=0.028, error="SSLCertVerificationError")
-    page, errors, blocked = page_of(browser, tmp_path, [failed])
-    assert "TLS 28.0 ms" in tip_of(page, ".row.conn[data-id='1'] .bar")
+    refused = conn(2, 101.0, 101.1, connected=None, connect_time=None, error="ConnectionRefusedError")
+    page, errors, blocked = page_of(browser, tmp_path, [failed, refused])
+    # connected, then the handshake failed: no request was sent, so no first byte is known
+    assert "DNS ?  connect 1.0 ms  TLS 28.0 ms  ttfb ?" in tip_of(page, ".row.conn[data-id='1'] .bar")
+    # refused: there was no connect and no first byte to time, not an unknown one
+    assert "DNS ?  connect -  TLS -  ttfb -" in tip_of(page, ".row.conn[data-id='2'] .bar")
     assert len(seg_boxes(page, 1, "tls")) == 1
     assert errors == [] and blocked == []
     page.close()

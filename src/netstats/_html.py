@@ -35,13 +35,8 @@ def _text(value: Any) -> str | None:
     return visible(value) if isinstance(value, str) else None
 
 
-def _time(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _number(value: Any, otherwise: float) -> float:
-    t = _time(value)
-    return otherwise if t is None else t
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else otherwise
 
 
 def _overhead(c: dict[str, Any]) -> int | None:
@@ -74,6 +69,7 @@ def _row(c: dict[str, Any], start: float, end: float) -> dict[str, Any]:
         **{k: _text(c.get(k)) for k in _TEXTS},
         **{k: c.get(k) for k in (*_FIGURES, *_SPANS)},
         "tls_resumed": c.get("tls_resumed"),
+        "connected": c.get("connected") is not None,  # (a refused attempt has no connect, no ttfb)
         "host": _text(c.get("host")),
         "peer": peer,
         "by_host": _host_group(c, peer),
@@ -83,7 +79,6 @@ def _row(c: dict[str, Any], start: float, end: float) -> dict[str, Any]:
         "caller_short": visible(short_frame(c.get("caller"))),
         "origin": origin,
         "overhead": _overhead(c),
-        "tls_at": at(_time(c.get("tls_started"))),
         "t0": round(_number(c.get("opened"), start) - start, 6),
         "t1": round(_number(c.get("closed"), end) - start, 6),
         "segs": [[_INDEX[p], round(a - start, 6), round(b - start, 6)] for p, a, b in segments(c, end)],
@@ -99,7 +94,7 @@ def _shift(row: dict[str, Any], by: float) -> None:
     def move(t: float | None) -> float | None:
         return None if t is None else round(t - by, 6)
 
-    row["t0"], row["t1"], row["tls_at"] = move(row["t0"]), move(row["t1"]), move(row["tls_at"])
+    row["t0"], row["t1"] = move(row["t0"]), move(row["t1"])
     row["segs"] = [[p, move(a), move(b)] for p, a, b in row["segs"]]
     row["exchanges"] = [[move(t) for t in e] for e in row["exchanges"]]
     for m in row["marks"]:

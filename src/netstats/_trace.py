@@ -36,8 +36,9 @@ def _number(value: Any) -> float | None:
 
 
 def exchanges(c: dict[str, Any]) -> list[tuple[float, float | None, float | None]]:
-    """The record's `exchanges` as (sent, first_byte, last_byte) in wall-clock seconds, in order
-    and within the connection's life: [] where it has none (an older run, a server's side)."""
+    """The record's `exchanges` as (sent, first_byte, last_byte) in wall-clock seconds, in the
+    order sent (segments() keeps them inside the connection's life); an entry that is not one
+    is left out. [] where it has none (a run saved before netstats recorded them)."""
     out = []
     for entry in c.get("exchanges") or ():
         sent = _number(entry[0]) if isinstance(entry, (list, tuple)) and len(entry) >= 3 else None
