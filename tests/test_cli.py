@@ -834,7 +834,8 @@ def conn_record(i: int, tx: int | None, rx: int | None, duration: float, **more:
     deep = "/home/someone/projects/a-rather-long-project-name/src/package/subpackage/module"
     return {
         "id": i, "pid": 10, "transport": "tcp", "remote": ["127.0.0.1", 8000 + i], "tx": tx, "rx": rx,
-        "duration": duration, "opened": 1.0, "closed": 1.0 + duration, "caller": f"{deep}/client_{i}.py:{i} in fetch_everything_from_the_server",
+        "duration": duration, "opened": 1.0, "closed": 1.0 + duration,
+        "caller": f"{deep}/client_{i}.py:{i} in fetch_everything_from_the_server",
         "origin": f"{deep}/../../../venv/lib/site-packages/urllib3/connection.py:{i} in connect", **more,
     }  # fmt: skip
 
