@@ -72,6 +72,9 @@ class TcpInfo(NamedTuple):
 # TcpInfo from a tuple of all its fields (its generated __new__ costs a Python call per reading)
 _make_info: Callable[[type[TcpInfo], tuple[Any, ...]], TcpInfo] = tuple.__new__  # type: ignore[assignment]
 
+# The figures of a TCP attempt that never connected: no stream bytes either way, the rest unknown.
+NOTHING_MOVED: TcpInfo = _make_info(TcpInfo, (0, 0, 0, None, None, None, None, False, 0, None))
+
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
 _SOL_SOCKET = socket.SOL_SOCKET
 
