@@ -832,8 +832,8 @@ def test_the_timeline_of_a_real_run_with_keep_alive_and_tls(
     page, errors, blocked = open_page(browser, tmp_path / "timeline.html")
     assert sorted(conn_ids(page)) == sorted(c["id"] for c in conns)
     assert len(seg_boxes(page, tls["id"], "tls")) == 1
-    if kept.get("exchanges") is not None:  # (once the records carry their exchanges)
-        assert len(seg_boxes(page, kept["id"], "waiting")) == 2
+    assert len(kept["exchanges"]) == 2 and len(tls["exchanges"]) == 1  # the requests made
+    assert len(seg_boxes(page, kept["id"], "waiting")) == len(seg_boxes(page, kept["id"], "transfer")) == 2
     assert cells_of(page, kept["id"])["peer"] == f"localhost:{plain.port}"
     page.set_viewport_size({"width": 1200, "height": 480})
     tip = tip_of(page, f".row.conn[data-id='{tls['id']}'] .bar")
@@ -847,17 +847,10 @@ def test_the_timeline_of_a_real_run_with_keep_alive_and_tls(
 
 
 def test_exchanges_and_marks_a_saved_run_garbles_are_left_out_not_raised(tmp_path: Path) -> None:
-    """A saved run is data: exchanges and marks that are not what netstats writes (text, NaN,
-    times outside the connection's life, the wrong shape) are dropped or kept inside its life."""
-    garbage = [
-        ["x", 1, 2],
-        [float("nan"), None, None],
-        [1e308, 1e308, 1e308],
-        [101.2],
-        "text",
-        None,
-        [101.5, None, None],
-    ]
+    """A saved run is data: marks that are not what netstats writes (text, infinite or far
+    times, the wrong shape) are left off the clock, and exchanges out of order or before the
+    connection opened are drawn inside its life, never across each other."""
+    garbage = [[101.5, None, None], [100.5, 100.6, 100.7], [101.2, 101.1, 101.15], [101.3, 101.4, 101.35]]
     marks = [
         {"name": 5, "time": float("inf")},
         "text",
@@ -871,6 +864,7 @@ def test_exchanges_and_marks_a_saved_run_garbles_are_left_out_not_raised(tmp_pat
     assert data is not None
     row = json.loads(data.group(1))["connections"][0]
     assert all(0 <= s[1] <= s[2] <= 1.0 for s in row["segs"])  # within its second of life
+    assert all(a[2] <= b[1] for a, b in zip(row["segs"], row["segs"][1:], strict=False))
     assert [m["time"] for m in row["marks"]] == [None, None, 0.5]  # (placed only where it was open)
     events = trace_of(tmp_path)
     assert [e["ts"] for e in events if e["ph"] == "i"] == [1_500_000]
