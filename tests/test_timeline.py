@@ -475,6 +475,12 @@ def tip_of(page: Any, selector: str) -> str:
     return page.text_content("#tip") or ""
 
 
+def tip_id(page: Any) -> str | None:
+    """The id of the connection whose details the tooltip shows."""
+    found = re.search(r"^#(\d+) ", page.text_content("#tip") or "", re.M)
+    return found.group(1) if found else None
+
+
 def test_the_tooltip_follows_the_row_under_the_pointer_after_a_wheel_scroll(
     browser: Any, tmp_path: Path
 ) -> None:
@@ -483,13 +489,13 @@ def test_the_tooltip_follows_the_row_under_the_pointer_after_a_wheel_scroll(
     box = page.locator(".row.conn[data-id='5'] .bar").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x, y)
-    assert (page.text_content("#tip") or "").startswith("#5 ")
+    assert tip_id(page) == "5"
     page.mouse.wheel(0, 22 * 20)  # twenty rows down, the pointer where it was
     page.wait_for_function("document.getElementById('scroller').scrollTop > 0")
     page.wait_for_timeout(300)
     under = page.evaluate(f"document.elementFromPoint({x}, {y}).closest('.row').dataset.id")
     assert under != "5"
-    assert (page.text_content("#tip") or "").startswith(f"#{under} ")
+    assert tip_id(page) == under
     assert errors == [] and blocked == []
     page.close()
 
@@ -593,6 +599,14 @@ def test_each_exchange_of_a_kept_alive_connection_is_its_own_waiting_and_transfe
         assert len(seg_boxes(page, old, "waiting")) == len(seg_boxes(page, old, "transfer")) == 1
     tip = tip_of(page, ".row.conn[data-id='1'] .bar")
     assert "4: sent +1.500 s  waiting 200.0 ms  transfer 100.0 ms" in tip
+    second = seg_boxes(page, 1, "waiting")[1]
+    page.mouse.move(
+        (second["left"] + second["right"]) / 2,
+        page.locator(".row.conn[data-id='1'] .bar").bounding_box()["y"] + 7,
+    )
+    assert (page.text_content("#tip") or "").startswith(
+        "\u25b8 waiting 100.0 ms, +500.0 ms to +600.0 ms\n#1 "
+    )
     assert errors == [] and blocked == []
     page.close()
 
