@@ -228,19 +228,20 @@ class Capture:
         callback, events, busy, log = self.callback, self.events, _busy_threads, _engine.log
         if callback is None:
             return _ignore, _ignore
+        enter, leave = busy.add, busy.discard  # (bound once: this runs per read and write)
 
         def call(event: str, conn: Connection, nbytes: int | None) -> None:
             thread = get_ident()
             if thread in busy:
                 return  # the callback's own network I/O is counted, not reported back to it
-            busy.add(thread)
+            enter(thread)
             try:
                 callback(event, conn, nbytes)
             except Exception:
                 self.errors += 1
                 log.exception("netstats: %s callback raised (the transfer goes on)", event)
             finally:
-                busy.discard(thread)
+                leave(thread)
 
         def notify(event: str, conn: Connection, nbytes: int | None) -> None:
             if event in events and self._live:
