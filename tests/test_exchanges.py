@@ -131,28 +131,23 @@ os.wait()
 """
 
 
+def netstats_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "netstats", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_netstats_run_saves_exchanges_for_a_timeline_of_every_process(tmp_path: Path, peer):
     http_peer = peer("http")
     (tmp_path / "keepalive.py").write_text(textwrap.dedent(PROGRAM))
-    done = subprocess.run(
-        [sys.executable, "-m", "netstats", "run", "--format", "json", "-o", "run.json"]
-        + ["keepalive.py", str(http_peer.port)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = netstats_cli(
+        "run", "--format", "json", "-o", "run.json", "keepalive.py", str(http_peer.port), cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
     conns = json.loads((tmp_path / "run.json").read_text())["connections"]
     assert sorted(len(c["exchanges"]) for c in conns) == [2, 3]  # the child's 2, the parent's 3
     assert all(in_order(c["exchanges"]) for c in conns)
-    again = subprocess.run(
-        [sys.executable, "-m", "netstats", "report", "run.json", "--format", "trace"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = netstats_cli("report", "run.json", "--format", "trace", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
 
 
@@ -165,12 +160,6 @@ def test_a_saved_run_with_malformed_exchanges_is_refused_in_one_line(tmp_path: P
     conn = {"id": 1, "pid": 10, "transport": "tcp", "opened": 1.0, "closed": 2.0, "exchanges": exchanges}
     doc = {"schema": "netstats.run/1", "program": ["app.py"], "pid": 10, "started": 1.0, "finished": 3.0}
     (tmp_path / "run.json").write_text(json.dumps({**doc, "exit_code": 0, "connections": [conn]}))
-    done = subprocess.run(
-        [sys.executable, "-m", "netstats", "report", "run.json", "--html", "page.html"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = netstats_cli("report", "run.json", "--html", "page.html", cwd=tmp_path)
     assert done.returncode == 2 and "'exchanges'" in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "page.html").exists()
