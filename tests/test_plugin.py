@@ -276,6 +276,10 @@ def test_json_file_holds_every_test_with_its_connections(suite: pytest.Pytester)
         "unknown": 0,
         "tls_overhead": 0,
         "connections": [],
+        "verdict": "no budget",
+        "budget": None,
+        "measured": {"tx": 0, "rx": 0, "tx_at_most": 0, "rx_at_most": 0, "connections": 0},
+        "problems": [],
     }
     two = rows["test_a.py::test_two"]
     assert (two["kind"], two["tx"], two["rx"]) == ("test", 1300, 1300)
@@ -388,8 +392,18 @@ def test_teardown_goes_over(echo, chatty_teardown):
 """
 
 
+def place_of(path: Any, text: str) -> str:
+    """ "file:line" of the one line of the file at path that holds text."""
+    (number,) = [n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line]
+    return f"{path.name}:{number}"
+
+
 def test_budgets_pass_within_and_fail_over_naming_the_connections(suite: pytest.Pytester) -> None:
-    suite.makepyfile(test_b=BUDGETS)
+    test = suite.makepyfile(test_b=BUDGETS)
+
+    def at(text: str) -> str:
+        return place_of(test, text)
+
     result = run(suite, "-rA")
     assert outcomes(result) == {
         ("test_b.py::test_within", "PASSED"),
@@ -403,9 +417,9 @@ def test_budgets_pass_within_and_fail_over_naming_the_connections(suite: pytest.
     result.stdout.fnmatch_lines(
         [
             "*netstats: test_b.py::test_over_tx broke its network budget",
-            "  tx 1,200 bytes > max_tx=1,000:",
-            "    127.0.0.1:* tx=900 rx=900 opened at *conftest.py:* in connect",
-            "    127.0.0.1:* tx=300 rx=300 opened at *conftest.py:* in connect",
+            "  tx 1,200 bytes > max_tx=1,000:",  # each connection at the test's own line
+            f"    127.0.0.1:* tx=900 rx=900 opened at {at('echo.talk(900)')} in test_over_tx",
+            f"    127.0.0.1:* tx=300 rx=300 opened at {at('echo.talk(300)')} in test_over_tx",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -422,9 +436,86 @@ def test_budgets_pass_within_and_fail_over_naming_the_connections(suite: pytest.
         [
             "*ERROR at teardown of test_teardown_goes_over*",
             "*netstats: test_b.py::test_teardown_goes_over broke its network budget",
-            "  tx 1,100 bytes > max_tx=1,000:",
+            "  tx 1,100 bytes > max_tx=1,000:",  # its fixture's connections: the fixture's lines
+            f"    127.0.0.1:* tx=600 rx=600 opened at {at('echo.talk(600)')} in chatty_teardown",
+            f"    127.0.0.1:* tx=400 rx=400 opened at {at('echo.talk(400)')} in chatty_teardown",
         ]
     )
+
+
+# ---- a budget failure names the test's own line; the JSON has each test's verdict ----------
+
+THROUGH_LIBRARIES = """
+import http.server, threading
+import pytest, requests
+import client
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2000")
+        self.end_headers()
+        self.wfile.write(b"z" * 2000)
+
+    def log_message(self, *args):
+        pass
+
+@pytest.fixture(scope="module")
+def url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+@pytest.mark.netstats(max_rx=100)
+def test_requests(url):
+    assert len(requests.get(url).content) == 2000
+
+@pytest.mark.netstats(max_rx=100)
+def test_through_a_helper(url):
+    assert client.fetch(url) == 2000
+
+@pytest.mark.netstats(max_tx=100)
+def test_a_line_of_its_own(echo):
+    echo.talk(200)
+
+@pytest.mark.netstats(max_tx=100)
+def test_in_a_thread(echo):
+    thread = threading.Thread(target=echo.talk, args=(200,))
+    thread.start()
+    thread.join()
+"""
+
+
+def test_a_budget_failure_names_the_line_in_the_tests_file_not_the_client_librarys(
+    suite: pytest.Pytester,
+) -> None:
+    pytest.importorskip("requests")
+    suite.makepyfile(client="import requests\n\ndef fetch(url):\n    return len(requests.get(url).content)\n")
+    test = suite.makepyfile(test_e=THROUGH_LIBRARIES)
+    result = run(suite, "-rA", "-p", "no:randomly")
+    result.assert_outcomes(failed=4)
+    for name, call in [
+        ("test_requests", "requests.get(url)"),  # (origin: urllib3's connection.py)
+        ("test_through_a_helper", "client.fetch(url)"),  # (caller: client.py, the user's helper)
+        ("test_a_line_of_its_own", "echo.talk(200)"),  # (caller: conftest.py, the echo's connect)
+    ]:
+        result.stdout.fnmatch_lines(
+            [
+                f"*netstats: test_e.py::{name} broke its network budget",
+                f"    * opened at {place_of(test, call)} in {name}",
+            ]
+        )
+    # No frame of the test's file in the thread that connected: the test where pytest places it
+    # (its decorator's line, the one before its def), and where the connection was made.
+    file, line = place_of(test, "def test_in_a_thread").split(":")
+    result.stdout.fnmatch_lines(
+        [
+            "*netstats: test_e.py::test_in_a_thread broke its network budget",
+            f"    * opened at test_in_a_thread ({file}:{int(line) - 1}), at conftest.py:* in connect",
+        ]
+    )
+    assert "urllib3" not in result.stdout.str()
 
 
 def test_marker_arguments_are_checked(suite: pytest.Pytester) -> None:
@@ -507,7 +598,7 @@ def test_allow_hosts_takes_names_addresses_and_ranges_and_an_address_is_only_its
         [
             "*netstats: test_c.py::test_not_allowed broke its network budget",
             "  host not in allow_hosts=['10.0.0.0/8', 'db.internal']:",
-            "    *127.0.0.1* tx=10 rx=10 opened at *conftest.py:* in connect",
+            "    *127.0.0.1* tx=10 rx=10 opened at test_c.py:* in test_not_allowed",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -592,7 +683,7 @@ def test_block_refuses_the_connect_before_any_byte_leaves(suite: pytest.Pytester
         [
             "*netstats: test_d.py::test_blocked broke its network budget",
             "  host not in allow_hosts=['10.0.0.0/8']:",
-            "    127.0.0.1:* (NetstatsBlocked) tx=0 rx=0 opened at *conftest.py:* in connect",
+            "    127.0.0.1:* (NetstatsBlocked) tx=0 rx=0 opened at test_d.py:* in test_blocked",
         ]
     )
     assert re.search(
