@@ -518,6 +518,104 @@ def test_a_budget_failure_names_the_line_in_the_tests_file_not_the_client_librar
     assert "urllib3" not in result.stdout.str()
 
 
+VERDICTS = """
+import _socket, time
+import pytest
+
+@pytest.mark.netstats(max_tx=1000, max_connections=2)
+def test_within(echo):
+    echo.talk(500)
+    echo.talk(400)
+
+@pytest.mark.netstats(max_tx=1000)
+def test_over(echo):
+    echo.talk(700)
+    echo.talk(600)
+
+@pytest.mark.netstats(allow_hosts=["10.0.0.0/8"])
+def test_elsewhere(echo):
+    echo.talk(10)
+
+def test_no_budget(echo):
+    echo.talk(5)
+
+def talk_unseen(port, n, netstats):
+    '''n bytes each way through the stock _socket, which netstats does not wrap: the kernel
+    census finds the connection, and knows its wire bytes only.'''
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"x" * n)
+    got = 0
+    while got < n:
+        got += len(s.recv(65536))
+    found = []
+    for _ in range(3000):  # until the census has it (it sweeps every 0.15 s)
+        found = [c for c in netstats.connections if c.source == "kernel"]
+        if found:
+            break
+        time.sleep(0.01)
+    s.close()
+    for _ in range(3000):  # until its end is known, with its final wire bytes
+        if found and found[0].closed is not None:
+            break
+        time.sleep(0.01)
+    assert found and found[0].closed is not None and found[0].wire_tx == n
+
+@pytest.mark.netstats(max_tx=2000)
+def test_unseen_within_its_wire_bytes(echo, netstats):
+    talk_unseen(echo.port, 1000, netstats)
+
+@pytest.mark.netstats(max_tx=2000)
+def test_unseen_over_by_its_wire_bytes(echo, netstats):
+    talk_unseen(echo.port, 5000, netstats)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel census: Linux")
+def test_json_gives_each_test_its_verdict_and_never_passes_bytes_nobody_counted(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(test_v=VERDICTS)
+    result = run(suite, "--netstats-json", "out.json", "-p", "no:randomly")
+    result.assert_outcomes(passed=3, failed=3)
+    doc = json.loads((suite.path / "out.json").read_text())
+    rows = {r["name"].split("::")[1]: r for r in doc["rows"] if r["kind"] == "test"}
+    assert all("verdict" not in r for r in doc["rows"] if r["kind"] != "test")  # a test's own
+    assert int((suite.path / "server_received.txt").read_text()) == 900 + 1300 + 10 + 5 + 1000 + 5000
+    expected = {  # (verdict, measured tx, tx at most, connections), each a known payload size
+        "test_within": ("passed", 900, 900, 2),
+        "test_over": ("over budget", 1300, 1300, 2),
+        "test_elsewhere": ("host not allowed", 10, 10, 1),
+        "test_no_budget": ("no budget", 5, 5, 1),
+        # application bytes nobody counted: within the budget only by their wire bytes, ...
+        "test_unseen_within_its_wire_bytes": ("passed", None, 1000, 1),
+        # ... and over it by those alone: not known to be over, nor within
+        "test_unseen_over_by_its_wire_bytes": ("not measured", None, 5000, 1),
+    }
+    assert {
+        name: (
+            row["verdict"],
+            row["measured"]["tx"],
+            row["measured"]["tx_at_most"],
+            row["measured"]["connections"],
+        )
+        for name, row in rows.items()
+    } == expected
+    assert rows["test_within"]["budget"] == {
+        "max_tx": 1000,
+        "max_rx": None,
+        "max_connections": 2,
+        "allow_hosts": None,
+    }
+    assert rows["test_within"]["problems"] == [] and rows["test_no_budget"]["budget"] is None
+    assert rows["test_over"]["problems"] == ["tx 1,300 bytes > max_tx=1,000"]
+    assert rows["test_elsewhere"]["budget"]["allow_hosts"] == ["10.0.0.0/8"]
+    assert rows["test_elsewhere"]["problems"] == ["host not in allow_hosts=['10.0.0.0/8']"]
+    assert rows["test_unseen_over_by_its_wire_bytes"]["problems"] == [
+        "tx 0 bytes + up to 5,000 not known > max_tx=2,000"
+    ]
+
+
 def test_marker_arguments_are_checked(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         """
