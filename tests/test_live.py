@@ -23,6 +23,8 @@ from typing import Any
 import helpers
 import pytest
 
+import netstats
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's figures: Linux")
 
 TIMEOUT = 60.0
@@ -401,6 +403,45 @@ def test_run_live_shows_a_childs_connections_that_opened_and_closed_between_two_
     view.wait(lambda t: "exit=0" in t, "the program's end")
     counts = echo.counts()
     assert len(counts) > 1 and all((c["rx"], c["tx"]) == (600, 600) for c in counts)  # the peer's own
+
+
+def test_each_refresh_shows_what_every_connection_moved_since_the_last_closed_ones_included(peer):
+    from netstats import _live
+
+    echo = peer("echo")
+    with netstats.capture() as cap:
+        sampler, rows = _live.Sampler(cap), _live.Tracker()
+        first = sampler.sample()
+        rows.take(first, now=0.0)
+        held = socket.create_connection(echo.address)
+        helpers.roundtrip(held, 1000)
+        with socket.create_connection(echo.address) as short:  # opened and closed in the interval
+            helpers.roundtrip(short, 300)
+        second = sampler.sample()
+        rows.take(second, now=1.0)
+        span = second["time"] - first["time"]
+        shown = sorted(rows.rows(now=1.0), key=lambda r: r.state)
+        assert [(r.state, r.rx, r.tx) for r in shown] == [("closed", 300, 300), ("open", 1000, 1000)]
+        assert [(r.rx_rate, r.tx_rate) for r in shown] == [
+            (300 / span, 300 / span),
+            (1000 / span, 1000 / span),
+        ]
+        assert (rows.open, rows.closed_now, rows.count) == (1, 1, 2)
+
+        helpers.roundtrip(held, 200)  # the next interval: the held one moves 200 more, the short none
+        third = sampler.sample()
+        rows.take(third, now=2.0)
+        span = third["time"] - second["time"]
+        shown = sorted(rows.rows(now=2.0), key=lambda r: r.state)
+        assert [(r.state, r.rx, r.rx_rate, r.tx_rate) for r in shown] == [
+            ("closed", 300, 0.0, 0.0),  # still shown, a while: nothing moves on it now
+            ("open", 1200, 200 / span, 200 / span),
+        ]
+        assert rows.closed_now == 0
+        assert [r.state for r in rows.rows(now=1.0 + _live.LINGER)] == ["open"]  # gone after LINGER
+        held.close()
+    sampler.close()
+    assert [(c["rx"], c["tx"]) for c in echo.counts()] == [(1000 + 200, 1200), (300, 300)]  # the peer's own
 
 
 class Server:
