@@ -616,6 +616,27 @@ def test_json_gives_each_test_its_verdict_and_never_passes_bytes_nobody_counted(
     ]
 
 
+def test_a_budget_failure_shows_a_host_with_control_characters_escaped(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_f="""
+        import socket
+        import pytest
+
+        @pytest.mark.netstats(allow_hosts=["localhost"])
+        def test_odd_name():
+            with socket.socket() as s, pytest.raises(OSError):
+                s.connect(("evil\\x1b[31mred\\x1b]0;title\\x07", 80))  # no such name: the attempt is listed
+        """
+    )
+    result = run(suite)
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "\x1b" not in out and "\x07" not in out  # nothing the terminal would act on
+    result.stdout.fnmatch_lines(
+        ["    evil\\x1b[[]31mred\\x1b]0;title\\x07:80 (gaierror) tx=0 rx=0 opened at test_f.py:*"]
+    )
+
+
 def test_marker_arguments_are_checked(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         """
