@@ -407,52 +407,98 @@ def watch(cap: Capture, program: list[str], folder: Folder) -> Callable[[], None
 # ---- `netstats top PID` --------------------------------------------------------------------
 
 
+def _socket_row(sock: _top.Socket, rates: tuple[float | None, float | None]) -> Row:
+    info = sock.info
+    return Row(
+        _format.address(sock.remote),
+        "",
+        sock.state,
+        None,
+        None,
+        info.wire_rx if info else None,
+        info.wire_tx if info else None,
+        *rates,
+        info.rtt if info else None,
+        info.retransmits if info else None,
+    )
+
+
+def _ended(row: Row, final: Any, span: float | None) -> Row:
+    """A closed socket's row with its final figures; its rates over the interval it closed in
+    (span: the interval's length, None when that was not the last one)."""
+    rates: tuple[float | None, float | None] = (0.0, 0.0)  # (nothing moves on a socket that is gone)
+    if span is not None:
+        known = span > 0 and row.wire_rx is not None and row.wire_tx is not None
+        rates = (
+            ((final.wire_rx - row.wire_rx) / span, (final.wire_tx - row.wire_tx) / span)
+            if known
+            else (None, None)
+        )
+    return row._replace(
+        state="closed", wire_rx=final.wire_rx, wire_tx=final.wire_tx, rx_rate=rates[0], tx_rate=rates[1],
+        rtt=final.rtt, retransmits=final.retransmits, more=False,
+    )  # fmt: skip
+
+
 def top(pid: int, interval: float = INTERVAL) -> int:
     """`netstats top PID`: redraw until the process ends or Ctrl-C; the exit code.
 
     Each socket's rx/s and tx/s are its wire bytes since the previous reading over the
-    interval. A socket gone from the process since then is listed LINGER seconds as "closed",
-    its sizes as last seen with "+?" (what it moved before it closed nobody read) and its rates
-    "?". A connection that opened and closed between two readings is never seen: without
-    privileges nothing tells which process a socket that is gone belonged to."""
+    interval. A socket gone from the process since then is listed LINGER seconds as "closed":
+    with its final figures once the kernel tells them as it destroys the socket (_top.Ends),
+    until then its sizes as last seen with "+?" and its rates "?". A connection that opened and
+    closed between two readings is never seen: without privileges nothing tells which process
+    a socket that is gone belonged to."""
     from rich.console import Console
     from rich.live import Live
 
     console = Console()
     rates = _top.Rates()
-    last: dict[int, Row] = {}  # cookie -> its row at the previous reading
-    closed: list[tuple[float, Row]] = []  # (shown until, monotonic; the row)
-    with Live(console=console, auto_refresh=False, transient=False) as live:
-        try:
-            while True:
+    ends = _top.Ends()
+    seen: dict[int, tuple[_top.Socket, Row]] = {}  # cookie -> the socket and its row at the last reading
+    closed: dict[int, tuple[float, Row]] = {}  # cookie -> (shown until, monotonic; its row)
+    waiting: dict[int, _top.Socket] = {}  # closed and shown, their final figures not yet told
+    finals: dict[int, Any] = {}  # cookie -> final figures told before the socket was seen gone
+    before: float | None = None
+    try:
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while True:  # until the process ends (NoSuchProcess), or Ctrl-C
                 sockets = _top.snapshot(pid)
                 now = time.monotonic()
+                finals.update(ends.take({**{c: sock for c, (sock, _) in seen.items()}, **waiting}))
                 moved = rates.update(
                     {s.cookie: (s.info.wire_rx, s.info.wire_tx) if s.info else (None, None) for s in sockets},
                     now,
                 )
-                rows: dict[int, Row] = {}
-                for sock in sockets:
-                    info = sock.info
-                    rows[sock.cookie] = Row(
-                        _format.address(sock.remote),
-                        "",
-                        sock.state,
-                        None,
-                        None,
-                        info.wire_rx if info else None,
-                        info.wire_tx if info else None,
-                        *moved[sock.cookie],
-                        info.rtt if info else None,
-                        info.retransmits if info else None,
-                    )
-                gone = [row for cookie, row in last.items() if cookie not in rows]
-                closed = [(until, row) for until, row in closed if until > now]
-                closed += [
-                    (now + LINGER, row._replace(state="closed", rx_rate=None, tx_rate=None, more=True))
-                    for row in gone
-                ]
-                last = rows
+                rows = {s.cookie: _socket_row(s, moved[s.cookie]) for s in sockets}
+                closed = {
+                    c: (until, row if row.more else row._replace(rx_rate=0.0, tx_rate=0.0))
+                    for c, (until, row) in closed.items()
+                    if until > now
+                }
+                for cookie in [c for c in waiting if c in finals]:  # told since: final figures
+                    del waiting[cookie]
+                    if cookie in closed:
+                        until, row = closed[cookie]
+                        closed[cookie] = (until, _ended(row, finals.pop(cookie), None))
+                gone = [(cookie, sock, row) for cookie, (sock, row) in seen.items() if cookie not in rows]
+                for cookie, sock, row in gone:
+                    final = finals.pop(cookie, None)
+                    if final is not None:
+                        closed[cookie] = (
+                            now + LINGER,
+                            _ended(row, final, None if before is None else now - before),
+                        )
+                    else:
+                        waiting[cookie] = sock
+                        closed[cookie] = (
+                            now + LINGER,
+                            row._replace(state="closed", rx_rate=None, tx_rate=None, more=True),
+                        )
+                waiting = {c: sock for c, sock in waiting.items() if c in closed}  # (no longer shown)
+                finals = {c: f for c, f in finals.items() if c in rows}  # (closed after the reading)
+                seen = {s.cookie: (s, rows[s.cookie]) for s in sockets}
+                before = now
                 n = len(rows)
                 title = (
                     f"netstats top {pid}: {n} TCP connection{'s' * (n != 1)}, "
@@ -460,12 +506,14 @@ def top(pid: int, interval: float = INTERVAL) -> int:
                     f"rx {_rate_total(r.rx_rate for r in rows.values())}  "
                     f"tx {_rate_total(r.tx_rate for r in rows.values())}   (kernel figures; Ctrl-C to quit)"
                 )
-                shown = list(rows.values()) + [row for _, row in closed]
+                shown = list(rows.values()) + [row for _, row in closed.values()]
                 live.update(table(title, shown, _limit(console), app_bytes=False), refresh=True)
                 time.sleep(interval)
-        except KeyboardInterrupt:
-            return 0
-        except NoSuchProcess:
-            pass
+    except KeyboardInterrupt:
+        return 0
+    except NoSuchProcess:
+        pass
+    finally:
+        ends.close()
     print(f"netstats top: process {pid} ended", file=sys.stderr)
     return 0
