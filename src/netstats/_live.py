@@ -15,8 +15,9 @@ children of the run (_child.py) each write their samples to the run's folder eve
 last KEEP samples so that a sample the view did not read loses none; the view reads them
 beside its own. The program's prints through sys.stdout/sys.stderr go above the table (rich
 redirects them while the view is up, only where they are the terminal). `top` reads another
-process through _top.snapshot. A figure netstats cannot know shows as "?"; "+?" after a size
-says more may have moved that nobody could count.
+process through _top.snapshot, and the final figures of its closed sockets through _top.Ends.
+A figure netstats cannot know shows as "?"; "+?" after a size says more may have moved that
+nobody could count.
 """
 
 from __future__ import annotations

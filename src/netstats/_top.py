@@ -7,6 +7,8 @@ itself, so it may be written in any language, and no privilege is needed: only t
 processes show their descriptors. The figures are the census's (wire bytes as everywhere in
 netstats: stream bytes, the SYN and FIN not counted; rtt; retransmissions); the application's
 bytes are not known here. Rates need two readings: a single snapshot has none (None, not 0).
+A socket the process closed gets its final figures as the kernel destroys it (`Ends`: the
+destroy notifications of sock_diag, matched by cookie, as the census does for its own).
 """
 
 from __future__ import annotations
