@@ -405,6 +405,38 @@ def test_run_live_shows_a_childs_connections_that_opened_and_closed_between_two_
     assert len(counts) > 1 and all((c["rx"], c["tx"]) == (600, 600) for c in counts)  # the peer's own
 
 
+def test_run_live_keeps_counting_the_connections_of_a_child_that_ended(pane, peer, tmp_path):
+    echo = peer("echo")
+    child = tmp_path / "child.py"
+    child.write_text(  # three connections, 300 B each way, then it ends at once
+        "import socket, sys\n"
+        "for _ in range(3):\n"
+        "    with socket.create_connection(('127.0.0.1', int(sys.argv[1]))) as s:\n"
+        "        s.sendall(b'x' * 300)\n"
+        "        got = 0\n"
+        "        while got < 300:\n"
+        "            got += len(s.recv(65536))\n"
+    )
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import os, subprocess, sys, time\n"
+        f"subprocess.run([sys.executable, {str(child)!r}, sys.argv[1]], check=True, timeout=60)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+    )
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
+    try:
+        # the child's three, in all and in the totals, after it ended (one process left)
+        text = view.wait(lambda t: "0 open, 3 in all" in " ".join(t.split()), "the ended child's connections")
+        assert "rx 900 B tx 900 B" in " ".join(text.split()), text
+    finally:
+        go.write_text("")
+    view.wait(lambda t: "exit=0" in t, "the program's end")
+    assert [(c["rx"], c["tx"]) for c in echo.counts()] == [(300, 300)] * 3  # the peer's own
+
+
 def test_each_refresh_shows_what_every_connection_moved_since_the_last_closed_ones_included(peer):
     from netstats import _live
 

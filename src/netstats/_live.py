@@ -208,6 +208,7 @@ class Tracker:
         self.tx: int | None = 0
         self.open = 0
         self.closed_now = 0  # connections closed between the last two samples taken in
+        self.ended = False  # the process has ended (its last sample said so)
         self._time: float | None = None
         self._last: dict[int, tuple[int, int] | None] = {}  # open connection id -> its figures then
         self._open_rows: list[Row] = []
@@ -255,6 +256,7 @@ class Tracker:
         self.seq, self.count, self.rx, self.tx = sample["seq"], sample["count"], sample["rx"], sample["tx"]
         self.open = len(opened)
         self.closed_now = max(0, self.count - self.open - ended_before)
+        self.ended = bool(sample.get("ended"))
 
 
 def snapshots(cap: Capture, folder: Folder) -> Callable[[], None]:
@@ -316,7 +318,7 @@ class RunView:
         self._folder = folder
         self._sampler = Sampler(cap)
         self._own = Tracker()
-        self._children: dict[int, Tracker] = {}
+        self._children: dict[tuple[int, float], Tracker] = {}  # (pid, its sampler's start) -> ...
         self._started = time.monotonic()
         self._counts: list[tuple[float, int]] = []  # (when, connections so far), the last few seconds
         self._stopping = threading.Event()
@@ -370,18 +372,24 @@ class RunView:
         now = time.monotonic()
         self._own.take(self._sampler.sample(), now)
         samples = _children(self._folder)
+        for tracker in self._children.values():
+            tracker.closed_now = 0  # (those with a new sample say again)
         for pid, sample in samples.items():
             if not sample.get("ended") and not _journal.running(pid, None):
                 # killed: its connections went with it (one sample more, its last, says so)
                 sample = {**sample, "seq": sample["seq"] + 1, "open": [], "closed": [], "ended": True}
-            self._children.setdefault(pid, Tracker(f"(pid {pid})")).take(sample, now)
-        trackers = [self._own, *(self._children[pid] for pid in samples)]
+            key = (pid, sample["started"])  # (a pid used again is another process)
+            self._children.setdefault(key, Tracker(f"(pid {pid})")).take(sample, now)
+            if sample.get("ended") and self._folder is not None:
+                self._folder.remove(f"{pid}{SNAPSHOT}")  # taken in: its tracker keeps its totals
+        trackers = [self._own, *self._children.values()]
         shown = [row for tracker in trackers for row in tracker.rows(now)]
         total = sum(t.count for t in trackers)
         self._counts = [(t, n) for t, n in self._counts if now - t <= 5.0] + [(now, total)]
         first_t, first_n = self._counts[0]
         per_second = (total - first_n) / (now - first_t) if now > first_t else None
-        processes = f" in {len(trackers)} processes" if len(trackers) > 1 else ""
+        running = 1 + sum(1 for t in self._children.values() if not t.ended)
+        processes = f" in {running} processes" if running > 1 else ""
         title = (
             f"netstats run --live   {now - self._started:.0f}s   "
             f"{sum(t.open for t in trackers)} open{processes}, {total} in all, "
