@@ -1,6 +1,7 @@
 # make demo: set everything up and show netstats on an embedded example (offline, seconds).
 # make test: set everything up, then lint, type-check and run the whole suite (on .venv's Python).
 # make test-all: make test, then the whole suite on every other supported CPython (noxfile.py).
+# make docs: the documentation site (docs/, mkdocs.yml) into site/, offline, warnings as errors.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CORE := $(VENV)/.core-$(HASH)
 STAMP := $(VENV)/.installed-$(HASH)
 
-.PHONY: all venv demo test test-others test-all lint bench clean
+.PHONY: all venv demo test test-others test-all lint bench clean docs
 
 all: test
 
@@ -48,5 +49,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/connections.py
 	$(BIN)/python bench/census.py
 
+# The documentation site, built offline into site/; any warning (a link, an anchor, a page) fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .nox build src/*.egg-info
+	rm -rf $(VENV) .nox build site src/*.egg-info

@@ -188,11 +188,14 @@ def test_reports_show_unknown_application_bytes_as_question_marks(peer, tmp_path
     )
     netstats_cli = [sys.executable, "-m", "netstats", "run"]
     out = subprocess.run(
-        [*netstats_cli, "--format", "json", str(script)], capture_output=True, text=True, timeout=60
+        [*netstats_cli, "--format", "json", "-o", "-", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     import json
 
-    run = json.loads(out.stderr[out.stderr.index("{") :])
+    run = json.loads(out.stdout[out.stdout.index("{") :])
     (conn,) = run["connections"]
     assert (conn["source"], conn["tx"], conn["rx"], conn["wire_tx"], conn["wire_rx"]) == (
         "kernel",
