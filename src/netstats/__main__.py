@@ -102,7 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     run.add_argument("--servers", action="store_true", help="also report connections the program accepts")
-    run.add_argument("--live", action="store_true", help="a table redrawn every second while it runs (rich)")
+    run.add_argument(
+        "--live",
+        action="store_true",
+        help="a table redrawn every second while it runs: what each connection moved in the last second, "
+        "those closed meanwhile included (rich)",
+    )
     _output_options(
         run, "text on stderr, json to netstats.json, csv to netstats.csv, trace to netstats-trace.json"
     )
@@ -124,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
         "top",
         help="any process's TCP connections, live, from the kernel",
         description="The TCP connections of a process you own, in any language, from the kernel alone "
-        "(Linux): remote, wire bytes, rates, rtt, retransmissions, redrawn every second.",
+        "(Linux): remote, wire bytes, rx and tx rates over the last second, rtt, retransmissions, "
+        "redrawn every second; a connection closed since the last refresh is listed a few seconds.",
         epilog="examples:\n  netstats top 1234\n  netstats top 1234 --once --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
