@@ -72,7 +72,7 @@ def _output_options(parser: argparse.ArgumentParser, where: str) -> None:
         "--top",
         type=_rows,
         metavar="N",
-        help=f"text: show the first N rows (default {TOP}; 0: all; the totals are of all)",
+        help=f"text: the first N rows (default {TOP}, 0: all)",
     )
     parser.add_argument("--wide", action="store_true", help="text: every column, nothing shortened")
     parser.add_argument(
@@ -105,12 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--live",
         action="store_true",
-        help="a table redrawn every second while it runs: what each connection moved in the last second, "
-        "those closed meanwhile included (rich)",
+        help="a table of each connection's last second, closed ones too, while it runs (rich)",
     )
-    _output_options(
-        run, "text on stderr, json to netstats.json, csv to netstats.csv, trace to netstats-trace.json"
-    )
+    _output_options(run, "text: stderr; others: netstats.json, .csv, -trace.json")
     run.add_argument("program", nargs=argparse.REMAINDER, help="script.py and its arguments")
     report = commands.add_parser(
         "report",
