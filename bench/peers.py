@@ -40,6 +40,7 @@ import argparse
 import ast
 import concurrent.futures
 import functools
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -264,7 +265,8 @@ def server_totals(port: int) -> tuple[int, int]:
 
 def server() -> tuple[subprocess.Popen[str], int]:
     """bench/connections.py's peer (its SERVER source, read without importing that script, which
-    needs requests), pinned to the last CPU; and its port."""
+    needs requests), pinned to the last CPU, waiting an hour for its first client (one started
+    under valgrind takes minutes to import); and its port."""
     with open(os.path.join(HERE, "connections.py")) as f:
         tree = ast.parse(f.read())
     (source,) = (
@@ -275,7 +277,9 @@ def server() -> tuple[subprocess.Popen[str], int]:
         and isinstance(node.value, ast.Constant)
     )
     cpu = max(os.sched_getaffinity(0))
-    peer = subprocess.Popen([sys.executable, "-I", "-c", source, str(cpu)], stdout=subprocess.PIPE, text=True)
+    peer = subprocess.Popen(
+        [sys.executable, "-I", "-c", source, str(cpu), "3600"], stdout=subprocess.PIPE, text=True
+    )
     assert peer.stdout is not None
     return peer, int(peer.stdout.readline())
 
@@ -293,6 +297,23 @@ def measure(workload: str, variant: str, n: int) -> int:
     finally:
         peer.kill()
         peer.wait(10)
+
+
+def versions() -> dict[str, str]:
+    """The measured packages' versions (those installed)."""
+    out = {}
+    for package in (
+        "netstats",
+        "requests",
+        "aiohttp",
+        "opentelemetry-instrumentation-requests",
+        "sentry-sdk",
+    ):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,11 +355,13 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:
             result[w][v] = {"extra": round(per[v] - per["stock"]), "ratio": round(per[v] / per["stock"], 3)}
     if args.json:
-        print(json.dumps({"n1": args.n1, "n2": args.n2, "skipped": skipped, "workloads": result}, indent=2))
+        out = {"n1": args.n1, "n2": args.n2, "versions": versions(), "skipped": skipped, "workloads": result}
+        print(json.dumps(out, indent=2))
         return 0
     print(
         f"\nextra client instructions per request (callgrind, {args.n2} - {args.n1} requests), ratio to stock"
     )
+    print("; ".join(f"{p} {v}" for p, v in versions().items()))
     print()
     print("| extra client instructions per request | " + " | ".join(WORKLOADS[w] for w in workloads) + " |")
     print("|---" * (len(workloads) + 1) + "|")
