@@ -16,7 +16,8 @@ when the census started are not reported (like sockets made before a capture). A
 recorded when a second sweep in a row sees it connected and not Python's (an accepted one, its
 local port being one this process listens on, only with servers=True), its `opened` being the
 first sweep's time. A connection that lives less than two sweeps may be missed; one open for
-0.5 s or more is always found while the process has fewer than about 1,000 descriptors open.
+0.5 s or more is always found while the process has no more than a few hundred descriptors
+open (full sweeps of a larger table are spaced out: see below).
 
 What a sweep costs (issue 27). Every INTERVAL seconds the thread looks again at the sockets it is
 watching (connections waiting for their second sweep, DEFERRED ones), each by its own number: an
