@@ -62,6 +62,7 @@ import stat
 import threading
 import time
 import weakref
+from collections.abc import Container
 from typing import Any
 
 from .. import _diag, _engine, _kernel
@@ -414,7 +415,7 @@ class Census:
                         self._listened.add(seen.local[1])
             self._advance(moved)
 
-    def _advance(self, moved: Any) -> None:
+    def _advance(self, moved: Container[int]) -> None:
         """The watched sockets, looked at again: a connection seen twice is recorded, a DEFERRED
         one whose driver's call ended too (`moved`: not seen on their number this time)."""
         known, watched, listening = self._known, self._watched, self._listened
