@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import _socket
 import argparse
+import gc
 import json
 import resource
 import statistics
@@ -114,6 +115,8 @@ def sweeps_client(descriptors: int, k: int, kind: str) -> None:
         census.INTERVAL = 3600.0
         quick = getattr(census.census, "_look_again", census.census.sweep)
         sweep = census.census.sweep if kind == "full" else quick
+        gc.collect()
+        gc.freeze()  # (a collection of the set-up's objects would land in one run, not the other)
         for _ in range(k):
             sweep()
         for s in sockets:
