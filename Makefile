@@ -44,10 +44,17 @@ test-others: $(STAMP)
 
 test-all: test test-others
 
+# Wall-clock ratios against stock (noisy on a shared machine), then what load cannot move:
+# instructions per connection, per call with a callback, per census sweep, and against the
+# tracing tools (the bench extra: OpenTelemetry, sentry-sdk; nothing is sent).
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/sockets.py
 	$(BIN)/python bench/connections.py
+	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/chatty_instructions.py --only own wrapped callback tagged
 	$(BIN)/python bench/census.py
+	$(BIN)/python bench/peers.py
 
 # The documentation site, built offline into site/; any warning (a link, an anchor, a page) fails it.
 docs: $(STAMP)
