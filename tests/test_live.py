@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -521,16 +522,29 @@ AS_LAST_SEEN = r"closed\W+\?\W+\?\W+300 B\+\?\W+700 B\+\?"
 @pytest.mark.parametrize("hold, row", [(False, FINAL), (True, AS_LAST_SEEN)], ids=["destroyed", "lingering"])
 def test_top_lists_a_connection_that_closed_since_the_last_refresh(pane, hold, row):
     server = Server(reads=700, writes=300, hold=hold)
-    # bash opens a connection, moves 700 B out and 300 B in, holds it past a refresh, closes
-    # it and opens the next (for ever, until told): one is always closing while top watches.
-    script = (
-        "for i in $(seq 100); do "
-        f"exec 3<>/dev/tcp/127.0.0.1/{server.port}; head -c 700 /dev/zero >&3; head -c 300 <&3 >/dev/null; "
-        "read -t 1.5 _ && break; exec 3>&-; done"
+    # A client (no netstats in it) opens a connection, moves 700 B out and 300 B in, holds it
+    # past a refresh, closes it and opens the next (until told): one is always closing while
+    # top watches. Lingering, its sockets keep FIN_WAIT2 as whole sockets (TCP_LINGER2 beyond
+    # the kernel's 60 s: else the kernel may make one a time-wait stub at once, and tell its end).
+    script = textwrap.dedent(
+        f"""\
+        import select, socket, sys
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", {server.port}))
+            if {hold}:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, 120)
+            s.sendall(bytes(700))
+            got = 0
+            while got < 300:
+                got += len(s.recv(300 - got))
+            if select.select([sys.stdin], [], [], 1.5)[0]:
+                break
+            s.close()
+        """
     )
-    bash = subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE, text=True)
+    client = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, text=True)
     try:
-        view = pane([*NETSTATS, "top", str(bash.pid)])
+        view = pane([*NETSTATS, "top", str(client.pid)])
 
         def closed(text: str) -> bool:
             lines = [x for x in text.splitlines() if f"127.0.0.1:{server.port}" in x and "closed" in x]
@@ -540,10 +554,10 @@ def test_top_lists_a_connection_that_closed_since_the_last_refresh(pane, hold, r
         assert re.search(r"TCP connections?, \d+ closed since the last refresh", text), text
         assert all(c == (700, 300) for c in server.counts) and server.counts  # the server's own count
     finally:
-        assert bash.stdin is not None
-        bash.stdin.write("\n")
-        bash.stdin.close()
-        bash.wait(TIMEOUT)
+        assert client.stdin is not None
+        client.stdin.write("\n")
+        client.stdin.close()
+        client.wait(TIMEOUT)
         server.close()
 
 
