@@ -1,7 +1,11 @@
 # make demo: set everything up and show netstats on an embedded example (offline, seconds).
 # make test: set everything up, then lint, type-check and run the whole suite (on .venv's Python).
 # make test-all: make test, then the whole suite on every other supported CPython (noxfile.py).
+# The suite runs in parallel: 4 workers (pytest-xdist; tests/conftest.py says which tests share
+# one). On 2 cores, 4 pay: most tests wait on a server, a subprocess or a sleep. PARALLEL= runs
+# it in one process.
 PYTHON ?= python3
+PARALLEL ?= -n 4 --dist loadgroup
 VENV := .venv
 BIN := $(VENV)/bin
 HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -35,11 +39,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 # One fresh virtual environment per version, under .nox/, built from the project's files.
 test-others: $(STAMP)
-	$(BIN)/nox --session others
+	$(BIN)/nox --session others -- $(PARALLEL)
 
 test-all: test test-others
 
