@@ -88,10 +88,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "soak: long reliability runs (tests/test_soak.py); run with -m soak or NETSTATS_SOAK=1"
     )
-    # Started from a shell without job control (`make test &`, nohup), a process inherits SIGINT
-    # ignored, and so would every program a test starts: the tests of Ctrl-C would wait in vain.
+    # Started in the background of a shell without job control (`make test &`) or by nohup, the
+    # suite inherits SIGINT or SIGHUP ignored, and every program a test starts would too: the tests
+    # of Ctrl-C and of hang-ups would wait in vain. A handler of ours is not inherited across exec.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda signum, frame: None)  # (still deaf to hang-ups itself)
 
 
 # Run in parallel (`make test`: pytest-xdist with --dist loadgroup), the tests of one group run
