@@ -1,6 +1,7 @@
 # make demo: set everything up and show netstats on an embedded example (offline, seconds).
 # make test: set everything up, then lint, type-check and run the whole suite (on .venv's Python).
 # make test-all: make test, then the whole suite on every other supported CPython (noxfile.py).
+# make docs: the documentation site (docs/, mkdocs.yml) into site/, offline, warnings as errors.
 # The suite runs in parallel: 4 workers (pytest-xdist; tests/conftest.py says which tests share
 # one). On 2 cores, 4 pay: most tests wait on a server, a subprocess or a sleep. PARALLEL= runs
 # it in one process.
@@ -12,7 +13,7 @@ HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CORE := $(VENV)/.core-$(HASH)
 STAMP := $(VENV)/.installed-$(HASH)
 
-.PHONY: all venv demo test test-others test-all lint bench clean
+.PHONY: all venv demo test test-others test-all lint bench clean docs
 
 all: test
 
@@ -47,10 +48,21 @@ test-others: $(STAMP)
 
 test-all: test test-others
 
+# Wall-clock ratios against stock (noisy on a shared machine), then what load cannot move:
+# instructions per connection, per call with a callback, per census sweep, and against the
+# tracing tools (the bench extra: OpenTelemetry, sentry-sdk; nothing is sent).
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/sockets.py
 	$(BIN)/python bench/connections.py
+	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/chatty_instructions.py --only own wrapped callback tagged
 	$(BIN)/python bench/census.py
+	$(BIN)/python bench/peers.py
+
+# The documentation site, built offline into site/; any warning (a link, an anchor, a page) fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .nox build src/*.egg-info
+	rm -rf $(VENV) .nox build site src/*.egg-info

@@ -8,13 +8,16 @@ else the machine is doing.
 
 Each variant runs at two loop sizes, N1 and N2, and the figure per round trip is the difference
 divided by N2 - N1: interpreter start-up, imports, connect, close and the capture's start and
-stop cancel out. Variants, as in bench/sockets.py: "stock" (no capture), "wrapped"
+stop cancel out. Variants, as in bench/sockets.py: "stock" (no capture), "own" (no capture, the
+loop calling the callback itself after each send and recv: the callback's own cost), "wrapped"
 (netstats.capture() with the kernel's counters off, `_kernel.supported = False`: the per-call
 wrappers count), "count" (netstats.capture(): the kernel counts plain TCP), "callback"
 (netstats.capture(cb) for read/write events) and "tagged" (netstats.capture(), the loop inside
 `netstats.tag(bench="chatty")`). Every captured run checks its counts against the bytes moved
 (and "tagged" its tag's rx/tx, "callback" what its callback saw) and fails otherwise. The kernel
-census is off (its sweeps go by the clock; bench/census.py measures them).
+census is off (its sweeps go by the clock; bench/census.py measures them). With "own", "wrapped"
+and "callback" measured, it prints the callback's dispatch per read or write (callback - wrapped
+- (own - stock), halved) against issue 27's target.
 
     .venv/bin/python bench/chatty_instructions.py                  # 2000 and 6000 round trips
     .venv/bin/python bench/chatty_instructions.py --n1 1000 --n2 3000 --json
@@ -37,7 +40,8 @@ import sys
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("stock", "wrapped", "count", "callback", "tagged")
+VARIANTS = ("stock", "own", "wrapped", "count", "callback", "tagged")
+CALLBACK_TARGET = 3000  # issue 27: a callback's dispatch per read or write, over the wrappers
 MSG = 64
 WARM = 50  # round trips before the measured ones, in every variant and size
 
@@ -56,10 +60,15 @@ def client(port: int, n: int, variant: str) -> None:
 
     def loop(sock: socket.socket, k: int) -> None:
         msg = b"m" * MSG
+        own = variant == "own"  # stock, calling the callback itself: the callback's own cost
         for _ in range(k):
             if sock.send(msg) != MSG:
                 raise RuntimeError("short send of 64 bytes on a blocking socket")
+            if own:
+                on_io("write", sock, MSG)
             data = sock.recv(MSG)
+            if own:
+                on_io("read", sock, len(data))
             while len(data) < MSG:
                 more = sock.recv(MSG - len(data))
                 if not more:
@@ -79,7 +88,7 @@ def client(port: int, n: int, variant: str) -> None:
         _kernel.supported = False  # as on a platform without TCP_INFO: the wrappers count
     if variant == "callback":
         cap = netstats.capture(on_io, events={"read", "write"})
-    elif variant != "stock":
+    elif variant not in ("stock", "own"):
         cap = netstats.capture()
     try:
         if variant == "tagged":
@@ -173,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {variant:<9} {row['instructions_per_round_trip']:>12} {row['extra_instructions']:>7}"
             f" {row['instruction_ratio']:>6}"
+        )
+    if {"own", "wrapped", "callback"} <= set(result):
+        per_call = {
+            v: result[v]["instructions_per_round_trip"] / 2 for v in ("stock", "own", "wrapped", "callback")
+        }
+        dispatch = per_call["callback"] - per_call["wrapped"] - (per_call["own"] - per_call["stock"])
+        print(
+            f"callback dispatch: {dispatch:,.0f} instructions per read or write over the wrappers, besides"
+            f" the callback's own {per_call['own'] - per_call['stock']:,.0f} (target <= {CALLBACK_TARGET:,}):"
+            f" {'met' if dispatch <= CALLBACK_TARGET else 'NOT met'}"
         )
     return 0
 

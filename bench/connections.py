@@ -55,11 +55,13 @@ TARGETS = {("raw", "count"): 1.05, ("requests", "count"): 1.02}
 # The peer: a thread per connection. A connection starting with b"STAT" gets the bytes
 # received and sent since the previous STAT (16 bytes) and is not counted; one starting with
 # b"GET " is HTTP/1.1 (a 64-byte body per request, keep-alive until the client closes); any
-# other is echoed 64 bytes at a time until the client closes. accept() gives up after IDLE s.
+# other is echoed 64 bytes at a time until the client closes. accept() gives up after IDLE s
+# (60, or argv[2]).
 SERVER = r"""
 import os, socket, struct, sys, threading
 
-CPU, MSG, IDLE, MAX_CONNECTIONS = int(sys.argv[1]), 64, 60, 1_000_000
+CPU, MSG, MAX_CONNECTIONS = int(sys.argv[1]), 64, 1_000_000
+IDLE = int(sys.argv[2]) if len(sys.argv) > 2 else 60  # (bench/peers.py: its clients start slowly)
 BODY = b"b" * MSG
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 64\r\n\r\n" + BODY
 totals = [0, 0]

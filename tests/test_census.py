@@ -133,6 +133,76 @@ def test_an_accepted_stock_socket_is_found_only_with_servers_true():
         listener.close()
 
 
+# ---- what a sweep costs (issue 27) --------------------------------------------------------
+
+
+def _raw_connection(address: Any, nbytes: int) -> Any:
+    raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)  # the C type: no wrappers
+    raw.connect(address)
+    raw.sendall(b"x" * nbytes)
+    got = 0
+    while got < nbytes:
+        got += len(raw.recv(65536))
+    return raw
+
+
+def test_a_connection_opened_on_the_number_of_one_just_closed_is_found_and_the_first_ends(peer):
+    """A number closed and taken again between two sweeps (the count of descriptors unchanged):
+    the census still sees the new socket, and the old connection's end."""
+    echo = peer("echo")
+    with netstats.capture() as cap:
+        first = _raw_connection(echo.address, 1000)
+        old = found_one(cap, wire_tx=1000)
+        number = first.fileno()
+        with census.census._lock:  # (no sweep between the close and the new connection)
+            first.close()
+            second = _raw_connection(echo.address, 2500)
+        assert second.fileno() == number
+        new = found_one(cap, wire_tx=2500)
+        wait_for(lambda: old.closed is not None)
+        second.close()
+        wait_for(lambda: new.closed is not None)
+    records = echo.wait_closed(2)
+    assert sorted((c.wire_tx, c.wire_rx) for c in (old, new)) == sorted((r["rx"], r["tx"]) for r in records)
+
+
+def test_idle_descriptors_cost_a_sweep_nothing_while_the_table_is_unchanged(monkeypatch):
+    """With the table as it was (the same count of descriptors, no TCP connection opened), a
+    sweep looks at the sockets it watches only: no fstat for each idle descriptor."""
+    idle = [_socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) for _ in range(200)]
+    try:
+        with netstats.capture():
+            c = census.census
+            with c._lock:  # (the thread's sweeps wait)
+                monkeypatch.setattr(census, "_hint", lambda: (1, b"as it was"))
+                c._hint, c._next_full = None, 0.0
+                c._tick()  # a full sweep: the table may have changed since the last
+                fstat, calls = census.os.fstat, []
+                monkeypatch.setattr(census.os, "fstat", lambda fd: calls.append(fd) or fstat(fd))
+                c._tick()
+                monkeypatch.setattr(census.os, "fstat", fstat)
+            assert not set(calls) & {s.fileno() for s in idle}
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_a_connection_a_full_sweep_saw_is_recorded_by_the_next_sweep_of_the_watched_ones(peer, monkeypatch):
+    echo = peer("echo")
+    with netstats.capture() as cap:
+        c = census.census
+        with c._lock:
+            raw = _raw_connection(echo.address, 700)
+            c.sweep()  # its first sweep
+            assert kernel_connections(cap) == []
+            time.sleep(census.INTERVAL)
+            c._look_again()  # its second: by its number alone
+            (conn,) = kernel_connections(cap)
+        assert (conn.wire_tx, conn.closed) == (700, None)
+        raw.close()
+        wait_for(lambda: conn.closed is not None)
+
+
 # ---- grpcio: client and server in C --------------------------------------------------------
 
 
@@ -188,11 +258,14 @@ def test_reports_show_unknown_application_bytes_as_question_marks(peer, tmp_path
     )
     netstats_cli = [sys.executable, "-m", "netstats", "run"]
     out = subprocess.run(
-        [*netstats_cli, "--format", "json", str(script)], capture_output=True, text=True, timeout=60
+        [*netstats_cli, "--format", "json", "-o", "-", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     import json
 
-    run = json.loads(out.stderr[out.stderr.index("{") :])
+    run = json.loads(out.stdout[out.stdout.index("{") :])
     (conn,) = run["connections"]
     assert (conn["source"], conn["tx"], conn["rx"], conn["wire_tx"], conn["wire_rx"]) == (
         "kernel",

@@ -173,13 +173,13 @@ def test_a_driver_imported_during_the_run_is_told_of_with_the_programs_own_frame
         "    db.close()\n"
     )
     out = subprocess.run(
-        [sys.executable, "-m", "netstats", "run", "--format", "json", str(script)],
+        [sys.executable, "-m", "netstats", "run", "--format", "json", "-o", "-", str(script)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    conns = json.loads(out.stderr[out.stderr.index("{") :])["connections"]
+    conns = json.loads(out.stdout[out.stdout.index("{") :])["connections"]
     records = relay.wait_closed(5)
     assert [(c["source"], c["host"], c["tx"], c["rx"], c["wire_tx"], c["wire_rx"]) for c in conns] == [
         ("python", "localhost", r["rx"], r["tx"], r["rx"], r["tx"]) for r in records

@@ -23,6 +23,8 @@ from typing import Any
 import helpers
 import pytest
 
+import netstats
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's figures: Linux")
 
 TIMEOUT = 60.0
@@ -248,7 +250,7 @@ def test_top_draws_a_bash_process_connections_until_it_ends(pane):
             return "ESTABLISHED" in line and re.search(r"\b300 B\b.*\b700 B\b", line) is not None
 
         text = view.wait(row, "the bash connection's row: wire rx 300 B, wire tx 700 B")
-        assert f"netstats top {peer.proc.pid}: 1 TCP connection (" in text
+        assert f"netstats top {peer.proc.pid}: 1 TCP connection, " in text
         view.wait(lambda t: "B/s" in t, "a rate once two readings were taken")
     finally:
         peer.end()
@@ -330,6 +332,219 @@ def test_run_live_draws_a_python_childs_connection_from_its_snapshots(pane, peer
         go.write_text("")
     text = view.wait(lambda t: "exit=0" in t, "the program's end")
     assert re.search(rf"127\.0\.0\.1:{echo.port}\s+600 B\s+600 B", text), text
+
+
+# ---- per interval, as nethogs and tcptop: connections that opened and closed in one ----------
+
+SHORT = """\
+import os, socket, sys, time
+{setup}
+port, go = int(sys.argv[1]), sys.argv[2]
+deadline = time.monotonic() + 60
+for _ in range(3000):  # short connections, each opened and closed well within one refresh
+    if os.path.exists(go) or time.monotonic() > deadline:
+        break
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"x" * 700)
+        got = 0
+        while got < 700:
+            got += len(s.recv(65536))
+    time.sleep(0.02)
+"""
+
+
+def closed_row(port: int, size: str, child: bool = False) -> Callable[[str], bool]:
+    """Whether the pane shows a connection to the port as closed, `size` each way (rx, tx,
+    wire rx, wire tx), and the title a refresh in which more than one closed."""
+
+    def look(text: str) -> bool:
+        rows = [x for x in text.splitlines() if f"127.0.0.1:{port}" in x and " closed " in x]
+        rows = [x for x in rows if ("(pid " in x) == child and len(re.findall(rf"\b{size}\b", x)) == 4]
+        counts = [int(n) for n in re.findall(r"(\d+) closed since the last refresh", " ".join(text.split()))]
+        return bool(rows) and any(n > 1 for n in counts)
+
+    return look
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_run_live_shows_connections_that_opened_and_closed_between_two_refreshes(pane, peer, tmp_path, mode):
+    echo = peer("echo")
+    program = tmp_path / "prog.py"
+    program.write_text(SHORT.format(setup=MODES[mode]))
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
+    try:
+        view.wait(closed_row(echo.port, "700 B"), "a closed connection's row with 700 B each way")
+    finally:
+        go.write_text("")
+    view.wait(lambda t: "exit=0" in t, "the program's end")
+    counts = echo.counts()
+    assert len(counts) > 1 and all((c["rx"], c["tx"]) == (700, 700) for c in counts)  # the peer's own
+
+
+def test_run_live_shows_a_childs_connections_that_opened_and_closed_between_two_refreshes(
+    pane, peer, tmp_path
+):
+    echo = peer("echo")
+    child = tmp_path / "child.py"
+    child.write_text(SHORT.format(setup="").replace("700", "600"))
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, {str(child)!r}, *sys.argv[1:]])\n"
+        "sys.exit(child.wait(120))\n"
+    )
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
+    try:
+        view.wait(closed_row(echo.port, "600 B", child=True), "the child's closed connection, 600 B each way")
+    finally:
+        go.write_text("")
+    view.wait(lambda t: "exit=0" in t, "the program's end")
+    counts = echo.counts()
+    assert len(counts) > 1 and all((c["rx"], c["tx"]) == (600, 600) for c in counts)  # the peer's own
+
+
+def test_run_live_keeps_counting_the_connections_of_a_child_that_ended(pane, peer, tmp_path):
+    echo = peer("echo")
+    child = tmp_path / "child.py"
+    child.write_text(  # three connections, 300 B each way, then it ends at once
+        "import socket, sys\n"
+        "for _ in range(3):\n"
+        "    with socket.create_connection(('127.0.0.1', int(sys.argv[1]))) as s:\n"
+        "        s.sendall(b'x' * 300)\n"
+        "        got = 0\n"
+        "        while got < 300:\n"
+        "            got += len(s.recv(65536))\n"
+    )
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import os, subprocess, sys, time\n"
+        f"subprocess.run([sys.executable, {str(child)!r}, sys.argv[1]], check=True, timeout=60)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+    )
+    go = tmp_path / "go"
+    view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
+    try:
+        # the child's three, in all and in the totals, after it ended (one process left)
+        text = view.wait(lambda t: "0 open, 3 in all" in " ".join(t.split()), "the ended child's connections")
+        assert "rx 900 B tx 900 B" in " ".join(text.split()), text
+    finally:
+        go.write_text("")
+    view.wait(lambda t: "exit=0" in t, "the program's end")
+    assert [(c["rx"], c["tx"]) for c in echo.counts()] == [(300, 300)] * 3  # the peer's own
+
+
+def test_each_refresh_shows_what_every_connection_moved_since_the_last_closed_ones_included(peer):
+    from netstats import _live
+
+    echo = peer("echo")
+    with netstats.capture() as cap:
+        sampler, rows = _live.Sampler(cap), _live.Tracker()
+        first = sampler.sample()
+        rows.take(first, now=0.0)
+        held = socket.create_connection(echo.address)
+        helpers.roundtrip(held, 1000)
+        with socket.create_connection(echo.address) as short:  # opened and closed in the interval
+            helpers.roundtrip(short, 300)
+        second = sampler.sample()
+        rows.take(second, now=1.0)
+        span = second["time"] - first["time"]
+        shown = sorted(rows.rows(now=1.0), key=lambda r: r.state)
+        assert [(r.state, r.rx, r.tx) for r in shown] == [("closed", 300, 300), ("open", 1000, 1000)]
+        assert [(r.rx_rate, r.tx_rate) for r in shown] == [
+            (300 / span, 300 / span),
+            (1000 / span, 1000 / span),
+        ]
+        assert (rows.open, rows.closed_now, rows.count) == (1, 1, 2)
+
+        helpers.roundtrip(held, 200)  # the next interval: the held one moves 200 more, the short none
+        third = sampler.sample()
+        rows.take(third, now=2.0)
+        span = third["time"] - second["time"]
+        shown = sorted(rows.rows(now=2.0), key=lambda r: r.state)
+        assert [(r.state, r.rx, r.rx_rate, r.tx_rate) for r in shown] == [
+            ("closed", 300, 0.0, 0.0),  # still shown, a while: nothing moves on it now
+            ("open", 1200, 200 / span, 200 / span),
+        ]
+        assert rows.closed_now == 0
+        assert [r.state for r in rows.rows(now=1.0 + _live.LINGER)] == ["open"]  # gone after LINGER
+        held.close()
+    sampler.close()
+    assert [(c["rx"], c["tx"]) for c in echo.counts()] == [(1000 + 200, 1200), (300, 300)]  # the peer's own
+
+
+class Server:
+    """Accepts connections, reads `reads` bytes of each, writes `writes`, and counts them; then
+    closes each as its client does, or (`hold`) keeps it open until the test ends."""
+
+    def __init__(self, reads: int, writes: int, hold: bool) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.counts: list[tuple[int, int]] = []  # (read, written) per connection served
+        self.held: list[socket.socket] = []
+        self._reads, self._writes, self._hold = reads, writes, hold
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        for _ in range(1000):
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed by the test
+            got = 0
+            while got < self._reads and (chunk := conn.recv(65536)):
+                got += len(chunk)
+            conn.sendall(b"y" * self._writes)
+            self.counts.append((got, self._writes))
+            conn.recv(1)  # until the client closes
+            if self._hold:
+                self.held.append(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+# The sizes of a closed socket, and its rates in the interval it closed in: final, told by the
+# kernel as it destroyed the socket; or, while the socket lingers (its peer holds its side
+# open: FIN_WAIT2), as last seen, more perhaps unseen ("+?"), the rates not known.
+FINAL = r"closed\W+[\d.]+ \w*B/s\W+[\d.]+ \w*B/s\s+│\s+300 B\s+│\s+700 B\s+│"
+AS_LAST_SEEN = r"closed\W+\?\W+\?\W+300 B\+\?\W+700 B\+\?"
+
+
+@pytest.mark.parametrize("hold, row", [(False, FINAL), (True, AS_LAST_SEEN)], ids=["destroyed", "lingering"])
+def test_top_lists_a_connection_that_closed_since_the_last_refresh(pane, hold, row):
+    server = Server(reads=700, writes=300, hold=hold)
+    # bash opens a connection, moves 700 B out and 300 B in, holds it past a refresh, closes
+    # it and opens the next (for ever, until told): one is always closing while top watches.
+    script = (
+        "for i in $(seq 100); do "
+        f"exec 3<>/dev/tcp/127.0.0.1/{server.port}; head -c 700 /dev/zero >&3; head -c 300 <&3 >/dev/null; "
+        "read -t 1.5 _ && break; exec 3>&-; done"
+    )
+    bash = subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE, text=True)
+    try:
+        view = pane([*NETSTATS, "top", str(bash.pid)])
+
+        def closed(text: str) -> bool:
+            lines = [x for x in text.splitlines() if f"127.0.0.1:{server.port}" in x and "closed" in x]
+            return any(re.search(row, line) for line in lines)
+
+        text = view.wait(closed, f"a closed connection's row: {row}")
+        assert re.search(r"TCP connections?, \d+ closed since the last refresh", text), text
+        assert all(c == (700, 300) for c in server.counts) and server.counts  # the server's own count
+    finally:
+        assert bash.stdin is not None
+        bash.stdin.write("\n")
+        bash.stdin.close()
+        bash.wait(TIMEOUT)
+        server.close()
 
 
 def test_live_without_rich_names_the_extra_in_one_line(tmp_path):

@@ -8,6 +8,7 @@ byte count is a known payload size or that server's count.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import sys
@@ -276,6 +277,10 @@ def test_json_file_holds_every_test_with_its_connections(suite: pytest.Pytester)
         "unknown": 0,
         "tls_overhead": 0,
         "connections": [],
+        "verdict": "no budget",
+        "budget": None,
+        "measured": {"tx": 0, "rx": 0, "tx_at_most": 0, "rx_at_most": 0, "connections": 0},
+        "problems": [],
     }
     two = rows["test_a.py::test_two"]
     assert (two["kind"], two["tx"], two["rx"]) == ("test", 1300, 1300)
@@ -388,8 +393,18 @@ def test_teardown_goes_over(echo, chatty_teardown):
 """
 
 
+def place_of(path: Any, text: str) -> str:
+    """ "file:line" of the one line of the file at path that holds text."""
+    (number,) = [n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line]
+    return f"{path.name}:{number}"
+
+
 def test_budgets_pass_within_and_fail_over_naming_the_connections(suite: pytest.Pytester) -> None:
-    suite.makepyfile(test_b=BUDGETS)
+    test = suite.makepyfile(test_b=BUDGETS)
+
+    def at(text: str) -> str:
+        return place_of(test, text)
+
     result = run(suite, "-rA")
     assert outcomes(result) == {
         ("test_b.py::test_within", "PASSED"),
@@ -403,9 +418,9 @@ def test_budgets_pass_within_and_fail_over_naming_the_connections(suite: pytest.
     result.stdout.fnmatch_lines(
         [
             "*netstats: test_b.py::test_over_tx broke its network budget",
-            "  tx 1,200 bytes > max_tx=1,000:",
-            "    127.0.0.1:* tx=900 rx=900 opened at *conftest.py:* in connect",
-            "    127.0.0.1:* tx=300 rx=300 opened at *conftest.py:* in connect",
+            "  tx 1,200 bytes > max_tx=1,000:",  # each connection at the test's own line
+            f"    127.0.0.1:* tx=900 rx=900 opened at {at('echo.talk(900)')} in test_over_tx",
+            f"    127.0.0.1:* tx=300 rx=300 opened at {at('echo.talk(300)')} in test_over_tx",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -422,8 +437,207 @@ def test_budgets_pass_within_and_fail_over_naming_the_connections(suite: pytest.
         [
             "*ERROR at teardown of test_teardown_goes_over*",
             "*netstats: test_b.py::test_teardown_goes_over broke its network budget",
-            "  tx 1,100 bytes > max_tx=1,000:",
+            "  tx 1,100 bytes > max_tx=1,000:",  # its fixture's connections: the fixture's lines
+            f"    127.0.0.1:* tx=600 rx=600 opened at {at('echo.talk(600)')} in chatty_teardown",
+            f"    127.0.0.1:* tx=400 rx=400 opened at {at('echo.talk(400)')} in chatty_teardown",
         ]
+    )
+
+
+# ---- a budget failure names the test's own line; the JSON has each test's verdict ----------
+
+THROUGH_LIBRARIES = """
+import http.server, threading
+import pytest, requests
+import client
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2000")
+        self.end_headers()
+        self.wfile.write(b"z" * 2000)
+
+    def log_message(self, *args):
+        pass
+
+@pytest.fixture(scope="module")
+def url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+@pytest.mark.netstats(max_rx=100)
+def test_requests(url):
+    assert len(requests.get(url).content) == 2000
+
+@pytest.mark.netstats(max_rx=100)
+def test_through_a_helper(url):
+    assert client.fetch(url) == 2000
+
+@pytest.mark.netstats(max_tx=100)
+def test_a_line_of_its_own(echo):
+    echo.talk(200)
+
+@pytest.mark.netstats(max_tx=100)
+def test_in_a_thread(echo):
+    thread = threading.Thread(target=echo.talk, args=(200,))
+    thread.start()
+    thread.join()
+"""
+
+
+def test_a_budget_failure_names_the_line_in_the_tests_file_not_the_client_librarys(
+    suite: pytest.Pytester,
+) -> None:
+    # (not importorskip: requests imported here would leave with pytester's sys.modules snapshot,
+    # and the next test's `import requests` would get a second copy of it and of http.cookiejar)
+    if importlib.util.find_spec("requests") is None:
+        pytest.skip("requests is not installed")
+    suite.makepyfile(client="import requests\n\ndef fetch(url):\n    return len(requests.get(url).content)\n")
+    test = suite.makepyfile(test_e=THROUGH_LIBRARIES)
+    result = run(suite, "-rA", "-p", "no:randomly")
+    result.assert_outcomes(failed=4)
+    for name, call in [
+        ("test_requests", "requests.get(url)"),  # (origin: urllib3's connection.py)
+        ("test_through_a_helper", "client.fetch(url)"),  # (caller: client.py, the user's helper)
+        ("test_a_line_of_its_own", "echo.talk(200)"),  # (caller: conftest.py, the echo's connect)
+    ]:
+        result.stdout.fnmatch_lines(
+            [
+                f"*netstats: test_e.py::{name} broke its network budget",
+                f"    * opened at {place_of(test, call)} in {name}",
+            ]
+        )
+    # No frame of the test's file in the thread that connected: the test where pytest places it
+    # (its decorator's line, the one before its def), and where the connection was made.
+    file, line = place_of(test, "def test_in_a_thread").split(":")
+    result.stdout.fnmatch_lines(
+        [
+            "*netstats: test_e.py::test_in_a_thread broke its network budget",
+            f"    * opened at test_in_a_thread ({file}:{int(line) - 1}), at conftest.py:* in connect",
+        ]
+    )
+    assert "urllib3" not in result.stdout.str()
+
+
+VERDICTS = """
+import _socket, time
+import pytest
+
+@pytest.mark.netstats(max_tx=1000, max_connections=2)
+def test_within(echo):
+    echo.talk(500)
+    echo.talk(400)
+
+@pytest.mark.netstats(max_tx=1000)
+def test_over(echo):
+    echo.talk(700)
+    echo.talk(600)
+
+@pytest.mark.netstats(allow_hosts=["10.0.0.0/8"])
+def test_elsewhere(echo):
+    echo.talk(10)
+
+def test_no_budget(echo):
+    echo.talk(5)
+
+def talk_unseen(port, n, netstats):
+    '''n bytes each way through the stock _socket, which netstats does not wrap: the kernel
+    census finds the connection, and knows its wire bytes only.'''
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"x" * n)
+    got = 0
+    while got < n:
+        got += len(s.recv(65536))
+    found = []
+    for _ in range(3000):  # until the census has it (it sweeps every 0.15 s)
+        found = [c for c in netstats.connections if c.source == "kernel"]
+        if found:
+            break
+        time.sleep(0.01)
+    s.close()
+    for _ in range(3000):  # until its end is known, with its final wire bytes
+        if found and found[0].closed is not None:
+            break
+        time.sleep(0.01)
+    assert found and found[0].closed is not None and found[0].wire_tx == n
+
+@pytest.mark.netstats(max_tx=2000)
+def test_unseen_within_its_wire_bytes(echo, netstats):
+    talk_unseen(echo.port, 1000, netstats)
+
+@pytest.mark.netstats(max_tx=2000)
+def test_unseen_over_by_its_wire_bytes(echo, netstats):
+    talk_unseen(echo.port, 5000, netstats)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel census: Linux")
+def test_json_gives_each_test_its_verdict_and_never_passes_bytes_nobody_counted(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(test_v=VERDICTS)
+    result = run(suite, "--netstats-json", "out.json", "-p", "no:randomly")
+    result.assert_outcomes(passed=3, failed=3)
+    doc = json.loads((suite.path / "out.json").read_text())
+    rows = {r["name"].split("::")[1]: r for r in doc["rows"] if r["kind"] == "test"}
+    assert all("verdict" not in r for r in doc["rows"] if r["kind"] != "test")  # a test's own
+    assert int((suite.path / "server_received.txt").read_text()) == 900 + 1300 + 10 + 5 + 1000 + 5000
+    expected = {  # (verdict, measured tx, tx at most, connections), each a known payload size
+        "test_within": ("passed", 900, 900, 2),
+        "test_over": ("over budget", 1300, 1300, 2),
+        "test_elsewhere": ("host not allowed", 10, 10, 1),
+        "test_no_budget": ("no budget", 5, 5, 1),
+        # application bytes nobody counted: within the budget only by their wire bytes, ...
+        "test_unseen_within_its_wire_bytes": ("passed", None, 1000, 1),
+        # ... and over it by those alone: not known to be over, nor within
+        "test_unseen_over_by_its_wire_bytes": ("not measured", None, 5000, 1),
+    }
+    assert {
+        name: (
+            row["verdict"],
+            row["measured"]["tx"],
+            row["measured"]["tx_at_most"],
+            row["measured"]["connections"],
+        )
+        for name, row in rows.items()
+    } == expected
+    assert rows["test_within"]["budget"] == {
+        "max_tx": 1000,
+        "max_rx": None,
+        "max_connections": 2,
+        "allow_hosts": None,
+    }
+    assert rows["test_within"]["problems"] == [] and rows["test_no_budget"]["budget"] is None
+    assert rows["test_over"]["problems"] == ["tx 1,300 bytes > max_tx=1,000"]
+    assert rows["test_elsewhere"]["budget"]["allow_hosts"] == ["10.0.0.0/8"]
+    assert rows["test_elsewhere"]["problems"] == ["host not in allow_hosts=['10.0.0.0/8']"]
+    assert rows["test_unseen_over_by_its_wire_bytes"]["problems"] == [
+        "tx 0 bytes + up to 5,000 not known > max_tx=2,000"
+    ]
+
+
+def test_a_budget_failure_shows_a_host_with_control_characters_escaped(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_f="""
+        import socket
+        import pytest
+
+        @pytest.mark.netstats(allow_hosts=["localhost"])
+        def test_odd_name():
+            with socket.socket() as s, pytest.raises(OSError):
+                s.connect(("evil\\x1b[31mred\\x1b]0;title\\x07", 80))  # no such name: the attempt is listed
+        """
+    )
+    result = run(suite)
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "\x1b" not in out and "\x07" not in out  # nothing the terminal would act on
+    result.stdout.fnmatch_lines(
+        ["    evil\\x1b[[]31mred\\x1b]0;title\\x07:80 (gaierror) tx=0 rx=0 opened at test_f.py:*"]
     )
 
 
@@ -507,7 +721,7 @@ def test_allow_hosts_takes_names_addresses_and_ranges_and_an_address_is_only_its
         [
             "*netstats: test_c.py::test_not_allowed broke its network budget",
             "  host not in allow_hosts=['10.0.0.0/8', 'db.internal']:",
-            "    *127.0.0.1* tx=10 rx=10 opened at *conftest.py:* in connect",
+            "    *127.0.0.1* tx=10 rx=10 opened at test_c.py:* in test_not_allowed",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -592,7 +806,7 @@ def test_block_refuses_the_connect_before_any_byte_leaves(suite: pytest.Pytester
         [
             "*netstats: test_d.py::test_blocked broke its network budget",
             "  host not in allow_hosts=['10.0.0.0/8']:",
-            "    127.0.0.1:* (NetstatsBlocked) tx=0 rx=0 opened at *conftest.py:* in connect",
+            "    127.0.0.1:* (NetstatsBlocked) tx=0 rx=0 opened at test_d.py:* in test_blocked",
         ]
     )
     assert re.search(

@@ -926,6 +926,52 @@ def test_a_failed_tls_handshake_is_the_stock_error_and_one_closed_connection(pee
     assert events.lifecycle(conn.id) == {"open": 1, "connect": 1, "close": 1}  # TCP did connect
 
 
+@pytest.mark.parametrize("how", ["wrap-connected", "connect-wrapped"])
+@pytest.mark.parametrize("mode", CAPTURED)
+def test_a_failed_tls_handshake_counts_its_handshake_on_the_wire_and_its_time(
+    peer, client_context, mode, how
+):
+    """The handshake's bytes did cross the wire before verification failed: the wire figures
+    are the relay's own count (ciphertext both ways), the TLS time is the time it took."""
+    tls_echo = peer("echo", tls=True)
+    relay = peer("relay", backend=tls_echo.address)
+    with capturing(mode) as (cap, _):
+        began = time.time()
+        if how == "wrap-connected":
+            raw = socket.create_connection(relay.address, timeout=10)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                client_context.wrap_socket(raw, server_hostname="wrong.example")
+            raw.close()
+        else:
+            s = client_context.wrap_socket(socket.socket(), server_hostname="wrong.example")
+            with pytest.raises(ssl.SSLCertVerificationError):
+                s.connect(relay.address)
+            s.close()
+        spent = time.time() - began
+    (seen,) = relay.wait_closed(1)
+    (conn,) = cap.connections
+    assert (conn.wire_tx, conn.wire_rx) == (seen["rx"], seen["tx"])
+    assert seen["rx"] > 0 and seen["tx"] > 0  # a ClientHello went out, the server's flight came back
+    assert conn.tls is None and conn.tls_time is not None and 0 < conn.tls_time <= spent
+
+
+@pytest.mark.parametrize("mode", CAPTURED)
+def test_a_refused_connect_moved_no_bytes_on_the_wire(mode):
+    """Nothing listens: the attempt carried no stream bytes, which is known (0), not unknown."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    address = probe.getsockname()
+    probe.close()
+    with capturing(mode) as (cap, _):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, 5)
+    (conn,) = cap.connections
+    assert conn.error == "ConnectionRefusedError"
+    expected = (0, 0) if LINUX else (None, None)
+    assert (conn.wire_tx, conn.wire_rx) == expected
+    assert conn.as_dict()["wire_tx"] == expected[0]
+
+
 @pytest.mark.parametrize("mode", CAPTURED)
 def test_a_peer_that_half_closes_reads_on_and_the_counts_stay_true(mode):
     """The peer answers, shuts down its side (FIN), and goes on reading until our close."""

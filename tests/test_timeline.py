@@ -239,7 +239,8 @@ def test_the_page_shows_a_row_per_connection_filters_sorts_and_groups(
     page.select_option("#group", "host")
     page.wait_for_selector(".row.group")
     groups = page.eval_on_selector_all(".row.group .key", "keys => keys.map(k => k.textContent)")
-    assert sorted(groups) == sorted({c["host"] or f"{c['remote'][0]}:{c['remote'][1]}" for c in conns})
+    # host:port, as the text report's PEER column: a host's ports are not merged
+    assert sorted(groups) == sorted({f"{c['host'] or c['remote'][0]}:{c['remote'][1]}" for c in conns})
 
     page.select_option("#group", "")
     page.hover(f".row.conn[data-id='{conns[0]['id']}'] .bar")
@@ -362,29 +363,523 @@ def test_a_saved_run_with_absurd_times_gets_no_page_and_no_trace_but_one_line(
         assert not (tmp_path / "page.html").exists()
 
 
+seconds = st.floats(0, 5)
+maybe = st.none() | st.floats(0, 2)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     start=st.floats(1.7e9, 1.8e9),
-    times=st.lists(st.floats(0, 5), min_size=5, max_size=5),
+    times=st.lists(seconds, min_size=5, max_size=5),
+    tls=st.none() | st.tuples(st.floats(-1, 1), seconds),
+    calls=st.lists(st.tuples(st.floats(0, 2), maybe, maybe), max_size=6),
 )
-def test_trace_phases_of_a_connection_never_partly_overlap(start: float, times: list[float]) -> None:
+def test_trace_phases_of_a_connection_never_partly_overlap(
+    start: float,
+    times: list[float],
+    tls: tuple[float, float] | None,
+    calls: list[tuple[float, float | None, float | None]],
+) -> None:
     """Perfetto rejects slices of one track that partly overlap: however the phases' times
-    round, one phase ends at or before the next begins (the page and text are not involved)."""
+    round, one phase ends at or before the next begins, with a TLS handshake (even one said to
+    start before the connect ended) and each request/response exchange as its own slices (the
+    page and text are not involved)."""
     from netstats._report import Run, render
 
     dns, connect, wait, ttfb, rest = times
     opened = start + dns
-    conn = {
+    conn: dict[str, Any] = {
         "id": 1, "pid": 7, "transport": "tcp", "side": "client", "remote": ["127.0.0.1", 80],
         "opened": opened, "dns_time": dns, "connect_time": connect,
         "first_write": opened + connect + wait, "ttfb": ttfb,
-        "closed": opened + connect + wait + ttfb + rest,
     }  # fmt: skip
+    clock = opened + connect
+    if tls is not None:
+        conn["tls_started"], conn["tls_time"] = clock + tls[0], tls[1]
+        clock += max(0.0, tls[0]) + tls[1]
+    exchanges = []
+    for gap, first, last in calls:  # sent, first byte, last byte, one after another
+        sent = clock + gap
+        got = None if first is None else sent + first
+        end = None if got is None or last is None else got + last
+        exchanges.append([sent, got, end])
+        clock = end or got or sent
+    conn["exchanges"] = exchanges
+    conn["closed"] = max(clock, conn["first_write"] + ttfb) + rest
     run = Run(
         program=["p.py"], pid=7, started=start, finished=conn["closed"] + 1, exit_code=0, connections=[conn]
     )
-    slices = sorted(
-        (e["ts"], e["dur"]) for e in json.loads(render(run, "trace"))["traceEvents"] if e["ph"] == "X"
-    )
+    events = json.loads(render(run, "trace"))["traceEvents"]
+    slices = sorted((e["ts"], e["dur"]) for e in events if e["ph"] == "X")
     for (ts, dur), (next_ts, next_dur) in zip(slices, slices[1:], strict=False):
         assert ts + dur <= next_ts or next_ts + next_dur <= ts + dur, (ts, dur, next_ts, next_dur)
+    answered = [e for e in exchanges if e[1] is not None]
+    if answered:  # each answered exchange: its own waiting and transfer
+        assert sum(e["name"] == "waiting" for e in events) == len(answered)
+        assert sum(e["name"] == "transfer" for e in events) == len(answered)
+
+
+# ---- the page as a DevTools network panel: hand-made runs with known figures ----------------
+
+PORT = 8443
+
+
+def conn(id: int, opened: float, closed: float, **fields: Any) -> dict[str, Any]:
+    """A connection record as a saved run holds it (every field the page reads, by default a
+    plain client connection to localhost:8443 that sent 100 bytes and read 1000)."""
+    record = {
+        "id": id, "pid": 7, "side": "client", "transport": "tcp", "source": "python",
+        "local": ["127.0.0.1", 40000 + id], "remote": ["127.0.0.1", PORT], "host": "localhost",
+        "tls": None, "rx": 1000, "tx": 100, "wire_rx": 1000, "wire_tx": 100,
+        "rtt": None, "min_rtt": None, "retransmits": None, "retrans_bytes": None,
+        "reads": 1, "writes": 1, "opened": opened, "connected": opened + 0.001, "closed": closed,
+        "duration": closed - opened, "dns_time": None, "connect_time": 0.001, "tls_time": None,
+        "tls_resumed": None, "ttfb": None, "tls_started": None, "first_write": None,
+        "marks": [], "tags": [], "origin": None, "caller": "app.py:3 in main", "error": None,
+    }  # fmt: skip
+    return record | fields
+
+
+def save(folder: Path, conns: list[dict[str, Any]], **run: Any) -> None:
+    """A saved run holding conns, and its page by `netstats report --html` (page.html)."""
+    data = {"schema": "netstats.run/1", "program": ["app.py"], "pid": 7, "started": 100.0, "finished": 110.0}
+    data |= {"exit_code": 0, "connections": conns, **run}
+    (folder / "run.json").write_text(json.dumps(data))
+    netstats("report", "run.json", "--html", "page.html", "-o", "out.txt", cwd=folder)
+
+
+def page_of(
+    browser: Any, folder: Path, conns: list[dict[str, Any]], **run: Any
+) -> tuple[Any, list[str], list[str]]:
+    """The page of a saved run holding conns (see save), in the browser."""
+    save(folder, conns, **run)
+    _offline((folder / "page.html").read_text())
+    return open_page(browser, folder / "page.html")
+
+
+def trace_of(folder: Path) -> list[dict[str, Any]]:
+    """The trace events of the saved run in folder (see page_of)."""
+    return json.loads(netstats("report", "run.json", "--format", "trace", cwd=folder).stdout)["traceEvents"]  # type: ignore[no-any-return]
+
+
+def cells_of(page: Any, id: int) -> dict[str, str]:
+    """A row's cells by their column's heading."""
+    heads = page.eval_on_selector_all(".head > div", "hs => hs.map(h => h.textContent)")
+    cells = page.eval_on_selector_all(f".row.conn[data-id='{id}'] > div", "cs => cs.map(c => c.textContent)")
+    return dict(zip(heads, cells, strict=True))
+
+
+def tip_of(page: Any, selector: str) -> str:
+    page.hover(selector)
+    page.wait_for_selector("#tip", state="visible")
+    return page.text_content("#tip") or ""
+
+
+def tip_id(page: Any) -> str | None:
+    """The id of the connection whose details the tooltip shows."""
+    found = re.search(r"^#(\d+) ", page.text_content("#tip") or "", re.M)
+    return found.group(1) if found else None
+
+
+def test_the_tooltip_follows_the_row_under_the_pointer_after_a_wheel_scroll(
+    browser: Any, tmp_path: Path
+) -> None:
+    conns = [conn(i, 101 + i * 0.01, 101.5 + i * 0.01) for i in range(1, 301)]
+    page, errors, blocked = page_of(browser, tmp_path, conns)
+    box = page.locator(".row.conn[data-id='5'] .bar").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    assert tip_id(page) == "5"
+    page.mouse.wheel(0, 22 * 20)  # twenty rows down, the pointer where it was
+    page.wait_for_function("document.getElementById('scroller').scrollTop > 0")
+    page.wait_for_timeout(300)
+    under = page.evaluate(f"document.elementFromPoint({x}, {y}).closest('.row').dataset.id")
+    assert under != "5"
+    assert tip_id(page) == under
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def seg_boxes(page: Any, id: int, phase: str) -> list[dict[str, float]]:
+    return page.eval_on_selector_all(  # type: ignore[no-any-return]
+        f".row.conn[data-id='{id}'] .seg[style*='var(--{phase})']",  # (coloured by phase)
+        "segs => segs.map(s => s.getBoundingClientRect()).map(r => ({left: r.left, right: r.right}))",
+    )
+
+
+def test_the_axis_starts_at_the_first_connection_not_at_the_programs_start(
+    browser: Any, tmp_path: Path
+) -> None:
+    # 5 s of imports before the first connection, then two connections over one second
+    conns = [conn(1, 105.0, 105.5), conn(2, 105.5, 106.0)]
+    page, errors, blocked = page_of(browser, tmp_path, conns, finished=106.0)
+    axis = page.locator("#axis").bounding_box()
+    assert abs(seg_boxes(page, 1, "connect")[0]["left"] - axis["x"]) < 2
+    assert abs(seg_boxes(page, 2, "open")[-1]["right"] - (axis["x"] + axis["width"])) < 2
+    assert "5.000 s after the program's start" in (page.text_content("#summary") or "")
+    assert page.text_content("#axis .tick") == "0"
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def window(page: Any) -> tuple[float, float]:
+    a, b = page.evaluate("document.body.dataset.window").split()
+    return float(a), float(b)
+
+
+def test_zoom_in_by_a_drag_or_ctrl_wheel_and_back_by_escape_double_click_or_the_button(
+    browser: Any, tmp_path: Path
+) -> None:
+    conns = [conn(1, 101.0, 105.0), conn(2, 102.0, 103.0)]  # the axis spans 4 s
+    page, errors, blocked = page_of(browser, tmp_path, conns)
+    assert window(page) == (0.0, 4.0) and page.is_hidden("#reset")
+    axis = page.locator("#axis").bounding_box()
+    bar = page.locator(".row.conn[data-id='2'] .bar").bounding_box()
+    y = bar["y"] + bar["height"] / 2
+
+    def drag(start: float, stop: float) -> None:  # from one share of the axis to another
+        page.mouse.move(axis["x"] + start * axis["width"], y)
+        page.mouse.down()
+        page.mouse.move(axis["x"] + stop * axis["width"], y, steps=5)
+        page.mouse.up()
+
+    before = seg_boxes(page, 2, "open")[0]
+    drag(0.25, 0.5)  # seconds 1 to 2: connection 2's whole life
+    a, b = window(page)
+    assert abs(a - 1.0) < 0.05 and abs(b - 2.0) < 0.05
+    after = seg_boxes(page, 2, "open")[0]
+    assert (after["right"] - after["left"]) > 3.5 * (before["right"] - before["left"])  # 4 times as wide
+    assert page.is_visible("#reset") and "showing +" in (page.text_content("#zoom") or "")
+    ticks = page.eval_on_selector_all("#axis .tick", "ts => ts.map(t => t.textContent)")
+    assert "0" not in ticks and len(ticks) >= 2
+
+    page.keyboard.press("Escape")
+    assert window(page) == (0.0, 4.0) and page.is_hidden("#reset")
+
+    drag(0.5, 0.75)
+    assert window(page)[0] > 1.9
+    page.dblclick(".row.conn[data-id='1'] .bar")
+    assert window(page) == (0.0, 4.0)
+
+    page.mouse.move(axis["x"] + axis["width"] / 2, y)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -300)
+    page.keyboard.up("Control")
+    page.wait_for_function("document.body.dataset.window !== '0 4'")
+    a, b = window(page)
+    assert 0 < a < 2 < b < 4  # narrower, around the pointer
+    page.click("#reset")
+    assert window(page) == (0.0, 4.0)
+    assert errors == [] and blocked == []
+    page.close()
+
+
+# Four request/response exchanges on one kept-alive connection: sent, first byte, last byte.
+EXCHANGES = [[101.1, 101.3, 101.35], [101.5, 101.6, 101.9], [102.0, 102.4, 102.41], [102.5, 102.7, 102.8]]
+
+
+def test_each_exchange_of_a_kept_alive_connection_is_its_own_waiting_and_transfer(
+    browser: Any, tmp_path: Path
+) -> None:
+    conns = [
+        conn(1, 101.0, 103.0, exchanges=EXCHANGES, first_write=101.1, ttfb=0.2),
+        conn(2, 101.0, 103.0, first_write=101.1, ttfb=0.2),  # an older run's record: one exchange
+        conn(3, 101.0, 103.0, exchanges=None, first_write=101.1, ttfb=0.2),
+    ]
+    page, errors, blocked = page_of(browser, tmp_path, conns)
+    waiting, transfer = seg_boxes(page, 1, "waiting"), seg_boxes(page, 1, "transfer")
+    assert len(waiting) == len(transfer) == len(EXCHANGES)
+    axis = page.locator("#axis").bounding_box()
+    px = axis["width"] / 2.0  # per second: the axis spans 2 s, from 101.0
+    for (sent, first, last), w, t in zip(EXCHANGES, waiting, transfer, strict=True):
+        assert abs(w["left"] - (axis["x"] + (sent - 101) * px)) < 2
+        assert abs(w["right"] - (axis["x"] + (first - 101) * px)) < 2
+        assert abs(t["right"] - (axis["x"] + (last - 101) * px)) < 2.5  # (a 1-px segment at least)
+    for old in (2, 3):
+        assert len(seg_boxes(page, old, "waiting")) == len(seg_boxes(page, old, "transfer")) == 1
+    tip = tip_of(page, ".row.conn[data-id='1'] .bar")
+    assert "4: sent +1.500 s  waiting 200.0 ms  transfer 100.0 ms" in tip
+    second = seg_boxes(page, 1, "waiting")[1]
+    page.mouse.move(
+        (second["left"] + second["right"]) / 2,
+        page.locator(".row.conn[data-id='1'] .bar").bounding_box()["y"] + 7,
+    )
+    assert (page.text_content("#tip") or "").startswith(
+        "\u25b8 waiting 100.0 ms, +500.0 ms to +600.0 ms\n#1 "
+    )
+    assert errors == [] and blocked == []
+    page.close()
+
+    trace = [e for e in trace_of(tmp_path) if e["ph"] == "X" and e["tid"] == 1]
+    for name, i, j in (("waiting", 0, 1), ("transfer", 1, 2)):
+        slices = [(e["ts"], e["dur"]) for e in trace if e["name"] == name]
+        want = [(round((x[i] - 100) * 1e6), round((x[j] - x[i]) * 1e6)) for x in EXCHANGES]
+        assert len(slices) == len(want) and all(
+            abs(a - c) <= 1 and abs(b - d) <= 1 for (a, b), (c, d) in zip(slices, want, strict=True)
+        )
+
+
+def test_marks_and_tags_are_in_the_details_and_in_the_trace(browser: Any, tmp_path: Path) -> None:
+    mark = {"name": "headers", "time": 101.25, "rx": 312, "tx": 78, "elapsed": 0.25}
+    tags = [{"labels": {"route": "/users"}, "rx": 700, "tx": 60}]
+    page, errors, blocked = page_of(browser, tmp_path, [conn(1, 101.0, 102.0, marks=[mark], tags=tags)])
+    tip = tip_of(page, ".row.conn[data-id='1'] .bar")
+    assert "headers at +250.0 ms: sent 78 B, received 312 B in 250.0 ms" in tip
+    assert "route=/users: sent 60 B, received 700 B" in tip
+    assert page.locator(".row.conn[data-id='1'] .mk").count() == 1
+    assert "a netstats.mark()" in (page.text_content("#legend") or "")
+    assert errors == [] and blocked == []
+    page.close()
+
+    events = trace_of(tmp_path)
+    instants = [e for e in events if e["ph"] == "i"]
+    assert [(e["name"], e["ts"], e["tid"], e["args"]["rx"], e["args"]["tx"]) for e in instants] == [
+        ("headers", 1_250_000, 1, 312, 78)
+    ]
+    assert all(e["args"]["tags"] == tags for e in events if e["ph"] == "X")
+
+
+def test_every_figure_of_the_record_is_in_the_details(browser: Any, tmp_path: Path) -> None:
+    record = conn(
+        1, 101.0, 102.0, rtt=0.0123, min_rtt=0.0101, retransmits=3, retrans_bytes=4000, reads=7, writes=2,
+        local=["127.0.0.1", 5555], caller="app.py:3 in main", origin="lib/http.py:40 in send",
+        unfinished="process lost", error="ConnectionResetError",
+    )  # fmt: skip
+    page, errors, blocked = page_of(browser, tmp_path, [record])
+    tip = tip_of(page, ".row.conn[data-id='1'] .bar")
+    for shown in (
+        "rtt       12.3 ms (min 10.1 ms)   retransmits 3 (3.9 KiB)",
+        "local     127.0.0.1:5555   side client",
+        "peer      localhost:8443   remote 127.0.0.1:8443",
+        "source    python",
+        "sent      100 B in 2 writes   received 1000 B in 7 reads",
+        "unfinished process lost",
+        "error     ConnectionResetError",
+        "caller    app.py:3 in main",
+        "origin    lib/http.py:40 in send",
+    ):
+        assert shown in tip, (shown, tip)
+    assert cells_of(page, 1)["time"] == "\u22651.000 s"  # at least: it was still open
+    assert "\u2265unfinished" in (page.text_content("#legend") or "")
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def test_a_census_row_shows_tls_unknown_and_says_the_kernel_found_it(browser: Any, tmp_path: Path) -> None:
+    census = conn(
+        1, 101.0, 102.0, source="kernel", rx=None, tx=None, reads=None, writes=None, connect_time=None
+    )
+    page, errors, blocked = page_of(browser, tmp_path, [census])
+    cells = cells_of(page, 1)
+    assert cells["TLS+"] == "?" and cells["bytes"] == "?"  # TLS or not, and its bytes: unknown
+    assert cells["proto"] == "tcp+? (C)"  # as the text report's PROTO
+    tip = tip_of(page, ".row.conn[data-id='1'] .bar")
+    assert "found by the kernel" in tip and "TLS ?" in tip and "TLS+ ?" in tip
+    legend = page.text_content("#legend") or ""
+    assert "(C)found by the kernel census" in legend and "?unknown" in legend and "-not applicable" in legend
+    assert errors == [] and blocked == []
+    page.close()
+    text = (tmp_path / "out.txt").read_text()  # the text report says the same
+    assert "tcp+? (C)" in text
+
+
+def test_a_failed_tls_handshake_shows_the_time_it_took(browser: Any, tmp_path: Path) -> None:
+    failed = conn(1, 101.0, 101.1, tls_started=101.002, tls_time=0.028, error="SSLCertVerificationError")
+    refused = conn(2, 101.0, 101.1, connected=None, connect_time=None, error="ConnectionRefusedError")
+    page, errors, blocked = page_of(browser, tmp_path, [failed, refused])
+    # connected, then the handshake failed: no request was sent, so no first byte is known
+    assert "DNS ?  connect 1.0 ms  TLS 28.0 ms  ttfb ?" in tip_of(page, ".row.conn[data-id='1'] .bar")
+    # refused: there was no connect and no first byte to time, not an unknown one
+    assert "DNS ?  connect -  TLS -  ttfb -" in tip_of(page, ".row.conn[data-id='2'] .bar")
+    assert len(seg_boxes(page, 1, "tls")) == 1
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def test_a_connection_with_unknown_application_bytes_sorts_by_its_wire_bytes(
+    browser: Any, tmp_path: Path
+) -> None:
+    conns = [
+        conn(
+            1, 101.0, 101.1, rx=0, tx=0, wire_rx=0, wire_tx=0, connected=None, error="ConnectionRefusedError"
+        ),
+        conn(2, 101.0, 102.0, source="kernel", rx=None, tx=None, wire_rx=50_000, wire_tx=300),
+        conn(3, 101.0, 102.0),  # 1100 bytes
+    ]
+    page, errors, blocked = page_of(browser, tmp_path, conns)
+    page.select_option("#sort", "bytes")
+    page.wait_for_function("document.querySelector('.row.conn').dataset.id === '2'")
+    assert conn_ids(page) == [2, 3, 1]
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def test_a_merged_run_of_several_processes_shows_a_pid_column(browser: Any, tmp_path: Path) -> None:
+    conns = [conn(1, 101.0, 102.0), conn(1, 101.5, 102.0, pid=8, host="other.test")]
+    page, errors, blocked = page_of(browser, tmp_path, conns)
+    pids = page.eval_on_selector_all(
+        ".row.conn .pidcol", "cs => cs.map(c => c.offsetWidth ? c.textContent : null)"
+    )
+    assert sorted(pids) == ["7", "8"]
+    assert page.is_visible(".head .pidcol")
+    assert "pid 8" in tip_of(page, ".row.conn[data-pid='8'] .bar")
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def test_one_process_has_no_pid_column(browser: Any, tmp_path: Path) -> None:
+    page, errors, blocked = page_of(browser, tmp_path, [conn(1, 101.0, 102.0)])
+    assert page.is_hidden(".head .pidcol")
+    page.close()
+
+
+CUT = """els => els.filter(e => e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1)
+                  .map(e => e.textContent)"""
+
+
+def test_no_text_is_cut_in_the_tooltip_the_group_headers_or_the_legend(browser: Any, tmp_path: Path) -> None:
+    origin = (
+        "/srv/app/" + "/".join(f"package_{i}" for i in range(20)) + "/client.py:3076 in a_long_function_name"
+    )
+    conns = [
+        conn(i, 101 + i * 1e-4, 102.0, origin=origin, caller="app/service/client.py:123 in fetch")
+        for i in range(1, 3077)
+    ]
+    page, errors, blocked = page_of(browser, tmp_path, conns)
+    tip = tip_of(page, ".row.conn[data-id='1'] .bar")
+    assert origin in tip.replace("\n", "")
+    assert page.eval_on_selector_all("#tip", CUT) == []
+    box = page.locator("#tip").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 1400
+    for by in ("host", "caller"):
+        page.select_option("#group", by)
+        page.wait_for_selector(".row.group")
+        assert "3076" in (page.text_content(".row.group") or "")
+        assert (
+            page.eval_on_selector_all(".row.group > div, #legend span, #summary, #controls *, #axis", CUT)
+            == []
+        )
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def test_the_peer_is_named_alike_in_the_text_report_the_page_and_the_trace(
+    browser: Any, outputs: Path
+) -> None:
+    conns = _connections(outputs)
+    # what the program connected to: the name it asked for (else the address), and the port
+    expected = {c["id"]: f"{c['host'] or c['remote'][0]}:{c['remote'][1]}" for c in conns}
+    text = netstats("report", "run.json", cwd=outputs).stdout
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] == [str(conns[0]["pid"])]]
+    assert sorted(row[2] for row in rows) == sorted(expected.values()), text  # PID PROTO PEER ...
+    page, errors, blocked = open_page(browser, outputs / "run.html")
+    page.select_option("#group", "host")
+    page.wait_for_selector(".row.group")
+    keys = page.eval_on_selector_all(".row.group .key", "keys => keys.map(k => k.textContent)")
+    assert sorted(keys) == sorted(set(expected.values()))
+    page.select_option("#group", "")
+    page.wait_for_selector(".row.conn")
+    assert {i: cells_of(page, i)["peer"] for i in expected} == expected
+    page.close()
+    trace = json.loads(netstats("report", "run.json", "--format", "trace", cwd=outputs).stdout)["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in trace if e["name"] == "thread_name"}
+    assert names == {i: f"#{i} tcp {p}" for i, p in expected.items()}
+
+
+def test_hostile_names_stay_text_everywhere_on_the_page(browser: Any, tmp_path: Path) -> None:
+    evil = '<svg onload="document.body.dataset.owned=1"></svg>\u202e\x1b[31m'
+    record = conn(
+        1, 101.0, 102.0, host=evil, caller=evil, origin=evil, error=evil, tls=evil, unfinished=evil,
+        marks=[{"name": evil, "time": 101.5, "rx": 1, "tx": 1, "elapsed": 0.5}],
+        tags=[{"labels": {evil: evil}, "rx": 1, "tx": 1}],
+    )  # fmt: skip
+    page, errors, blocked = page_of(browser, tmp_path, [record], program=[evil])
+    tip = tip_of(page, ".row.conn[data-id='1'] .bar")
+    page.select_option("#group", "caller")
+    page.wait_for_selector(".row.group")
+    assert page.locator("svg").count() == 0 and page.evaluate("document.body.dataset.owned") is None
+    escaped = (
+        '<svg onload="document.body.dataset.owned=1"></svg>\\u202e\\x1b[31m'  # as the text report shows it
+    )
+    assert escaped in tip and "\u202e" not in tip and "\x1b" not in tip
+    assert escaped in (page.text_content("#summary") or "")
+    trace = json.dumps(trace_of(tmp_path), ensure_ascii=False)  # (the trace names it escaped too)
+    assert "\u202e" not in trace and "\x1b" not in trace and "\\\\u202e" in trace
+    assert errors == [] and blocked == []
+    page.close()
+
+
+# A real small run for the docs' picture: two requests over one kept-alive connection, then one
+# over TLS (http.client, as a user's program would), against the tests' own HTTP peers.
+KEEP_ALIVE = """\
+import http.client, ssl, sys
+
+port, tls_port, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+plain = http.client.HTTPConnection("localhost", port, timeout=30)
+for size in (5000, 20000):
+    plain.request("GET", f"/bytes/{size}")
+    assert len(plain.getresponse().read()) == size
+plain.close()
+context = ssl.create_default_context(cafile=ca)
+secure = http.client.HTTPSConnection("localhost", tls_port, timeout=30, context=context)
+secure.request("GET", "/bytes/3000")
+assert len(secure.getresponse().read()) == 3000
+secure.close()
+"""
+
+
+def test_the_timeline_of_a_real_run_with_keep_alive_and_tls(
+    browser: Any, tmp_path: Path, peer: Any, ca_file: str
+) -> None:
+    """Kept as a picture for the docs: at $NETSTATS_SCREENSHOT_DIR/timeline.png when set."""
+    plain, secure = peer("http"), peer("http", tls=True)
+    (tmp_path / "prog.py").write_text(KEEP_ALIVE)
+    args = ["prog.py", str(plain.port), str(secure.port), ca_file]
+    netstats("run", "--format", "json", "-o", "run.json", "--html", "timeline.html", *args, cwd=tmp_path)
+    conns = json.loads((tmp_path / "run.json").read_text())["connections"]
+    # what each peer counted, the other way round, is what the program sent and read
+    counted = sorted((p["tx"], p["rx"]) for p in plain.wait_closed(1) + secure.wait_closed(1))
+    assert sorted((c["rx"], c["tx"]) for c in conns) == counted
+    kept, tls = sorted(conns, key=lambda c: c["tls"] is not None)
+    assert tls["tls"] and tls["tls_time"] is not None and not kept["tls"]
+
+    page, errors, blocked = open_page(browser, tmp_path / "timeline.html")
+    assert sorted(conn_ids(page)) == sorted(c["id"] for c in conns)
+    assert len(seg_boxes(page, tls["id"], "tls")) == 1
+    assert len(kept["exchanges"]) == 2 and len(tls["exchanges"]) == 1  # the requests made
+    assert len(seg_boxes(page, kept["id"], "waiting")) == len(seg_boxes(page, kept["id"], "transfer")) == 2
+    assert cells_of(page, kept["id"])["peer"] == f"localhost:{plain.port}"
+    page.set_viewport_size({"width": 1200, "height": 480})
+    tip = tip_of(page, f".row.conn[data-id='{tls['id']}'] .bar")
+    assert f"peer      localhost:{secure.port}" in tip
+    folder = Path(os.environ.get("NETSTATS_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / "timeline.png"))
+    print(f"screenshot: {folder / 'timeline.png'}")
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def test_exchanges_and_marks_a_saved_run_garbles_are_left_out_not_raised(tmp_path: Path) -> None:
+    """A saved run is data: marks that are not what netstats writes (text, infinite or far
+    times, the wrong shape) are left off the clock, and exchanges out of order or before the
+    connection opened are drawn inside its life, never across each other."""
+    garbage = [[101.5, None, None], [100.5, 100.6, 100.7], [101.2, 101.1, 101.15], [101.3, 101.4, 101.35]]
+    marks = [
+        {"name": 5, "time": float("inf")},
+        "text",
+        {"name": "late", "time": 1e9, "rx": "many"},
+        {"time": 101.5},
+    ]
+    record = conn(1, 101.0, 102.0, exchanges=garbage, marks=marks)
+    save(tmp_path, [record])
+    page = (tmp_path / "page.html").read_text()
+    data = re.search(r'<script type="application/json" id="netstats-data">(.*?)</script>', page, re.S)
+    assert data is not None
+    row = json.loads(data.group(1))["connections"][0]
+    assert all(0 <= s[1] <= s[2] <= 1.0 for s in row["segs"])  # within its second of life
+    assert all(a[2] <= b[1] for a, b in zip(row["segs"], row["segs"][1:], strict=False))
+    assert [m["time"] for m in row["marks"]] == [None, None, 0.5]  # (placed only where it was open)
+    events = trace_of(tmp_path)
+    assert [e["ts"] for e in events if e["ph"] == "i"] == [1_500_000]
+    assert all(e["ts"] >= 1_000_000 and e["ts"] + e["dur"] <= 2_000_000 for e in events if e["ph"] == "X")

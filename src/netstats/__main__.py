@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from ._report import FORMATS, GROUPS, SORTS, TAG, BadRun, Run, deliver, unwritable
+from ._report import FORMATS, GROUPS, SORTS, TAG, TOP, BadRun, Run, deliver, unwritable
 from ._version import __version__
 
 EXAMPLES = """\
@@ -29,14 +29,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"needs a number of rows >= 1, not {text!r}")
-    return n
+def _rows(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"needs a number of rows (0: all), not {text!r}")
+    return int(text)
 
 
 def _pid(text: str) -> int:
@@ -57,6 +53,10 @@ def _grouping(text: str) -> str:
     )
 
 
+# Where `netstats run` writes a machine format without -o (the program owns stdout and stderr).
+MACHINE_FILES = {"json": "netstats.json", "csv": "netstats.csv", "trace": "netstats-trace.json"}
+
+
 def _output_options(parser: argparse.ArgumentParser, where: str) -> None:
     parser.add_argument("--format", choices=FORMATS, default="text", help="report format (default text)")
     parser.add_argument(
@@ -68,9 +68,16 @@ def _output_options(parser: argparse.ArgumentParser, where: str) -> None:
     parser.add_argument(
         "--sort", choices=SORTS, default="bytes", help="largest first by (default bytes: tx+rx)"
     )
-    parser.add_argument("--top", type=_positive, metavar="N", help="show only the first N rows (totals: all)")
+    parser.add_argument(
+        "--top",
+        type=_rows,
+        metavar="N",
+        help=f"text: the first N rows (default {TOP}, 0: all)",
+    )
     parser.add_argument("--wide", action="store_true", help="text: every column, nothing shortened")
-    parser.add_argument("-o", "--output", metavar="FILE", help=f"write the report to FILE (default: {where})")
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help=f"write the report to FILE, - for stdout (default: {where})"
+    )
     parser.add_argument(
         "--html", metavar="FILE", help="also write the timeline to FILE: one HTML page, offline"
     )
@@ -95,8 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     run.add_argument("--servers", action="store_true", help="also report connections the program accepts")
-    run.add_argument("--live", action="store_true", help="a table redrawn every second while it runs (rich)")
-    _output_options(run, "stderr")
+    run.add_argument(
+        "--live",
+        action="store_true",
+        help="a table of each connection's last second, closed ones too, while it runs (rich)",
+    )
+    _output_options(run, "text: stderr; others: netstats.json, .csv, -trace.json")
     run.add_argument("program", nargs=argparse.REMAINDER, help="script.py and its arguments")
     report = commands.add_parser(
         "report",
@@ -115,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
         "top",
         help="any process's TCP connections, live, from the kernel",
         description="The TCP connections of a process you own, in any language, from the kernel alone "
-        "(Linux): remote, wire bytes, rates, rtt, retransmissions, redrawn every second.",
+        "(Linux): remote, wire bytes, rx and tx rates over the last second, rtt, retransmissions, "
+        "redrawn every second; a connection closed since the last refresh is listed a few seconds.",
         epilog="examples:\n  netstats top 1234\n  netstats top 1234 --once --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -188,9 +200,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     else:
         parser.exit(2, "netstats run: error: give a script or -m module (see netstats run --help)\n")
 
+    if args.output is None and args.format != "text":
+        # A machine format never goes into the program's own stderr: to a file, said in one line
+        # at the end ("-o -" for stdout).
+        args.output = MACHINE_FILES[args.format]
     for option in ("output", "html"):  # checked before the program runs (no run lost to a typo),
         path = getattr(args, option)  # and kept absolute for a program that changes directory
-        if path:
+        if path and path != "-":
             if unwritable(path):
                 parser.exit(2, f"netstats run: error: cannot write {path}: {unwritable(path)}\n")
             setattr(args, option, os.path.abspath(path))
@@ -251,7 +267,7 @@ def _report(args: argparse.Namespace) -> int:
         )
         return 2
     for path in (args.output, args.html):
-        if path and unwritable(path):
+        if path and path != "-" and unwritable(path):
             print(f"netstats report: cannot write {path}: {unwritable(path)}", file=sys.stderr)
             return 2
     deliver(run, _options(args), "netstats report", sys.stdout)

@@ -11,7 +11,7 @@ from threading import get_ident
 from types import TracebackType
 from typing import Any
 
-from . import _engine, _patch, _state, _tagging
+from . import _engine, _exchanges, _patch, _state, _tagging
 from ._errors import NetstatsError
 from ._record import Connection
 from ._sources import census
@@ -40,6 +40,7 @@ class Capture:
         events: Iterable[str] | None = None,
         servers: bool = False,
         keep: bool = True,
+        exchanges: bool = False,
     ) -> None:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, not {type(callback).__name__}")
@@ -53,10 +54,11 @@ class Capture:
         self.events = chosen
         self.servers = bool(servers)
         self.keep = bool(keep)
+        self.exchanges = bool(exchanges)
         self.count = 0  # connections opened while active
         self.errors = 0  # exceptions raised by the callback (logged to "netstats")
         self._live = False
-        self._wants_io = callback is not None and bool(chosen & {"read", "write"})
+        self._wants_io = (callback is not None and bool(chosen & {"read", "write"})) or self.exchanges
         self._kept: list[Connection] = []
         self._open: dict[int, Connection] = {}
         self._closed_totals = [0, 0]
@@ -199,7 +201,26 @@ class Capture:
                 _engine.log.exception("netstats: an observer of closed connections raised")
 
     def _make_listeners(self) -> tuple[Callback, _state.IoListener]:
-        """(for every event, for reads and writes): closures, since they run per read and write.
+        """(for every event, for reads and writes): the callback's, and exchanges noted."""
+        listeners = self._make_callers()
+        return self._recording(*listeners) if self.exchanges else listeners
+
+    def _recording(self, notify: Callback, on_io: _state.IoListener) -> tuple[Callback, _state.IoListener]:
+        """The listeners, with each read and write also noted as part of an exchange."""
+        note = _exchanges.seen
+
+        def exchange(event: str, conn: Connection, nbytes: int) -> None:
+            try:
+                if type(conn) is Connection:
+                    note(event, conn)
+            except Exception:
+                _engine.internal_error("exchanges")
+            on_io(event, conn, nbytes)
+
+        return notify, exchange
+
+    def _make_callers(self) -> tuple[Callback, _state.IoListener]:
+        """The callback's listeners: closures, since they run per read and write.
 
         The second is lean: a stopped capture is no longer asked for reads and writes (stop()
         takes it off its connections), and its event filter goes when both are wanted.
@@ -207,19 +228,20 @@ class Capture:
         callback, events, busy, log = self.callback, self.events, _busy_threads, _engine.log
         if callback is None:
             return _ignore, _ignore
+        enter, leave = busy.add, busy.discard  # (bound once: this runs per read and write)
 
         def call(event: str, conn: Connection, nbytes: int | None) -> None:
             thread = get_ident()
             if thread in busy:
                 return  # the callback's own network I/O is counted, not reported back to it
-            busy.add(thread)
+            enter(thread)
             try:
                 callback(event, conn, nbytes)
             except Exception:
                 self.errors += 1
                 log.exception("netstats: %s callback raised (the transfer goes on)", event)
             finally:
-                busy.discard(thread)
+                leave(thread)
 
         def notify(event: str, conn: Connection, nbytes: int | None) -> None:
             if event in events and self._live:
@@ -234,18 +256,21 @@ def capture(
     events: Iterable[str] | None = None,
     servers: bool = False,
     keep: bool = True,
+    exchanges: bool = False,
 ) -> Capture:
     """Start capturing every connection the process opens; returns the active Capture.
 
     callback(event, conn, nbytes) is called with event "open", "connect", "read", "write" or
     "close" (nbytes for read/write, else None); `events` limits which. `servers=True` also
-    captures accepted connections; `keep=False` keeps no record of closed connections.
+    captures accepted connections; `keep=False` keeps no record of closed connections;
+    `exchanges=True` records each connection's request/response exchanges (`Connection.exchanges`:
+    its reads and writes are then seen one by one, a little more work per call).
 
     >>> cap = netstats.capture(lambda ev, conn, n: print(ev, conn.id, n))
     >>> ...
     >>> conns = netstats.release()
     """
-    return Capture(callback, events=events, servers=servers, keep=keep).start()
+    return Capture(callback, events=events, servers=servers, keep=keep, exchanges=exchanges).start()
 
 
 def release() -> list[Connection]:

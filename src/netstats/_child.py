@@ -61,7 +61,11 @@ def begin() -> None:
         log.warning("netstats: %s: the connections of process %d are not saved", exc, os.getpid())
         return
     accepts_before = _state.accepts
-    cap = Capture(keep=False, servers=os.environ.get("NETSTATS_SERVERS") == "1").start()
+    cap = Capture(
+        keep=False,
+        servers=os.environ.get("NETSTATS_SERVERS") == "1",
+        exchanges=os.environ.get("NETSTATS_EXCHANGES") == "1",
+    ).start()
 
     def accepts() -> int:
         return 0 if cap.servers else _state.accepts - accepts_before

@@ -327,6 +327,7 @@ def _mark_connected(conn: Connection, sock: Any) -> None:
 
 def _fail(conn: Connection, sock: Any, error_name: str) -> None:
     conn.error = error_name
+    _moved_nothing(conn)
     finish(conn, sock)
     if sock is not None and sock._netstats_counts is conn:
         sock._netstats_counts = None  # a later connect on this socket is a new attempt
@@ -405,7 +406,15 @@ def lookup_failed(host: Any, kind: int, exc: BaseException) -> None:
     conn.host = host.decode("idna", "replace") if isinstance(host, bytes) else host
     notify(conn, "open")
     conn.error = type(exc).__name__
+    _moved_nothing(conn)
     finish(conn, None)
+
+
+def _moved_nothing(conn: Connection) -> None:
+    """A TCP attempt that never connected carried no stream bytes: its wire bytes are 0, known
+    (where the kernel counts them at all); its other kernel figures stay unknown."""
+    if conn.transport == "tcp" and conn.connected is None and _kernel.supported:
+        conn._final_info = _kernel.NOTHING_MOVED
 
 
 # ---- how a connection is counted ----------------------------------------------------------
@@ -615,8 +624,8 @@ def release(conn: Connection, sock: Any, closing: bool = False) -> bool:
         return False  # its descriptor was let go already: it ends through found_closed()
     if sock is not None and conn._others and _let_go(conn, sock):
         return False  # another descriptor of the same kernel socket is still open
-    if sock is not None and conn.transport == "tcp" and conn.error is None:
-        if conn.connected is None:
+    if sock is not None and conn.transport == "tcp":
+        if conn.connected is None and conn.error is None:
             try:  # a non-blocking connect whose end nobody asked about
                 _peer_of(sock)
                 _mark_connected(conn, sock)
@@ -751,8 +760,12 @@ def tls_established(conn: Connection, tls_obj: Any) -> None:
 
 @guarded
 def tls_failed(conn: Connection, sock: Any, exc: BaseException) -> None:
+    """The handshake failed: the attempt's error, and the time it spent handshaking."""
     if conn.error is None:
         conn.error = type(exc).__name__
+    phase = conn._tls_phase
+    if phase is not None and phase[1] is None:
+        conn._tls_phase = (phase[0], max(0.0, time.time() - phase[0]), None)
     if sock is not None:
         finish(conn, sock)
 

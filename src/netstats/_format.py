@@ -84,14 +84,6 @@ def size_total(values: Iterable[int | None], empty: str = NOT_APPLICABLE) -> str
     return size(known) + ("+?" if unknown else "")
 
 
-def duration_total(values: Iterable[float | None]) -> str:
-    values = list(values)
-    if not values:
-        return NOT_APPLICABLE
-    known, unknown = total(values)
-    return UNKNOWN if known is None else duration(known) + ("+?" if unknown else "")
-
-
 _STDLIB = tuple(
     sorted(
         {

@@ -72,6 +72,9 @@ class TcpInfo(NamedTuple):
 # TcpInfo from a tuple of all its fields (its generated __new__ costs a Python call per reading)
 _make_info: Callable[[type[TcpInfo], tuple[Any, ...]], TcpInfo] = tuple.__new__  # type: ignore[assignment]
 
+# The figures of a TCP attempt that never connected: no stream bytes either way, the rest unknown.
+NOTHING_MOVED: TcpInfo = _make_info(TcpInfo, (0, 0, 0, None, None, None, None, False, 0, None))
+
 _SO_COOKIE = getattr(socket, "SO_COOKIE", 57)  # Linux 4.12: a socket's 64-bit id, never reused
 _SOL_SOCKET = socket.SOL_SOCKET
 
@@ -139,21 +142,20 @@ def read(
             != ident
         ):  # (identity(), inlined: a reading at every close)
             return None
+        second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
+        if len(second) < _NEEDED:
+            return None
+        fields = _INFO.unpack_from(second)
+        inq = None
         # The kernel reads tcpi_state before it locks the socket, and SIOCINQ is another call:
         # take the figures only when two reads around the SIOCINQ agree (nothing arrived between).
-        raw = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
-        if len(raw) < _NEEDED:
-            return None
-        before = _INFO.unpack_from(raw)
-        inq = None
-        for _ in range(5):
-            if unread:
-                inq = _INQ.unpack(_ioctl(sock.fileno(), SIOCINQ, _NO_BYTES))[0]
+        for _ in range(5 if unread else 0):
+            before = fields
+            inq = _INQ.unpack(_ioctl(sock.fileno(), SIOCINQ, _NO_BYTES))[0]
             second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
             fields = _INFO.unpack_from(second)
             if fields[0] == before[0] and fields[4] == before[4]:  # the state, bytes received
                 break
-            before = fields
     except (OSError, ValueError, TypeError, struct.error):
         return None
     fin: int | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,9 +107,18 @@ class Budget:
             hosts = [h for h in hosts.split(",") if h.strip()]
         return cls(**kwargs, allow=None if hosts is None else AllowHosts(hosts))
 
-    def verdict(self, name: str, shares: list[Share]) -> str | None:
-        """None if the test kept to its budget, else a message naming the offending connections."""
-        problems: list[tuple[str, list[Share]]] = []
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_tx": self.max_tx,
+            "max_rx": self.max_rx,
+            "max_connections": self.max_connections,
+            "allow_hosts": None if self.allow is None else list(self.allow.entries),
+        }
+
+    def check(self, shares: list[Share]) -> list[Problem]:
+        """What breaks the budget (nothing: kept to it): a limit gone over, a host not allowed,
+        or a limit on bytes nobody could count (never passed on a guess)."""
+        problems: list[Problem] = []
         for key, what in (("max_tx", "tx"), ("max_rx", "rx")):
             limit: int | None = getattr(self, key)
             if limit is None:
@@ -119,30 +128,53 @@ class Budget:
             bounds = [s.bound(what) for s in vague]
             if None in bounds:
                 unknown = [s for s, b in zip(vague, bounds, strict=True) if b is None]
-                problems.append(
-                    (f"{what} of {len(unknown)} connection(s) not known: {key} cannot be checked", unknown)
-                )
+                text = f"{what} of {len(unknown)} connection(s) not known: {key} cannot be checked"
+                problems.append(Problem(NOT_MEASURED, text, unknown))
                 continue
             used = sum(getattr(s, what) for s in shares if s.known)
             most = used + sum(b for b in bounds if b is not None)
             if most > limit:
                 culprits = sorted((s for s in shares if s.bound(what)), key=lambda s: -(s.bound(what) or 0))
                 told = f"{used:,} bytes" if not vague else f"{used:,} bytes + up to {most - used:,} not known"
-                problems.append((f"{what} {told} > {key}={limit:,}", culprits))
+                # Over the limit only with the bounds: perhaps within it, not known.
+                kind = OVER if used > limit else NOT_MEASURED
+                problems.append(Problem(kind, f"{what} {told} > {key}={limit:,}", culprits))
         opened = [s for s in shares if s.opened_here and s.conn.error is None]
         if self.max_connections is not None and len(opened) > self.max_connections:
-            problems.append((f"{len(opened)} connections > max_connections={self.max_connections}", opened))
+            text = f"{len(opened)} connections > max_connections={self.max_connections}"
+            problems.append(Problem(OVER, text, opened))
         if self.allow is not None:
             banned = [s for s in shares if not self.allow.allows(s.conn)]
             if banned:
-                problems.append((f"host not in allow_hosts={self.allow.entries}", banned))
+                problems.append(Problem(NOT_ALLOWED, f"host not in allow_hosts={self.allow.entries}", banned))
+        return problems
+
+    def verdict(
+        self, name: str, shares: list[Share], place: Callable[[Share], str | None] | None = None
+    ) -> str | None:
+        """None if the test kept to its budget, else a message naming the offending connections,
+        each with where it was opened: place(share), by default the connection's origin."""
+        problems = self.check(shares)
         if not problems:
             return None
         lines = [f"netstats: {name} broke its network budget"]
-        for problem, culprits in problems:
-            lines.append(f"  {problem}:")
-            lines.extend(f"    {s.describe()}" for s in culprits)
+        for problem in problems:
+            lines.append(f"  {problem.text}:")
+            lines.extend(f"    {s.describe(place(s) if place else None)}" for s in problem.culprits)
         return "\n".join(lines)
+
+
+OVER, NOT_ALLOWED, NOT_MEASURED = "over budget", "host not allowed", "not measured"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One way a test broke its budget: its kind (OVER, NOT_ALLOWED, NOT_MEASURED), the line
+    that says it, the connections it is about."""
+
+    kind: str
+    text: str
+    culprits: list[Share]
 
 
 # ---- the ledger: one Capture cut into windows ---------------------------------------------
@@ -190,7 +222,8 @@ class Share:
             return 0
         return self.wire_tx + self.wire_rx - self.tx - self.rx
 
-    def describe(self) -> str:
+    def describe(self, place: str | None = None) -> str:
+        """One line: peer, counts, and where it was opened (`place`, else its origin)."""
         error = f" ({self.conn.error})" if self.conn.error else ""
         if self.known:
             counts = f"tx={self.tx:,} rx={self.rx:,}"
@@ -198,7 +231,7 @@ class Share:
             counts = f"tx=? rx=? (C code: wire tx={self.wire_tx:,} rx={self.wire_rx:,})"
         else:
             counts = "tx=? rx=? (C code)"
-        return f"{describe_peer(self.conn)}{error} {counts} opened at {self.conn.origin or '?'}"
+        return f"{describe_peer(self.conn)}{error} {counts} opened at {place or self.conn.origin or '?'}"
 
     def as_dict(self) -> dict[str, Any]:
         c = self.conn

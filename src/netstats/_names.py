@@ -56,14 +56,12 @@ def resolved(host: Any, results: Any, seconds: float | None = None, delivered: b
     `delivered`: the lookup was made on a worker thread for this one (asyncio's loop)."""
     if isinstance(host, bytes):
         host = host.decode("idna")
-    pairs = [(result[4][0], result[4][1]) for result in results]  # (family, type, proto, name, sockaddr)
-    # A host that is one of its own results is an address literal (the usual case, and cheap).
-    literal = not isinstance(host, str) or not host or any(host == p[0] for p in pairs) or is_address(host)
-    name = None if literal else host
-    lookup = _Lookup(name, seconds if name is not None else None)
+    name = host if isinstance(host, str) and host and not _literal(host) else None
+    lookup = _Lookup(name, seconds) if name is not None else _NO_NAME
     pending = _pending()
-    thread, now = threading.get_ident(), time.monotonic()
-    for pair in pairs:
+    now = time.monotonic()
+    for result in results:  # (family, type, proto, canonical name, sockaddr)
+        pair = (result[4][0], result[4][1])
         pending.pop(pair, None)  # (re-inserted last: the oldest go first when full)
         if len(pending) >= _PENDING_MAX:
             pending.pop(next(iter(pending)))
@@ -72,7 +70,7 @@ def resolved(host: Any, results: Any, seconds: float | None = None, delivered: b
         if name is not None:
             if len(_names) >= _NAMES_MAX:
                 _names.pop(next(iter(_names)))
-            _names[pair] = (name, now, thread, delivered)
+            _names[pair] = (name, now, threading.get_ident(), delivered)
 
 
 _NO_NAME = _Lookup(None, None)

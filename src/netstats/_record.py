@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _kernel, _tags
+from . import _exchanges, _kernel, _tags
 
 FIELDS = (
     "id",
@@ -51,6 +51,7 @@ FIELDS = (
     "first_write",
     "marks",
     "tags",
+    "exchanges",
     "origin",
     "caller",
     "error",
@@ -79,6 +80,7 @@ _COMPUTED = frozenset(
         "tls_resumed",
         "tls_started",
         "marks",
+        "exchanges",
         *(set(_kernel.TcpInfo._fields) & set(FIELDS)),
     }
 )
@@ -151,7 +153,8 @@ class Connection(Counts):
     ``rtt``/``min_rtt``, ``retransmits``/``retrans_bytes``
     (from the kernel: None where it cannot tell), ``reads``/``writes`` (calls that moved data;
     None when the kernel counts), ``opened``/``connected``/``closed`` (wall-clock seconds),
-    ``duration``, ``marks``, ``tags`` (bytes per `netstats.tag()` label set), ``origin``,
+    ``duration``, ``marks``, ``tags`` (bytes per `netstats.tag()` label set), ``exchanges``
+    (request/response timing, when recorded), ``origin``,
     ``caller``, ``error`` (exception name of a failed connect).
     Phases, in seconds, None where not observed (set by _engine.py): ``dns_time``, ``connect_time``,
     ``tls_time``, ``tls_resumed`` (bool), ``ttfb``; and where they sit on the clock (wall-clock
@@ -190,6 +193,8 @@ class Connection(Counts):
         # (when the TLS handshake began, its seconds, whether it resumed a session) or None:
         # one slot for three fields that plain connections lack (a kept record stays under 1 KB)
         "_tls_phase",
+        # request/response exchanges, flat (see _exchanges.py), when a capture records them
+        "_exchanges",
         "__weakref__",
     )
 
@@ -229,6 +234,7 @@ class Connection(Counts):
         self.ttfb: float | None = None
         self.first_write: float | None = None
         self._tls_phase: tuple[float, float | None, bool | None] | None = None
+        self._exchanges: list[float | None] | None = None
 
     @property
     def conn(self) -> Connection:
@@ -329,6 +335,14 @@ class Connection(Counts):
         if not _tags.splittable(self):
             return None
         return [{"labels": dict(labels), "rx": rx, "tx": tx} for labels, rx, tx in _tags.tallies(self)]
+
+    @property
+    def exchanges(self) -> list[list[float | None]] | None:
+        """The request/response exchanges seen on this connection, oldest first, as
+        ``[sent, first_byte, last_byte]`` (wall-clock seconds; the last two None while
+        unanswered); None where none were recorded (a capture made with exchanges=True
+        records them: see _exchanges.py)."""
+        return _exchanges.of(self)
 
     @property
     def connect_time(self) -> float | None:

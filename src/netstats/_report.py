@@ -37,7 +37,6 @@ from ._format import (
     address,
     clip,
     duration,
-    duration_total,
     peer,
     short_frame,
     size,
@@ -54,6 +53,7 @@ UNTAGGED = "(untagged)"  # the text report's name for the bytes moved without th
 FORMATS = ("text", "json", "csv", "trace")
 SORTS = ("bytes", "tx", "rx", "wire", "time")
 WIDTH = 120  # the default text layout fits this many columns
+TOP = 20  # rows a text report shows unless told (--top N; 0: all): the busiest, then how many more
 PHASES = ("dns_time", "connect_time", "tls_time", "ttfb")  # seconds; see Connection
 
 
@@ -220,6 +220,23 @@ def _check_connection(i: int, conn: Any) -> None:
         raise BadRun(f"connection {i}: 'marks' must be a list or null, not {_show(marks)}")
     if conn.get("tags") is not None and not isinstance(conn["tags"], list):
         raise BadRun(f"connection {i}: 'tags' must be a list or null, not {_show(conn['tags'])}")
+    exchanges = conn.get("exchanges")
+    if exchanges is not None and not (
+        isinstance(exchanges, list)
+        and all(
+            isinstance(e, list)
+            and len(e) == 3
+            and _is_time(e[0])
+            and all(v is None or _is_time(v) for v in e[1:])
+            for e in exchanges
+        )
+    ):
+        raise BadRun(
+            f"connection {i}: 'exchanges' must be a list of [sent, first_byte, last_byte] times or null"
+        )
+    late = [v for e in exchanges or () for v in e if v is not None and closed is not None and v > closed]
+    if late:
+        raise BadRun(f"connection {i}: 'exchanges' has a time ({late[0]}) after 'closed' ({closed})")
     for entry in conn.get("tags") or ():
         if not _is_tag_entry(entry):
             raise BadRun(
@@ -279,6 +296,7 @@ _SORT_KEYS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "rx": lambda c: _or_wire(c, "rx"),
     "wire": lambda c: _both(c, "wire_tx", "wire_rx"),
     "time": lambda c: c.get("duration"),
+    "busy": lambda g: g.get("busy"),  # (a group's time: see busy())
 }
 
 
@@ -408,7 +426,8 @@ def render_text(
 ) -> str:
     """The text report: a summary line, then a row per connection (or per group), largest first,
     and a total line. Fits 120 columns (places in the code shortened); `wide` shows every column
-    (the remote address, wire bytes, origin) in full; `top` shows only the first rows."""
+    (the remote address, wire bytes, origin) in full; `top`: the first rows only (None: the
+    first TOP, then a line saying how many more; 0: all)."""
     lines = _summary(run)
     if not run.connections:
         return "\n".join(lines) + "\n"
@@ -500,9 +519,14 @@ COLUMNS = (
 )
 
 
+def _more(hidden: int, what: str, top: int | None) -> str:
+    told = f"--top {top}: " if top else ""
+    return f"... {hidden} more {what}{'s' * (hidden != 1)} ({told}--top 0 shows all)"
+
+
 def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
     conns = order(run.connections, sort)
-    shown = conns[:top] if top else conns
+    shown = conns[: TOP if top is None else top or None]
     columns = [col for col in COLUMNS if wide or not col.wide]
     header = [col.name for col in columns]
     rows = [[visible(col.cell(c)) for col in columns] for c in shown]  # (names: never raw)
@@ -511,7 +535,7 @@ def _connections(run: Run, top: int | None, sort: str, wide: bool) -> list[str]:
         _fit([*rows, totals], header, [header.index("PEER"), header.index("CALLER")], WIDTH)
     lines = _table(header, [*rows, totals], {i for i, col in enumerate(columns) if col.right})
     if len(shown) < len(conns):
-        lines.insert(-1, f"... {len(conns) - len(shown)} more connection(s) not shown (--top {top})")
+        lines.insert(-1, _more(len(conns) - len(shown), "connection", top))
     return lines + _legend([*rows, totals])
 
 
@@ -529,6 +553,27 @@ def _group_key(conn: dict[str, Any], by: str) -> str:
 _SUMMED = ("tx", "rx", "wire_tx", "wire_rx", "duration")
 
 
+def busy(conns: list[dict[str, Any]], end: float) -> float | None:
+    """Seconds during which at least one of conns was open (a connection still open at the
+    report counts to `end`): a group's time, which a sum of durations overstates when its
+    connections overlap. None if none of them says when it opened."""
+    spans: list[tuple[float, float]] = sorted(
+        (float(c["opened"]), float(c["closed"]) if _is_time(c.get("closed")) else end)
+        for c in conns
+        if _is_time(c.get("opened"))
+    )
+    if not spans:
+        return None
+    seconds, (start, stop) = 0.0, spans[0]
+    for a, b in spans[1:]:
+        if a > stop:
+            seconds += stop - start
+            start, stop = a, b
+        else:
+            stop = max(stop, b)
+    return seconds + max(0.0, stop - start)
+
+
 def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
     """Rows of totals per host (host:port; "address:port (in)" for accepted connections, by the
     address that accepted them), origin, caller or pid, largest first.
@@ -536,7 +581,9 @@ def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
     Each summed figure is the sum of its known parts; `incomplete` names the figures with an
     unknown part. A figure is None when no part is known (it is then in `incomplete`) or when
     there is nothing to add up: wire bytes of a group with no TCP connection, `tls_overhead`
-    (over the group's TLS connections) of one with no TLS connection.
+    (over the group's TLS connections) of one with no TLS connection. `duration` is the sum of
+    the connections' durations; `busy` the seconds during which one of them at least was open
+    (the text report's TIME: see busy()).
 
     `by` "tag:KEY": see `tag_groups`."""
     if by.startswith(TAG):
@@ -558,9 +605,10 @@ def groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
         g["tls_overhead"], unknown = total(tls)
         if unknown:
             incomplete.append("tls_overhead")
+        g["busy"] = busy(conns, run.finished)
         g["incomplete"] = incomplete
         out.append(g)
-    by_size = _SORT_KEYS[sort]
+    by_size = _SORT_KEYS["busy" if sort == "time" else sort]
     return sorted(out, key=lambda g: (by_size(g) is None, -(by_size(g) or 0), g[by]))
 
 
@@ -579,7 +627,7 @@ def tag_groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
     def row(value: str | None) -> dict[str, Any]:
         if value not in rows:
             rows[value] = {by: value, "connections": 0, "tx": 0, "rx": 0, "incomplete": []}
-            rows[value].update(dict.fromkeys(("wire_tx", "wire_rx", "duration", "tls_overhead")))
+            rows[value].update(dict.fromkeys(("wire_tx", "wire_rx", "duration", "busy", "tls_overhead")))
         return rows[value]
 
     unsplit = False  # a connection whose bytes cannot be split by tag ("tags": null)
@@ -618,7 +666,7 @@ def tag_groups(run: Run, by: str, sort: str = "bytes") -> list[dict[str, Any]]:
 
 def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[str]:
     rows_data = groups(run, by, sort)
-    shown = rows_data[:top] if top else rows_data
+    shown = rows_data[: TOP if top is None else top or None]
     header = [visible(by.upper()), "CONNS", "TX", "RX", "WIRE TX", "WIRE RX", "TLS+", "TIME"]
 
     def figure(g: dict[str, Any], name: str, fmt: Callable[[Any], str]) -> str:
@@ -632,7 +680,7 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
             visible(g[by]) if g[by] is not None else UNTAGGED,
             str(g["connections"]),
             *(figure(g, name, size) for name in ("tx", "rx", "wire_tx", "wire_rx", "tls_overhead")),
-            figure(g, "duration", duration),
+            figure(g, "busy", duration),
         ]
         for g in shown
     ]
@@ -642,13 +690,13 @@ def _grouped(run: Run, by: str, top: int | None, sort: str, wide: bool) -> list[
         str(len(conns)),
         *(_summed(name)(conns) for name in ("tx", "rx", "wire_tx", "wire_rx")),
         _tls_plus(conns),
-        duration_total(c.get("duration") for c in conns),
+        duration(busy(conns, run.finished)),
     ]
     if not wide:
         _fit([*rows, totals], header, [0], WIDTH)
     lines = _table(header, [*rows, totals], set(range(1, len(header))))
     if len(shown) < len(rows_data):
-        lines.insert(-1, f"... {len(rows_data) - len(shown)} more group(s) not shown (--top {top})")
+        lines.insert(-1, _more(len(rows_data) - len(shown), "group", top))
     return lines + _legend([*rows, totals]) + _group_notes(run, by, rows_data)
 
 
@@ -681,7 +729,7 @@ def render_csv(run: Run, by: str | None = None, *, sort: str = "bytes", **_: Any
     An unknown figure is an empty cell. Text cells are names: see `_csv_cell`."""
     buffer = io.StringIO()
     if by:
-        names = [by, "connections", *_SUMMED, "tls_overhead", "incomplete"]
+        names = [by, "connections", *_SUMMED, "busy", "tls_overhead", "incomplete"]
         writer = csv.DictWriter(buffer, fieldnames=names)
         writer.writeheader()
         for g in groups(run, by, sort):
@@ -807,7 +855,7 @@ def _say(line: str) -> None:
 
 def deliver(run: Run, options: dict[str, Any], who: str = "netstats run", stream: Any = None) -> None:
     """Render a run as `options` say ("format", "by", "top", "sort", "wide": see render) and
-    write it to options["output"] (stderr if None), and the timeline to options["html"] if
+    write it to options["output"] (stderr if None, stdout if "-"), and the timeline to options["html"] if
     given (`stream`, stderr by default, when there is no "output"). A write that fails costs one
     line naming the path and the reason, and the report goes to stderr instead: never an
     exception (the program's exit code stands)."""
@@ -817,8 +865,11 @@ def deliver(run: Run, options: dict[str, Any], who: str = "netstats run", stream
     )  # fmt: skip
     output = options.get("output")
     try:
-        write(text, output, stream)
-        if output is not None:
+        if output == "-":
+            write(text, None, sys.stdout)
+        else:
+            write(text, output, stream)
+        if output not in (None, "-"):
             _say(f"netstats: wrote the report to {visible(str(output))}")
     except OSError as exc:
         try:

@@ -97,12 +97,15 @@ def run_program(
     os.environ[_child.ENV_DIR] = folder.path
     os.environ[_child.ENV_ID] = folder.token
     os.environ["NETSTATS_SERVERS"] = "1" if servers else "0"
+    # A timeline (the page, a trace, or a saved run that may become one) draws each exchange.
+    exchanges = bool(report and (report.get("html") or report.get("format") in ("json", "trace")))
+    os.environ["NETSTATS_EXCHANGES"] = "1" if exchanges else "0"
     os.environ["NETSTATS_LIVE"] = "1" if watch is not None else "0"
     os.environ["NETSTATS_PACKAGE_PATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_child.BOOT_DIR, os.environ.get("PYTHONPATH")]))
     _child.follow_forks()
     accepts_before = _state.accepts
-    cap = Capture(keep=True, servers=servers).start()
+    cap = Capture(keep=True, servers=servers, exchanges=exchanges).start()
 
     def accepts() -> int:
         return 0 if servers else _state.accepts - accepts_before

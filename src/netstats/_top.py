@@ -7,6 +7,8 @@ itself, so it may be written in any language, and no privilege is needed: only t
 processes show their descriptors. The figures are the census's (wire bytes as everywhere in
 netstats: stream bytes, the SYN and FIN not counted; rtt; retransmissions); the application's
 bytes are not known here. Rates need two readings: a single snapshot has none (None, not 0).
+A socket the process closed gets its final figures as the kernel destroys it (`Ends`: the
+destroy notifications of sock_diag, matched by cookie, as the census does for its own).
 """
 
 from __future__ import annotations
@@ -131,6 +133,40 @@ class Rates:
                 rates[key] = (None, None)
             self._last[key] = (now, rx, tx)
         return rates
+
+
+class Ends:
+    """The final figures of sockets that ended, from the kernel's destroy notifications (the
+    feed has every TCP socket of the network namespace that dies: they are matched by cookie).
+    A socket the process closed may linger a while (FIN_WAIT, unsent data) before it dies; with
+    no feed (joining it failed) no final figures come at all."""
+
+    def __init__(self) -> None:
+        self._feed = _diag.destroy_feed()
+        if self._feed is not None and not _diag.listen(self._feed, True):
+            self._feed.close()
+            self._feed = None
+
+    def take(self, wanted: dict[int, Socket]) -> dict[int, _kernel.TcpInfo]:
+        """{cookie: its final figures} of the wanted sockets (by cookie) that died since the
+        last call."""
+        if self._feed is None:
+            return {}
+        dead, _dropped = _diag.drain(self._feed, wanted)
+        out = {}
+        for diag in dead:
+            fields = _kernel.unpack(diag.info) if diag.info is not None else None
+            if fields is None:
+                continue
+            seen = wanted[diag.cookie]
+            fin = _diag.fin_at_destroy(diag, seen.info is not None and seen.info.peer_fin)
+            out[diag.cookie] = _kernel.decode(fields, diag.unread, seen.side == "client", fin)
+        return out
+
+    def close(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
 
 
 def as_json(pid: int, sockets: list[Socket], rates: dict[Any, Any] | None = None) -> dict[str, Any]:

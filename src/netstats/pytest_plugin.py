@@ -48,12 +48,26 @@ JSON (``--netstats-json``)::
            "tx": int, "rx": int,                # its bytes in this row's windows
            "wire_tx": int, "wire_rx": int,      # its TCP stream bytes then (0 where unknown)
            "tls_overhead": int,
-           "origin": str | null, "caller": str | null}]}]}
+           "origin": str | null, "caller": str | null}],
+        # a test's own (kind "test"), judged over its setup, call and teardown:
+        "verdict": "passed" | "over budget" | "host not allowed" | "not measured" | "no budget",
+        "budget": {"max_tx", "max_rx", "max_connections": int | null,
+                   "allow_hosts": [str] | null} | null,
+        "measured": {"tx": int | null, "rx": int | null,    # null: some bytes nobody could count
+                     "tx_at_most": int | null,              # those bounded by their wire bytes
+                     "rx_at_most": int | null,              #   (null: not even those known)
+                     "connections": int},                   # as max_connections counts them
+        "problems": [str]}]}                    # what broke the budget, one line each
+
+A budget on bytes netstats could not count is never passed: "not measured" (where the wire's
+bytes do not bound them within it). A budget failure names, for each connection, the line in
+the test's own file from which it was opened (the client library's frames are further in).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -61,10 +75,21 @@ from typing import Any
 
 import pytest
 
-from netstats import Capture
+from netstats import Capture, Connection
 from netstats._errors import NetstatsBlocked
-from netstats._format import LEGEND, NOT_APPLICABLE, UNKNOWN, clip, peer, size, visible
-from netstats._ledger import AllowHosts, Budget, Ledger, Window, merge_rows, totals
+from netstats._format import LEGEND, NOT_APPLICABLE, UNKNOWN, clip, peer, short_frame, size, visible
+from netstats._ledger import (
+    NOT_ALLOWED,
+    NOT_MEASURED,
+    OVER,
+    AllowHosts,
+    Budget,
+    Ledger,
+    Share,
+    Window,
+    merge_rows,
+    totals,
+)
 from netstats._report import unwritable, write
 
 __all__ = ["AllowHosts", "Budget", "NetstatsBlocked", "NetstatsPlugin"]
@@ -136,6 +161,7 @@ class TestState:
     window: Window | None = None
     capture: Capture | None = None
     judged: bool = False  # the call kept to the budget: teardown is judged too
+    places: Places | None = None  # where in the test's file each connection was opened
 
 
 _STATE = pytest.StashKey[TestState]()
@@ -147,6 +173,7 @@ class NetstatsPlugin:
     rows: list[dict[str, Any]] = field(default_factory=list)
     session_ledger: Ledger | None = None
     current: Ledger | None = None  # the ledger wider-scoped fixtures report to now
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # nodeid -> verdict(), for the JSON
 
     @property
     def reporting(self) -> bool:
@@ -168,7 +195,10 @@ class NetstatsPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.session_ledger is not None:
             self.session_ledger.stop()
-            self.rows += self.session_ledger.rows()
+            for row in self.session_ledger.rows():
+                if row["kind"] == "test":
+                    row.update(self.verdicts.get(row["name"], UNJUDGED))
+                self.rows.append(row)
             self.session_ledger = self.current = None
         if self.is_worker:
             self.config.workeroutput["netstats"] = self.rows  # type: ignore[attr-defined]
@@ -200,6 +230,8 @@ class NetstatsPlugin:
             state.window = ledger.enter(item.nodeid, budget.allow if budget else None)
         if "netstats" in getattr(item, "fixturenames", ()):
             state.capture = Capture().start()
+        if budget is not None:
+            state.places = Places(item).start()
         result = yield
         if wrong is not None:
             pytest.fail(f"{item.nodeid}: {wrong}", pytrace=False)
@@ -221,22 +253,27 @@ class NetstatsPlugin:
             result = yield
         finally:
             if state is not None:
-                self._end_test(state)
+                self._end_test(item, state)
         if state is not None and state.judged:
             self._judge(item, state)  # did teardown take it over budget?
         return result
 
     def _judge(self, item: pytest.Item, state: TestState) -> None:
         if state.budget is not None and state.ledger is not None:
-            message = state.budget.verdict(item.nodeid, state.ledger.shares(item.nodeid))
-            if message:
-                pytest.fail(message, pytrace=False)
+            place = state.places.place if state.places is not None else None
+            message = state.budget.verdict(item.nodeid, state.ledger.shares(item.nodeid), place)
+            if message:  # (hosts, paths: names from outside, never sent to the terminal raw)
+                pytest.fail("\n".join(visible(line) for line in message.split("\n")), pytrace=False)
 
-    def _end_test(self, state: TestState) -> None:
+    def _end_test(self, item: pytest.Item, state: TestState) -> None:
         if state.capture is not None:
             state.capture.stop()
+        if state.places is not None:
+            state.places.stop()
         if state.ledger is not None and state.window is not None:
             state.ledger.leave(state.window)
+            if state.ledger is self.session_ledger:  # (the JSON's: made of the session's ledger)
+                self.verdicts[item.nodeid] = verdict(state.budget, state.ledger.shares(item.nodeid))
         if state.own_ledger and state.ledger is not None:
             state.ledger.stop()
             self.current = None
@@ -276,6 +313,78 @@ class NetstatsPlugin:
             terminalreporter.write_line(
                 f"netstats: per-test data written to {self.config.getoption('netstats_json')}"
             )
+
+
+# ---- where a connection was opened, and the verdict ---------------------------------------
+
+DEPTH = 400  # frames looked through for the test's file, at most
+# A test whose teardown never ran (nothing judged): no figures.
+UNJUDGED: dict[str, Any] = {"verdict": "no budget", "budget": None, "measured": None, "problems": []}
+
+
+class Places:
+    """Where in the test's own file each connection of the test was opened: the innermost frame
+    of that file in the opening thread's stack (the client library's frames, and any helper's,
+    are further in), else (another thread, a fixture elsewhere, C code) the test itself and the
+    connection's own caller."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._files = {str(item.path), os.path.realpath(item.path)}  # as the module's code names it
+        path, line, name = item.location
+        self._path = path
+        self._test = f"{name} ({path}:{(line or 0) + 1})"
+        self._found: dict[int, str] = {}  # connection id -> "test_x.py:12 in test_y"
+        self._capture = Capture(self._opened, events={"open"}, keep=False)
+
+    def start(self) -> Places:
+        self._capture.start()
+        return self
+
+    def stop(self) -> None:
+        self._capture.stop()
+
+    def _opened(self, event: str, conn: Connection, nbytes: int | None) -> None:
+        frame = sys._getframe(1)
+        for _ in range(DEPTH):
+            if frame.f_code.co_filename in self._files:
+                self._found[conn.id] = f"{self._path}:{frame.f_lineno} in {frame.f_code.co_name}"
+                return
+            if frame.f_back is None:
+                return
+            frame = frame.f_back
+
+    def place(self, share: Share) -> str:
+        found = self._found.get(share.conn.id)
+        if found is not None:
+            return found
+        return f"{self._test}, at {short_frame(share.conn.caller or share.conn.origin)}"
+
+
+def verdict(budget: Budget | None, shares: list[Share]) -> dict[str, Any]:
+    """A test's verdict for the JSON: "passed" (every limit checked and kept), "over budget",
+    "host not allowed", "not measured" (a limit on bytes nobody could count: never passed on
+    a guess), or "no budget"; with the budget, the figures judged (tx/rx None where a
+    connection's application bytes are not known; tx_at_most/rx_at_most bound them by the
+    wire's) and the lines that say what broke it."""
+    known = all(s.known for s in shares)
+    measured: dict[str, int | None] = {}
+    for what in ("tx", "rx"):
+        bounds = [s.bound(what) for s in shares]
+        measured[what] = sum(getattr(s, what) for s in shares) if known else None
+        # the most it can be: unknown application bytes bounded by their wire bytes
+        measured[f"{what}_at_most"] = None if None in bounds else sum(b or 0 for b in bounds)
+    measured["connections"] = sum(1 for s in shares if s.opened_here and s.conn.error is None)
+    if budget is None:
+        return {"verdict": "no budget", "budget": None, "measured": measured, "problems": []}
+    problems = budget.check(shares)
+    kinds = {p.kind for p in problems}
+    outcome = next((kind for kind in (OVER, NOT_ALLOWED, NOT_MEASURED) if kind in kinds), "passed")
+    return {
+        "verdict": outcome,
+        "budget": budget.as_dict(),
+        "measured": measured,
+        "problems": [p.text for p in problems],
+    }
 
 
 # ---- the summary ------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 C extensions do their I/O out of Python's sight (libpq for psycopg, grpcio, libcurl, librdkafka,
 libzmq), and so does code holding the stock socket class. While a capture is active a thread
-sweeps the process's descriptors every INTERVAL seconds (`/proc/self/fd`, one fstat each: the
-inode names the socket) and makes a record, source "kernel", for each TCP connection that
-netstats does not already count. Its figures come from the kernel only, through sock_diag
-(_diag.py): live when asked, final from the kernel's destroy notification the moment the socket
-dies, else from the last reading when its last descriptor is seen gone (and always so once the
-program has closed the feed's descriptor, as daemonizing code closes every one: see _own_feed).
+sweeps the process's descriptors (`/proc/self/fd`, one fstat each: the inode names the socket)
+and makes a record, source "kernel", for each TCP connection that netstats does not already
+count. Its figures come from the kernel only, through sock_diag (_diag.py): live when asked, final
+from the kernel's destroy notification the moment the socket dies, else from the last reading when
+its last descriptor is seen gone (and always so once the program has closed the feed's descriptor,
+as daemonizing code closes every one: see _own_feed).
 
 What a found connection gets: wire bytes, rtt, min_rtt, retransmissions (exact); rx, tx, reads,
 writes and tls are None, since the application's bytes may be TLS plaintext that only the C code
@@ -16,7 +16,21 @@ when the census started are not reported (like sockets made before a capture). A
 recorded when a second sweep in a row sees it connected and not Python's (an accepted one, its
 local port being one this process listens on, only with servers=True), its `opened` being the
 first sweep's time. A connection that lives less than two sweeps may be missed; one open for
-0.5 s or more is always found.
+0.5 s or more is always found while the process has no more than a few hundred descriptors
+open (full sweeps of a larger table are spaced out: see below).
+
+What a sweep costs (issue 27). Every INTERVAL seconds the thread looks again at the sockets it is
+watching (connections waiting for their second sweep, DEFERRED ones), each by its own number: an
+fstat to check the number still holds that socket, and its figures. The whole table is swept (a
+listing, an fstat per descriptor) only when it may hold a connection not seen yet: when the number
+of open descriptors changed or the network namespace opened a TCP connection since the last full
+sweep (two figures the kernel keeps: `/proc/self/fd`'s size and TCP's ActiveOpens and
+PassiveOpens), or FULL_EVERY seconds passed (a socket closed and another opened on its number
+between two sweeps leaves the count as it was, and an accepted connection's count moves before
+its accept()). Whatever triggers them, full sweeps take at most BUDGET of one core: one that cost
+c seconds of the thread's CPU time is followed by the next no sooner than c / BUDGET seconds
+later. With 5,000 descriptors (5-13 ms a full sweep on a small shared machine) a new connection
+is then found within one to three seconds rather than 0.3 s; idle descriptors cost a sweep nothing.
 
 It follows by cookie, too, a Python-seen connection whose descriptor C code closes before
 netstats hears of its end (uvloop's TLS: `follow`), and ends it with the kernel's final figures.
@@ -48,6 +62,7 @@ import stat
 import threading
 import time
 import weakref
+from collections.abc import Container
 from typing import Any
 
 from .. import _diag, _engine, _kernel
@@ -56,6 +71,8 @@ from .._owned import Socket
 log = logging.getLogger("netstats")
 
 INTERVAL = 0.15  # seconds between sweeps: a connection is recorded at its second
+FULL_EVERY = 1.0  # seconds: the whole descriptor table is swept at least this often...
+BUDGET = 0.005  # ...and its full sweeps take at most this share of one core (see the docstring)
 DESTROY_WAIT = 1.0  # seconds a destroy notification may take once the descriptor is gone
 GRACE = 1.0  # seconds a call that held its socket across close() gets to count its last bytes
 supported = _diag.supported and _kernel.supported and os.path.isdir("/proc/self/fd")
@@ -66,6 +83,7 @@ _OPENING = frozenset({_SYN_SENT, _SYN_RECV})
 _FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
 _TCP_FAMILIES = (_socket.AF_INET, _socket.AF_INET6)
 _FD_DIR = "/proc/self/fd"
+_SNMP = "/proc/self/net/snmp"
 _family_of = _socket.socket.family.__get__  # (a plain int)
 
 
@@ -74,7 +92,7 @@ class _Seen:
 
     __slots__ = (
         "kind", "family", "local", "remote", "cookie", "side", "conn", "last", "sweeps", "fin_seen", "first",
-        "inode", "dead",
+        "inode", "dead", "fd",
     )  # fmt: skip
 
     IGNORED, LISTENER, WAITING, FOUND = "ignored", "listener", "waiting", "found"
@@ -96,6 +114,7 @@ class _Seen:
         self.first = time.time()  # when a sweep first saw it
         self.inode = 0
         self.dead = False  # CLAIMED or DEFERRED, and destroyed: `last` is final
+        self.fd = -1  # the number a sweep last saw it on (WAITING and DEFERRED: looked at there)
 
     def figures(self, fresh_only: bool = False) -> _kernel.TcpInfo | None:
         """The kernel's figures now, or the last ones read once the socket is gone (or None
@@ -190,11 +209,29 @@ def _inspect(fd: int) -> _Seen:
         sock.detach()  # the descriptor stays the program's: never closed here
 
 
+def _hint() -> tuple[int, bytes]:
+    """What moves when the descriptor table may hold a TCP connection not seen yet: the number of
+    open descriptors (the size Linux 6.2 and later gives /proc/self/fd; before, the listing's
+    length) and the TCP connections the network namespace opened (ActiveOpens, PassiveOpens)."""
+    try:
+        count = os.stat(_FD_DIR).st_size or len(os.listdir(_FD_DIR))
+        with open(_SNMP, "rb") as f:
+            head, values = (line.split() for line in f.read().split(b"\n") if line.startswith(b"Tcp:"))
+        opens = b" ".join(values[head.index(name)] for name in (b"ActiveOpens", b"PassiveOpens"))
+    except (OSError, ValueError):
+        return -1, b""  # (unknown: every sweep a full one, within the budget)
+    return count, opens
+
+
 class Census:
     """The sweeping thread and what it knows; one per process while any capture is active."""
 
     def __init__(self) -> None:
         self._known: dict[int, _Seen] = {}  # socket inode -> what it is
+        self._watched: dict[int, _Seen] = {}  # the WAITING and DEFERRED ones: looked at every sweep
+        self._hint: tuple[int, bytes] | None = None  # _hint() at the last full sweep
+        self._full_at = 0.0  # when the last full sweep was (monotonic)
+        self._next_full = 0.0  # the next full sweep's earliest time (the budget)
         self._by_cookie: dict[int, _Seen] = {}  # found connections, for the destroy feed
         self._closing: dict[int, float] = {}  # cookie -> until when its destroy notification may come
         self._listened: set[int] = set()  # local ports of the listeners seen (65,536 at most)
@@ -249,6 +286,8 @@ class Census:
                 self._feed = None
                 self._listening = False
             self._known.clear()
+            self._watched.clear()
+            self._hint = None
             self._by_cookie.clear()
             self._closing.clear()
             self._listened.clear()
@@ -265,6 +304,8 @@ class Census:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._known.clear()
+        self._watched.clear()
+        self._hint, self._next_full = None, 0.0
         self._by_cookie.clear()
         self._closing.clear()
         self._held.clear()
@@ -290,12 +331,25 @@ class Census:
                 else:
                     self._stopping.wait(wait)
                 if not self._stopping.is_set() and time.monotonic() >= next_sweep:
-                    self.sweep()
+                    self._tick()
                     next_sweep = time.monotonic() + INTERVAL
             except Exception:
                 log.exception("netstats: census sweep failed (the observed code is unaffected)")
                 self._stopping.wait(INTERVAL)
                 next_sweep = time.monotonic() + INTERVAL
+
+    def _tick(self) -> None:
+        """The thread's sweep: a full one if the table may hold a connection not seen yet (or
+        FULL_EVERY seconds passed) and the budget allows it, else the watched sockets only."""
+        now = time.monotonic()
+        hint = _hint()
+        if (hint != self._hint or now >= self._full_at + FULL_EVERY) and now >= self._next_full:
+            cpu = time.thread_time()
+            self.sweep()
+            self._hint, self._full_at = hint, now
+            self._next_full = now + (time.thread_time() - cpu) / BUDGET
+        else:
+            self._look_again()
 
     def sweep(self, baseline: bool = False) -> None:
         """Look at every descriptor once; record what is new, finish what is gone."""
@@ -307,6 +361,7 @@ class Census:
                 names = os.listdir(_FD_DIR)
             except OSError:
                 return
+            known, watched = self._known, self._watched
             present: set[int] = set()
             for name in names:
                 try:
@@ -316,25 +371,67 @@ class Census:
                     continue
                 if not stat.S_ISSOCK(st.st_mode):
                     continue
-                present.add(st.st_ino)
-                seen = self._known.get(st.st_ino)
+                inode = st.st_ino
+                present.add(inode)
+                seen = known.get(inode)
                 if seen is None or seen.kind == _Seen.WAITING:
-                    old = baseline and (self.before is None or st.st_ino in self.before)
-                    self._known[st.st_ino] = self._classify(fd, seen, old)
-            # A local port this process listens on, or did while the census ran (a server may
-            # stop listening and keep its accepted connections): an accepted connection's.
-            self._listened.update(s.local[1] for s in self._known.values() if s.kind == _Seen.LISTENER)
-            listening = self._listened
-            for inode, seen in list(self._known.items()):
-                if seen.kind == _Seen.DEFERRED and (inode not in present or not self._calling_since(seen)):
+                    old = baseline and (self.before is None or inode in self.before)
+                    seen = known[inode] = self._classify(fd, seen, old)
+                    if seen.kind == _Seen.WAITING:
+                        watched[inode] = seen
+                    elif seen.kind == _Seen.LISTENER:
+                        # A local port this process listens on, or did while the census ran (a
+                        # server may stop listening and keep its accepted connections).
+                        self._listened.add(seen.local[1])
+            for inode in known.keys() - present:
+                seen = known.pop(inode)
+                watched.pop(inode, None)
+                if seen.kind == _Seen.DEFERRED:
                     self._record(seen)  # no driver told of it: a bare kernel connection after all
-                if inode not in present:
-                    del self._known[inode]
-                    if seen.kind == _Seen.FOUND and seen.conn.closed is None:
-                        self._gone(seen)
-                elif seen.kind == _Seen.WAITING and seen.remote is not None:
-                    self._settle(seen, listening)
-            self._hear_destroys(bool(self._by_cookie or self._held))
+                if seen.kind == _Seen.FOUND and seen.conn.closed is None:
+                    self._gone(seen)
+            self._advance(())
+
+    def _look_again(self) -> None:
+        """A sweep of the watched sockets only, each on the number it was seen on: a number that
+        holds another socket now asks for a full sweep (which tells where it went)."""
+        with self._lock:
+            self._destroyed()
+            self._expire(time.monotonic())
+            self._end_held(time.monotonic())
+            moved = []
+            for inode, seen in list(self._watched.items()):
+                try:
+                    st = os.fstat(seen.fd)
+                    same = st.st_ino == inode and stat.S_ISSOCK(st.st_mode)
+                except OSError:
+                    same = False
+                if not same:
+                    moved.append(inode)
+                    self._hint = None
+                elif seen.kind == _Seen.WAITING and self._known.get(inode) is seen:
+                    seen = self._known[inode] = self._watched[inode] = self._classify(seen.fd, seen, False)
+                    if seen.kind == _Seen.LISTENER:
+                        self._listened.add(seen.local[1])
+            self._advance(moved)
+
+    def _advance(self, moved: Container[int]) -> None:
+        """The watched sockets, looked at again: a connection seen twice is recorded, a DEFERRED
+        one whose driver's call ended too (`moved`: not seen on their number this time)."""
+        known, watched, listening = self._known, self._watched, self._listened
+        for inode, seen in list(watched.items()):
+            if known.get(inode) is not seen or seen.kind not in (_Seen.WAITING, _Seen.DEFERRED):
+                del watched[inode]  # (claimed or caught since, or gone)
+                continue
+            if inode in moved:
+                continue
+            if seen.kind == _Seen.DEFERRED and not self._calling_since(seen):
+                self._record(seen)  # no driver told of it: a bare kernel connection after all
+            elif seen.kind == _Seen.WAITING and seen.remote is not None:
+                self._settle(seen, listening)
+            if seen.kind not in (_Seen.WAITING, _Seen.DEFERRED):
+                del watched[inode]
+        self._hear_destroys(bool(self._by_cookie or self._held))
 
     def _hear_destroys(self, on: bool) -> None:
         """Take the kernel's destroy notifications only while a found connection awaits its
@@ -505,6 +602,7 @@ class Census:
             seen.kind = _Seen.IGNORED  # there before the capture: like a socket made before it
         if before is not None and seen.kind == _Seen.WAITING:
             seen.sweeps, seen.first = before.sweeps, before.first
+        seen.fd = fd
         return seen
 
     def _settle(self, seen: _Seen, listening: set[int]) -> None:

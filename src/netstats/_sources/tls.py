@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _socket
 import ssl as _sslmod
+import threading
 from typing import Any
 
 from .. import _engine, _handshakes, _state
@@ -48,6 +49,10 @@ class _Plaintext:
         return n
 
 
+# The connection whose socket SSLSocket._create is wrapping, in this thread (see do_handshake).
+_wrapping = threading.local()
+
+
 class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
     """SSLContext.sslsocket_class while capturing: counts the plaintext."""
 
@@ -60,6 +65,7 @@ class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
         if conn is None:
             return super()._create(sock, *args, **kwargs)  # type: ignore[misc]
         _engine.tls_starting(conn, None)
+        _wrapping.conn = conn  # (a handshake that fails inside _create ends on the new object)
         try:
             self = super()._create(sock, *args, **kwargs)  # type: ignore[misc]
         except BaseException as exc:
@@ -69,6 +75,8 @@ class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
                 _engine.tls_failed(conn, None, exc)
                 _engine.finish(conn, None)
             raise
+        finally:
+            _wrapping.conn = None
         _engine.attach(conn, self)
         if self._sslobj is not None and self.version() is not None:
             _engine.tls_established(conn, self)
@@ -84,6 +92,12 @@ class CountingSSLSocket(_Plaintext, _sslmod.SSLSocket):
             raise
         except BaseException as exc:
             c = self._netstats_counts
+            if c is None and getattr(_wrapping, "conn", None) is not None:
+                # wrap_socket()'s own handshake failed: _create closes this object next, and
+                # the connection ends there with the kernel's figures (the handshake's bytes)
+                c = _wrapping.conn
+                _wrapping.conn = None
+                _engine.attach(c, self)
             if c is not None:
                 _engine.tls_failed(c, None, exc)
             raise
