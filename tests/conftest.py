@@ -136,9 +136,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item.get_closest_marker("soak") is None]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def tags_off_after() -> Iterator[None]:
-    """Tags switch on for good in a process at the first one; the next test starts without."""
+    """Tags switch on for good in a process at the first one; the next test starts without. For
+    every test: one that tags (test_docs.py's examples do) would leave every later connection of
+    its process listening for tags, wrapped, and which tests come later depends on the worker."""
     yield
     _tags.end()
 
