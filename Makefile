@@ -2,7 +2,11 @@
 # make test: set everything up, then lint, type-check and run the whole suite (on .venv's Python).
 # make test-all: make test, then the whole suite on every other supported CPython (noxfile.py).
 # make docs: the documentation site (docs/, mkdocs.yml) into site/, offline, warnings as errors.
+# The suite runs in parallel: 4 workers (pytest-xdist; tests/conftest.py says which tests share
+# one). On 2 cores, 4 pay: most tests wait on a server, a subprocess or a sleep. PARALLEL= runs
+# it in one process.
 PYTHON ?= python3
+PARALLEL ?= -n 4 --dist loadgroup
 VENV := .venv
 BIN := $(VENV)/bin
 HASH := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -36,11 +40,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 # One fresh virtual environment per version, under .nox/, built from the project's files.
 test-others: $(STAMP)
-	$(BIN)/nox --session others
+	$(BIN)/nox --session others -- $(PARALLEL)
 
 test-all: test test-others
 

@@ -2,8 +2,9 @@
 
 The supported versions are pyproject.toml's classifiers. `make test` runs the suite on .venv's
 Python; `make test-others` (nox -s others) on every other supported one, `make test-all` on all.
-Each session installs the project from its own files (a wheel built from pyproject.toml, with
-the `test` extra) into a fresh environment under .nox/, then runs pytest from the checkout.
+The project's wheel is built once per nox run (by the first session) and installed, with the
+`test` extra, into each version's fresh environment under .nox/; pytest then runs from the
+checkout, with the arguments given after -- (`make test-others` passes its parallel ones).
 Interpreters are found on PATH as pythonX.Y, and in pyenv's versions folder where there is one;
 nothing is downloaded, and a version the machine does not have is skipped (nox says which).
 """
@@ -11,6 +12,7 @@ nothing is downloaded, and a version the machine does not have is skipped (nox s
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -46,10 +48,23 @@ def _pyenv_interpreters() -> None:
 _pyenv_interpreters()
 
 
+WHEELS = Path(".nox", "wheel")
+_wheel: list[str] = []  # the wheel this nox run built, once built
+
+
+def wheel(session: nox.Session) -> str:
+    """The project's wheel (pure Python: one for every version), built at the first call."""
+    if not _wheel:
+        shutil.rmtree(WHEELS, ignore_errors=True)  # never a wheel of an earlier checkout
+        session.run("python", "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(WHEELS), ".")
+        _wheel.extend(str(path) for path in WHEELS.glob("netstats-*.whl"))
+    return _wheel[0]
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The whole test suite (pytest arguments after --)."""
-    session.install(".[test]")
+    session.install(f"netstats[test] @ {Path(wheel(session)).resolve().as_uri()}")
     session.run("python", "-m", "pytest", *session.posargs)
 
 

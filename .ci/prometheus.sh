@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
-# Install a Prometheus server (Debian's `prometheus` package, /usr/bin/prometheus) if missing:
+# A Prometheus server (Debian's `prometheus` package, /usr/bin/prometheus), installed if missing:
 # tests/test_export.py starts its own on 127.0.0.1 to scrape an instrumented process.
 # Recommends are left out (node exporter, SNMP, IPMI tools...); a service the package may
 # have started is stopped, since the test runs its own instance with a temporary config.
 set -euo pipefail
-if [ -x /usr/bin/prometheus ]; then
-    /usr/bin/prometheus --version | head -n 1
-    exit 0
-fi
-bash "$(dirname "$0")/apt.sh" prometheus
+[ -x /usr/bin/prometheus ] || bash "$(dirname "$0")/apt.sh" prometheus
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"

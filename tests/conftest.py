@@ -1,4 +1,5 @@
-"""Shared fixtures: independent peers (see peers.py), trustme certificates, a PostgreSQL server."""
+"""Shared fixtures: independent peers (see peers.py), trustme certificates, a PostgreSQL server;
+and how the suite is shared out when it runs in parallel (pytest-xdist, `make test`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -86,12 +88,46 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "soak: long reliability runs (tests/test_soak.py); run with -m soak or NETSTATS_SOAK=1"
     )
+    # Started in the background of a shell without job control (`make test &`) or by nohup, the
+    # suite inherits SIGINT or SIGHUP ignored, and every program a test starts would too: the tests
+    # of Ctrl-C and of hang-ups would wait in vain. A handler of ours is not inherited across exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda signum, frame: None)  # (still deaf to hang-ups itself)
 
 
+# Run in parallel (`make test`: pytest-xdist with --dist loadgroup), the tests of one group run
+# on one worker, one after the other, while the other workers share out the rest. A group each:
+# - the modules that start a server of their own for the whole module or session (PostgreSQL and
+#   MariaDB, Chromium), so that it starts once;
+# - "machine": the tests that load the whole machine or hold a figure to the clock: real servers
+#   and their workers (stopped within a bound), the census that must sweep while a connection is
+#   open, time-to-first-byte against a server's wait, live views redrawn each second, churns of
+#   20,000 connections. Never two of them at once; loadgroup starts the largest group first.
+GROUPS = {
+    "test_census": "databases",
+    "test_drivers": "databases",
+    "test_timeline": "browser",
+    "test_servers": "machine",
+    "test_export_prefork": "machine",
+    "test_phases": "machine",
+    "test_lifecycle": "machine",
+    "test_live": "machine",
+    "test_own_descriptors": "machine",
+    "test_gevent": "machine",
+    "test_reliability": "machine",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak tests are deselected unless asked for: `-m soak` (as .ci/run does) or NETSTATS_SOAK=1."""
-    import os
-
+    """Soak tests are deselected unless asked for: `-m soak` (as .ci/run does) or NETSTATS_SOAK=1.
+    Each test of a module in GROUPS gets its group's xdist_group marker."""
+    for item in items:
+        group = GROUPS.get(item.path.stem)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
     if "soak" in (config.getoption("markexpr", "") or "") or os.environ.get("NETSTATS_SOAK") == "1":
         return
     soak = [item for item in items if item.get_closest_marker("soak") is not None]
@@ -100,9 +136,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item.get_closest_marker("soak") is None]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def tags_off_after() -> Iterator[None]:
-    """Tags switch on for good in a process at the first one; the next test starts without."""
+    """Tags switch on for good in a process at the first one; the next test starts without. For
+    every test: one that tags (test_docs.py's examples do) would leave every later connection of
+    its process listening for tags, wrapped, and which tests come later depends on the worker."""
     yield
     _tags.end()
 
