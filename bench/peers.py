@@ -35,7 +35,6 @@ optional `bench` extra: `pip install -e '.[bench]'`).
 
 from __future__ import annotations
 
-import _socket
 import argparse
 import ast
 import concurrent.futures
@@ -45,7 +44,6 @@ import importlib.util
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from typing import Any
@@ -155,6 +153,8 @@ def client(port: int, workload: str, variant: str, n: int) -> None:
         raise AssertionError(f"{workload}/{variant}: a body not of {BODY} bytes")
     if cap is not None:
         cap.stop()
+    from connections import server_totals  # (bench/connections.py's peer; after the workload)
+
     rx, tx = server_totals(port)  # what the server moved (its own peer: this run's)
     if cap is not None:
         if (cap.rx, cap.tx) != (tx, rx):
@@ -243,24 +243,6 @@ def setup(variant: str, workload: str) -> dict[str, Any]:
 
 
 # ---- the parent: runs, differences, the table ------------------------------------------------
-
-
-def server_totals(port: int) -> tuple[int, int]:
-    """(rx, tx) the server counted (bench/connections.py's STAT), asked on the C socket type."""
-    s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
-    try:
-        s.connect(("127.0.0.1", port))
-        s.sendall(b"STAT")
-        data = b""
-        while len(data) < 16:
-            chunk = s.recv(16 - len(data))
-            if not chunk:
-                raise ConnectionError("no STAT reply")
-            data += chunk
-    finally:
-        s.close()
-    rx, tx = struct.unpack("!QQ", data)
-    return rx, tx
 
 
 def server() -> tuple[subprocess.Popen[str], int]:

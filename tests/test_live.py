@@ -307,16 +307,22 @@ def test_run_live_draws_the_connection_with_its_bytes_then_the_report(pane, peer
     assert re.search(rf"127\.0\.0\.1:{echo.port}\s+700 B\s+700 B", text), text
 
 
-def test_run_live_draws_a_python_childs_connection_from_its_snapshots(pane, peer, tmp_path):
-    echo = peer("echo")
-    child = tmp_path / "child.py"
-    child.write_text(PROGRAM.format(setup="").replace("700", "600"))
-    program = tmp_path / "prog.py"
+def parent_of(folder: Path, template: str) -> Path:
+    """prog.py, whose child (child.py, from template: 600 bytes each way) does the talking."""
+    child = folder / "child.py"
+    child.write_text(template.format(setup="").replace("700", "600"))
+    program = folder / "prog.py"
     program.write_text(
         "import subprocess, sys\n"
         f"child = subprocess.Popen([sys.executable, {str(child)!r}, *sys.argv[1:]])\n"
         "sys.exit(child.wait(120))\n"
     )
+    return program
+
+
+def test_run_live_draws_a_python_childs_connection_from_its_snapshots(pane, peer, tmp_path):
+    echo = peer("echo")
+    program = parent_of(tmp_path, PROGRAM)
     go = tmp_path / "go"
     view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
 
@@ -387,14 +393,7 @@ def test_run_live_shows_a_childs_connections_that_opened_and_closed_between_two_
     pane, peer, tmp_path
 ):
     echo = peer("echo")
-    child = tmp_path / "child.py"
-    child.write_text(SHORT.format(setup="").replace("700", "600"))
-    program = tmp_path / "prog.py"
-    program.write_text(
-        "import subprocess, sys\n"
-        f"child = subprocess.Popen([sys.executable, {str(child)!r}, *sys.argv[1:]])\n"
-        "sys.exit(child.wait(120))\n"
-    )
+    program = parent_of(tmp_path, SHORT)
     go = tmp_path / "go"
     view = pane([*NETSTATS, "run", "--live", str(program), str(echo.port), str(go)])
     try:
