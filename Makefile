@@ -3,8 +3,8 @@
 # make test-all: make test, then the whole suite on every other supported CPython (noxfile.py).
 # make docs: the documentation site (docs/, mkdocs.yml) into site/, offline, warnings as errors.
 # The suite runs in parallel: 4 workers (pytest-xdist; tests/conftest.py says which tests share
-# one). On 2 cores, 4 pay: most tests wait on a server, a subprocess or a sleep. PARALLEL= runs
-# it in one process.
+# one), then the few that need the machine alone in one process. On 2 cores, 4 pay: most tests
+# wait on a server, a subprocess or a sleep. PARALLEL= runs the first step in one process too.
 PYTHON ?= python3
 PARALLEL ?= -n 4 --dist loadgroup
 VENV := .venv
@@ -39,8 +39,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench noxfile.py
 	$(BIN)/mypy
 
+# In two steps: the suite on the workers, then what needs the machine alone (tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest $(PARALLEL)
+	$(BIN)/python -m pytest $(PARALLEL) -m "not alone"
+	$(BIN)/python -m pytest -m alone
 
 # One fresh virtual environment per version, under .nox/, built from the project's files.
 test-others: $(STAMP)

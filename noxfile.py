@@ -63,9 +63,11 @@ def wheel(session: nox.Session) -> str:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The whole test suite (pytest arguments after --)."""
+    """The whole test suite (pytest arguments after --), as `make test` runs it: on the workers,
+    then the tests that need the machine alone (tests/conftest.py) in one process."""
     session.install(f"netstats[test] @ {Path(wheel(session)).resolve().as_uri()}")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *session.posargs, "-m", "not alone")
+    session.run("python", "-m", "pytest", "-m", "alone")
 
 
 @nox.session(python=False)

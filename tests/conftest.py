@@ -88,6 +88,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "soak: long reliability runs (tests/test_soak.py); run with -m soak or NETSTATS_SOAK=1"
     )
+    config.addinivalue_line(
+        "markers",
+        "alone: tests of whole servers and of the census's timing, run after the parallel suite with "
+        "nothing beside them (make test: -m 'not alone' on workers, then -m alone in one process)",
+    )
     # Started in the background of a shell without job control (`make test &`) or by nohup, the
     # suite inherits SIGINT or SIGHUP ignored, and every program a test starts would too: the tests
     # of Ctrl-C and of hang-ups would wait in vain. A handler of ours is not inherited across exec.
@@ -105,6 +110,12 @@ def pytest_configure(config: pytest.Config) -> None:
 #   and their workers (stopped within a bound), the census that must sweep while a connection is
 #   open, time-to-first-byte against a server's wait, live views redrawn each second, churns of
 #   20,000 connections. Never two of them at once; loadgroup starts the largest group first.
+# Some need the machine to themselves, not only no other test of theirs beside them: servers
+# whose workers must all boot, serve and stop within bounds, and connections only the census sees
+# (a C driver's, a server's C accepts), whose final figures come from the kernel's notifications
+# in time. Under the parallel suite's load they lose a race now and then; so they run after it.
+ALONE = frozenset({"test_servers", "test_export_prefork", "test_drivers", "test_census"})
+
 GROUPS = {
     "test_census": "databases",
     "test_drivers": "databases",
@@ -123,11 +134,14 @@ GROUPS = {
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Soak tests are deselected unless asked for: `-m soak` (as .ci/run does) or NETSTATS_SOAK=1.
-    Each test of a module in GROUPS gets its group's xdist_group marker."""
+    Each test of a module in GROUPS gets its group's xdist_group marker, of one in ALONE the
+    alone marker."""
     for item in items:
         group = GROUPS.get(item.path.stem)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+        if item.path.stem in ALONE:
+            item.add_marker(pytest.mark.alone)
     if "soak" in (config.getoption("markexpr", "") or "") or os.environ.get("NETSTATS_SOAK") == "1":
         return
     soak = [item for item in items if item.get_closest_marker("soak") is not None]
