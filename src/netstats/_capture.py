@@ -55,15 +55,19 @@ class Capture:
         self.servers = bool(servers)
         self.keep = bool(keep)
         self.exchanges = bool(exchanges)
-        self.count = 0  # connections opened while active
-        self.errors = 0  # exceptions raised by the callback (logged to "netstats")
+        self.count = 0
+        """Connections opened while active."""
+        self.errors = 0
+        """Exceptions the callback raised (each logged to the "netstats" logger, never passed on)."""
         self._live = False
         self._wants_io = (callback is not None and bool(chosen & {"read", "write"})) or self.exchanges
         self._kept: list[Connection] = []
         self._open: dict[int, Connection] = {}
         self._closed_totals = [0, 0]
         self._final: tuple[int, int] | tuple[None, None] | None = None
-        self.unknown = 0  # connections whose application bytes netstats cannot know (source "kernel")
+        self.unknown = 0
+        """Connections whose application bytes netstats cannot know (source "kernel"): while
+        any, `rx` and `tx` are None."""
         self._notify, self._on_io = self._make_listeners()
         self._gate: Callable[[Connection], None] | None = None
         self._observers: list[Callable[[Connection], None]] = []
@@ -71,6 +75,7 @@ class Capture:
     # -- what users read
     @property
     def active(self) -> bool:
+        """Whether the capture is on (between start() and stop())."""
         return self._live
 
     @property
@@ -114,6 +119,8 @@ class Capture:
 
     # -- lifecycle
     def start(self) -> Capture:
+        """Start capturing (netstats.capture() does it); returns the capture. Idempotent; a
+        stopped capture cannot start again."""
         with _state.lock:
             if self._live:
                 return self

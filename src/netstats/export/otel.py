@@ -46,6 +46,9 @@ Attributes = dict[str, str | int]
 OTHER: Key = ("other",) * 6
 
 
+__all__ = ["OtelExporter", "register"]
+
+
 def _api() -> ModuleType:
     try:
         from opentelemetry import metrics

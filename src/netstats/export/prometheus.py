@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
     from prometheus_client.registry import CollectorRegistry
 
+__all__ = ["NetstatsCollector", "Publisher", "Server", "publish", "register", "serve", "serve_all"]
+
 LABELS = ("host", "port", "transport", "tls")
 HELP = {
     "bytes": "Application bytes read (rx) and written (tx).",

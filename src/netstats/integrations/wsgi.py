@@ -22,6 +22,7 @@ App = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
 
 def flask_route(app: Any, environ: dict[str, Any]) -> str | None:
+    """The Flask rule (e.g. "/users/<int:id>") that environ's request matches in app, else None."""
     owner = getattr(app, "__self__", app)  # app.wsgi_app, a bound method of the Flask app
     url_map = getattr(owner, "url_map", None)
     if url_map is None or not hasattr(url_map, "bind_to_environ"):
@@ -34,6 +35,8 @@ def flask_route(app: Any, environ: dict[str, Any]) -> str | None:
 
 
 def django_route(environ: dict[str, Any]) -> str | None:
+    """The Django URL pattern (its route) that environ's path resolves to, else None (also when
+    Django's URLs were never imported)."""
     urls: Any = sys.modules.get("django.urls")  # a Django app has imported it; never imported here
     if urls is None:
         return None
