@@ -397,9 +397,11 @@ def serve(
     need(*server.modules)
     backend = peer("http")
     port = free_port()
-    relay = peer("relay", backend=("127.0.0.1", port))
     process = start(command(argv(server.program, port), report), {"BACKEND_PORT": str(backend.port)})
     process.wait_listening(port)
+    # (the relay after the server holds its port: made before, it could draw that very number
+    # from the kernel, and would then relay to itself, one connection making the next)
+    relay = peer("relay", backend=("127.0.0.1", port))
     hold = CENSUS_HOLD if server.census else 0.0
     together = server.workers if server.one_per_worker else len(BATCH)
     served = spread(lambda n: get(relay.port, n, hold), server.workers, lambda s: s.pid, together)
