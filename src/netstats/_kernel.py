@@ -142,20 +142,22 @@ def read(
             != ident
         ):  # (identity(), inlined: a reading at every close)
             return None
-        second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
-        if len(second) < _NEEDED:
+        # The kernel reads tcpi_state before it locks the socket (a reading may pair the state
+        # before a FIN with the bytes after it), and SIOCINQ is another call: take the figures
+        # only when two reads agree (nothing arrived between), SIOCINQ or not.
+        raw = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
+        if len(raw) < _NEEDED:
             return None
-        fields = _INFO.unpack_from(second)
+        before = _INFO.unpack_from(raw)
         inq = None
-        # The kernel reads tcpi_state before it locks the socket, and SIOCINQ is another call:
-        # take the figures only when two reads around the SIOCINQ agree (nothing arrived between).
-        for _ in range(5 if unread else 0):
-            before = fields
-            inq = _INQ.unpack(_ioctl(sock.fileno(), SIOCINQ, _NO_BYTES))[0]
+        for _ in range(5):
+            if unread:
+                inq = _INQ.unpack(_ioctl(sock.fileno(), SIOCINQ, _NO_BYTES))[0]
             second = _getsockopt(sock, _TCP, TCP_INFO, _SIZE)
             fields = _INFO.unpack_from(second)
             if fields[0] == before[0] and fields[4] == before[4]:  # the state, bytes received
                 break
+            before = fields
     except (OSError, ValueError, TypeError, struct.error):
         return None
     fin: int | None = None
