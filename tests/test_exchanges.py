@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import netstats
+from netstats import _exchanges
 
 REQUESTS = 4
 
@@ -47,6 +48,23 @@ def test_each_request_on_a_keep_alive_connection_is_an_exchange(peer):
     assert in_order(conn.exchanges)
     assert conn.opened <= conn.exchanges[0][0] and conn.exchanges[-1][2] <= conn.closed
     assert conn.as_dict()["exchanges"] == conn.exchanges
+
+
+def test_past_the_most_kept_no_later_turn_stretches_the_last_one_kept(peer, monkeypatch):
+    """With room for 2, a connection of 4 requests keeps the first 2 as they were: the answers
+    to the 3rd and 4th end after the 2nd's last byte, and must not move it."""
+    monkeypatch.setattr(_exchanges, "MOST", 2)
+    http_peer = peer("http")
+    with netstats.capture(exchanges=True) as cap:
+        client = http.client.HTTPConnection("127.0.0.1", http_peer.port, timeout=10)
+        for i in range(REQUESTS):
+            client.request("GET", f"/bytes/{100 * (i + 1)}")
+            client.getresponse().read()
+            if i == 1:
+                kept = [list(e) for e in cap.connections[0].exchanges or []]
+        client.close()
+    (conn,) = cap.connections
+    assert len(kept) == 2 and conn.exchanges == kept
 
 
 def test_without_asking_no_exchanges_are_recorded(peer):

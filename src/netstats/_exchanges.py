@@ -21,13 +21,17 @@ MOST = 1000  # exchanges kept per connection (3 floats each)
 
 def seen(event: str, conn: Any) -> None:
     """A read or write (`event`) moved bytes on conn (a Connection)."""
-    asking = (event == "write") == (conn.side == "client")
-    flat = conn._exchanges  # [sent, first_byte, last_byte, sent, ...]
-    if asking:
+    flat = conn._exchanges  # [sent, first_byte, last_byte, sent, ...], then None once full
+    if flat is not None and len(flat) > 3 * MOST:
+        return  # full: later turns are not kept, nor do their answers stretch the last one kept
+    if (event == "write") == (conn.side == "client"):  # asking
         if flat is None:
             conn._exchanges = flat = []
-        if (not flat or flat[-2] is not None) and len(flat) < 3 * MOST:
-            flat += (time.time(), None, None)
+        if not flat or flat[-2] is not None:
+            if len(flat) < 3 * MOST:
+                flat += (time.time(), None, None)
+            else:
+                flat.append(None)
     elif flat:
         now = time.time()
         if flat[-2] is None:
@@ -40,4 +44,4 @@ def of(conn: Any) -> list[list[float | None]] | None:
     flat = conn._exchanges
     if not flat:
         return None
-    return [flat[i : i + 3] for i in range(0, len(flat), 3)]
+    return [flat[i : i + 3] for i in range(0, len(flat) - len(flat) % 3, 3)]
